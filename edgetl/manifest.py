@@ -1,0 +1,217 @@
+"""The bundle format: manifest.json, per-artifact records and the golden probes.
+
+A bundle directory looks like:
+
+    manifest.json          this file's schema (MANIFEST_VERSION)
+    labels.json            the class names, index = output position
+    tfjs/model.json ...    artifact "tfjs_layers" (+ weight shards)
+    tfjs_graph/model.json  artifact "tfjs_graph" (optional)
+    model.onnx             artifact "onnx"
+    model_<precision>.tflite   artifacts "tflite_float32", "tflite_float16", "tflite_dynamic", "tflite_int8"
+    probes/inputs.bin      golden probe inputs: raw little-endian float32, shape probes.input_shape
+    probes/expected.bin    the Keras model's outputs for them: little-endian float32, probes.output_shape
+
+Python, Node and the browser read exactly these bytes, so parity needs no TensorFlow.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edgetl.contract import InputContract
+
+MANIFEST_FILE = "manifest.json"
+MANIFEST_VERSION = 1
+PROBES_DIR = "probes"
+
+
+class BundleError(ValueError):
+    """A bundle that is missing, malformed or tampered with."""
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass
+class FileRecord:
+    path: str  # relative to the bundle root, POSIX separators
+    size: int
+    sha256: str
+
+
+@dataclass
+class ArtifactRecord:
+    id: str  # unique in the bundle: "tfjs_layers", "onnx", "tflite_int8", ...
+    format: str  # "tfjs_layers" | "tfjs_graph" | "onnx" | "tflite"
+    precision: str  # "float32" | "float16" | "dynamic" | "int8"
+    path: str  # the main file (model.json, model.onnx, model_x.tflite), bundle-relative
+    files: list[FileRecord] = field(default_factory=list)
+    # Input/output tensor dtypes of the artifact itself (int8 TFLite may take uint8/int8).
+    input_dtype: str = "float32"
+    output_dtype: str = "float32"
+    layout: str = "NHWC"
+    options: dict = field(default_factory=dict)
+
+    @property
+    def size(self) -> int:
+        return sum(f.size for f in self.files)
+
+    @property
+    def sha256(self) -> str:
+        main = [f for f in self.files if f.path == self.path]
+        return main[0].sha256 if main else ""
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["size"] = self.size
+        d["sha256"] = self.sha256
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ArtifactRecord:
+        files = [FileRecord(**f) for f in d.get("files", [])]
+        keys = set(cls.__dataclass_fields__) - {"files"}
+        return cls(files=files, **{k: v for k, v in d.items() if k in keys})
+
+
+@dataclass
+class ProbeSet:
+    names: list[str]  # "image:<file>" for real images, "synthetic:<seed>:<i>" otherwise
+    inputs: np.ndarray  # (K, H, W, 3) float32, 0..255
+    expected: np.ndarray  # (K, num_classes) float32, the Keras model's outputs
+    labels: list[int | None] = field(default_factory=list)  # true class index when known
+
+
+@dataclass
+class Manifest:
+    name: str
+    labels: list[str]
+    input: InputContract
+    artifacts: list[ArtifactRecord]
+    source_model: dict  # {"file": name, "sha256": hex}
+    tools: dict  # package -> version
+    probes: dict  # see write_probes
+    output: dict = field(default_factory=dict)
+    created: str = ""
+    manifest_version: int = MANIFEST_VERSION
+
+    def artifact(self, artifact_id: str) -> ArtifactRecord:
+        for a in self.artifacts:
+            if a.id == artifact_id:
+                return a
+        raise BundleError(
+            f"no artifact {artifact_id!r} in bundle; it has: {', '.join(a.id for a in self.artifacts)}"
+        )
+
+    def to_dict(self) -> dict:
+        return {
+            "manifest_version": self.manifest_version,
+            "name": self.name,
+            "created": self.created,
+            "labels": self.labels,
+            "input": self.input.to_dict(),
+            "output": self.output,
+            "source_model": self.source_model,
+            "tools": self.tools,
+            "artifacts": [a.to_dict() for a in self.artifacts],
+            "probes": self.probes,
+        }
+
+    def save(self, bundle_dir: Path) -> None:
+        text = json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n"
+        (Path(bundle_dir) / MANIFEST_FILE).write_text(text, encoding="utf-8")
+
+    @classmethod
+    def load(cls, bundle_dir: Path) -> Manifest:
+        p = Path(bundle_dir) / MANIFEST_FILE
+        if not p.is_file():
+            raise BundleError(f"{bundle_dir}: not a bundle (no {MANIFEST_FILE})")
+        try:
+            d = json.loads(p.read_text(encoding="utf-8"))
+            return cls(
+                name=d["name"],
+                labels=list(d["labels"]),
+                input=InputContract.from_dict(d["input"]),
+                artifacts=[ArtifactRecord.from_dict(a) for a in d["artifacts"]],
+                source_model=d.get("source_model", {}),
+                tools=d.get("tools", {}),
+                probes=d["probes"],
+                output=d.get("output", {}),
+                created=d.get("created", ""),
+                manifest_version=d.get("manifest_version", MANIFEST_VERSION),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise BundleError(f"{p}: malformed manifest ({type(e).__name__}: {e})") from None
+
+
+def record_files(bundle_dir: Path, rel_paths: list[str]) -> list[FileRecord]:
+    root = Path(bundle_dir)
+    return [FileRecord(p, (root / p).stat().st_size, sha256_file(root / p)) for p in rel_paths]
+
+
+def check_integrity(bundle_dir: Path, manifest: Manifest, artifact_ids: list[str] | None = None) -> None:
+    """Refuse any artifact (or probe file) whose bytes differ from what the manifest recorded."""
+    root = Path(bundle_dir)
+    problems = []
+    for a in manifest.artifacts:
+        if artifact_ids is not None and a.id not in artifact_ids:
+            continue
+        for f in a.files:
+            p = root / f.path
+            if not p.is_file():
+                problems.append(f"{a.id}: {f.path} is missing")
+            elif p.stat().st_size != f.size or sha256_file(p) != f.sha256:
+                problems.append(f"{a.id}: {f.path} does not match its sha256 in the manifest")
+    for key in ("inputs", "expected"):
+        rel = manifest.probes.get(key)
+        want = manifest.probes.get("sha256", {}).get(key)
+        if rel and want and (not (root / rel).is_file() or sha256_file(root / rel) != want):
+            problems.append(f"probes: {rel} is missing or does not match its sha256")
+    if problems:
+        raise BundleError("bundle integrity check failed:\n  " + "\n  ".join(problems))
+
+
+def write_probes(bundle_dir: Path, probes: ProbeSet) -> dict:
+    """Write the probe tensors as raw little-endian float32; returns the manifest 'probes' entry."""
+    root = Path(bundle_dir) / PROBES_DIR
+    root.mkdir(parents=True, exist_ok=True)
+    inputs = np.ascontiguousarray(probes.inputs, dtype="<f4")
+    expected = np.ascontiguousarray(probes.expected, dtype="<f4")
+    (root / "inputs.bin").write_bytes(inputs.tobytes())
+    (root / "expected.bin").write_bytes(expected.tobytes())
+    rel_in, rel_out = f"{PROBES_DIR}/inputs.bin", f"{PROBES_DIR}/expected.bin"
+    return {
+        "count": int(inputs.shape[0]),
+        "names": list(probes.names),
+        "true_labels": list(probes.labels) if probes.labels else [None] * int(inputs.shape[0]),
+        "inputs": rel_in,
+        "expected": rel_out,
+        "input_shape": list(inputs.shape),
+        "output_shape": list(expected.shape),
+        "dtype": "float32",
+        "byte_order": "little",
+        "sha256": {"inputs": sha256_file(root / "inputs.bin"),
+                   "expected": sha256_file(root / "expected.bin")},
+    }
+
+
+def read_probes(bundle_dir: Path, manifest: Manifest) -> ProbeSet:
+    root = Path(bundle_dir)
+    p = manifest.probes
+    try:
+        inputs = np.fromfile(root / p["inputs"], dtype="<f4").reshape(p["input_shape"])
+        expected = np.fromfile(root / p["expected"], dtype="<f4").reshape(p["output_shape"])
+    except (OSError, ValueError, KeyError) as e:
+        raise BundleError(f"{bundle_dir}: unreadable golden probes ({e})") from None
+    return ProbeSet(names=list(p["names"]), inputs=inputs.astype(np.float32),
+                    expected=expected.astype(np.float32), labels=list(p.get("true_labels", [])))

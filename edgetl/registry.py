@@ -1,0 +1,56 @@
+"""A tiny name -> entry registry: the single source of truth for backbones, formats and runtimes.
+
+Tests parametrize over these, so adding a backbone/format/runtime means one file plus one name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class UnknownNameError(ValueError):
+    """A user typed a name that is not registered; the message lists the valid ones."""
+
+
+class Registry(Generic[T]):
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._entries: dict[str, T] = {}
+
+    def register(self, name: str, entry: T) -> T:
+        if name in self._entries:
+            raise ValueError(f"{self.kind} {name!r} is registered twice")
+        self._entries[name] = entry
+        return entry
+
+    def get(self, name: str) -> T:
+        try:
+            return self._entries[name]
+        except KeyError:
+            raise UnknownNameError(
+                f"unknown {self.kind} {name!r}; valid: {', '.join(self._entries)}"
+            ) from None
+
+    def names(self) -> list[str]:
+        return list(self._entries)
+
+    def parse_list(self, text: str) -> list[str]:
+        """Parse a comma-separated CLI value, refusing any unknown name with the valid list."""
+        names = [n.strip() for n in text.split(",") if n.strip()]
+        if not names:
+            raise UnknownNameError(f"no {self.kind} given; valid: {', '.join(self._entries)}")
+        for n in names:
+            self.get(n)
+        return names
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries)
+
+    def items(self) -> list[tuple[str, T]]:
+        return list(self._entries.items())

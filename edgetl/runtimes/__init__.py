@@ -1,0 +1,1 @@
+"""Runtimes: one small module per backend behind one interface (see base.py)."""
