@@ -1,0 +1,176 @@
+"""Image folders (one sub-folder per class): scanning, checking, decoding and resizing.
+
+Resizing is bilinear with half-pixel centers and no antialiasing, written in numpy so that it
+is bit-for-bit the math of `tf.image.resize(method="bilinear")` and TF.js
+`tf.image.resizeBilinear(x, size, alignCorners=false, halfPixelCenters=true)`: Python, Node and
+the browser feed the model the same pixels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import unicodedata
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edgetl.errors import UserError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+@dataclass
+class ImageFolder:
+    root: Path
+    classes: list[str]  # sorted, deterministic: index = label
+    files: list[Path]
+    labels: np.ndarray  # int64 class index per file
+    skipped: list[tuple[Path, str]] = field(default_factory=list)  # (path, why)
+
+    def counts(self) -> dict[str, int]:
+        return {c: int((self.labels == i).sum()) for i, c in enumerate(self.classes)}
+
+
+def _class_sort_key(name: str) -> str:
+    # NFC so that the same visible name sorts the same on macOS (NFD) and Linux.
+    return unicodedata.normalize("NFC", name)
+
+
+def scan_image_folder(root: str | Path, *, check_decodable: bool = True,
+                      min_classes: int = 2) -> ImageFolder:
+    """List images per class; refuse empty classes and single-class folders with a clear message.
+
+    Non-image files and images that do not decode (corrupt, truncated) are skipped and listed.
+    """
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise UserError(f"data folder {str(root)!r} does not exist or is not a folder")
+    class_dirs = sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")),
+                        key=lambda p: _class_sort_key(p.name))
+    if len(class_dirs) < min_classes:
+        found = ", ".join(p.name for p in class_dirs) or "none"
+        raise UserError(
+            f"{root} needs one sub-folder per class and at least {min_classes} classes; "
+            f"found {len(class_dirs)} ({found})"
+        )
+    files: list[Path] = []
+    labels: list[int] = []
+    skipped: list[tuple[Path, str]] = []
+    empty: list[str] = []
+    for idx, d in enumerate(class_dirs):
+        n_before = len(files)
+        for p in sorted(d.rglob("*"), key=lambda p: str(p)):
+            if p.is_dir() or p.name.startswith("."):
+                continue
+            if p.suffix.lower() not in IMAGE_SUFFIXES:
+                skipped.append((p, "not an image file"))
+                continue
+            if check_decodable:
+                why = _decode_problem(p)
+                if why:
+                    skipped.append((p, why))
+                    continue
+            files.append(p)
+            labels.append(idx)
+        if len(files) == n_before:
+            empty.append(d.name)
+    if empty:
+        raise UserError(
+            f"class folder(s) with no usable images in {root}: {', '.join(empty)}. "
+            "Add images or remove the folder." + _skipped_hint(skipped)
+        )
+    return ImageFolder(root, [_class_sort_key(d.name) for d in class_dirs], files,
+                       np.asarray(labels, dtype=np.int64), skipped)
+
+
+def _skipped_hint(skipped: list[tuple[Path, str]]) -> str:
+    if not skipped:
+        return ""
+    return f" ({len(skipped)} file(s) skipped, e.g. {skipped[0][0].name}: {skipped[0][1]})"
+
+
+def _decode_problem(path: Path) -> str | None:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im.load()  # full decode: catches truncated files that verify() lets through
+    except Exception as e:  # PIL raises many types for bad files
+        return f"unreadable image ({type(e).__name__}: {e})"
+    return None
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    """Decode any image (grayscale, RGBA, palette, 16-bit) to uint8 RGB (H, W, 3)."""
+    from PIL import Image, ImageOps
+
+    with Image.open(path) as im:
+        im = ImageOps.exif_transpose(im)
+        if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
+            # Composite on white: transparent pixels have arbitrary RGB otherwise.
+            im = im.convert("RGBA")
+            bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
+            im = Image.alpha_composite(bg, im)
+        return np.asarray(im.convert("RGB"), dtype=np.uint8)
+
+
+def resize_bilinear(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Bilinear, half-pixel centers, no antialias: (H, W, C) -> (height, width, C) float32."""
+    src = image.astype(np.float32)
+    in_h, in_w = src.shape[:2]
+    if (in_h, in_w) == (height, width):
+        return src
+
+    def axis(n_out: int, n_in: int):
+        scale = n_in / n_out
+        x = (np.arange(n_out, dtype=np.float64) + 0.5) * scale - 0.5
+        x = np.clip(x, 0, None)
+        lo = np.minimum(np.floor(x).astype(np.int64), n_in - 1)
+        hi = np.minimum(lo + 1, n_in - 1)
+        frac = (x - lo).astype(np.float32)
+        return lo, hi, frac
+
+    y0, y1, fy = axis(height, in_h)
+    x0, x1, fx = axis(width, in_w)
+    top = src[y0][:, x0] + (src[y0][:, x1] - src[y0][:, x0]) * fx[None, :, None]
+    bot = src[y1][:, x0] + (src[y1][:, x1] - src[y1][:, x0]) * fx[None, :, None]
+    return (top + (bot - top) * fy[:, None, None]).astype(np.float32)
+
+
+def load_image(path: Path, height: int, width: int) -> np.ndarray:
+    """The model input for one file: float32 (height, width, 3), RGB 0..255."""
+    return resize_bilinear(read_rgb(path), height, width)
+
+
+def load_images(paths: list[Path], height: int, width: int, progress: bool = False) -> np.ndarray:
+    it = paths
+    if progress and len(paths) > 50:
+        from tqdm import tqdm
+
+        it = tqdm(paths, desc="decoding images", unit="img", leave=False)
+    out = np.empty((len(paths), height, width, 3), dtype=np.float32)
+    for i, p in enumerate(it):
+        out[i] = load_image(p, height, width)
+    return out
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded split keeping class proportions; every class with >= 2 images gets >= 1 val image."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise UserError(f"validation fraction must be in [0, 1), got {val_fraction}")
+    rng = np.random.default_rng(seed)
+    train_idx, val_idx = [], []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        rng.shuffle(idx)
+        n_val = round(len(idx) * val_fraction) if val_fraction > 0 else 0
+        if val_fraction > 0 and len(idx) >= 2:
+            n_val = min(max(n_val, 1), len(idx) - 1)
+        val_idx.extend(idx[:n_val])
+        train_idx.extend(idx[n_val:])
+    return np.sort(np.asarray(train_idx, dtype=np.int64)), np.sort(np.asarray(val_idx, dtype=np.int64))
