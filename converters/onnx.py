@@ -14,7 +14,7 @@ OUTPUT_NAME = "probabilities"
 
 
 def export_onnx(model, path: Path, *, opset: int = DEFAULT_OPSET, nchw: bool = False,
-                metadata: dict[str, str] | None = None) -> Path:
+                metadata: dict[str, str] | None = None, output_name: str = OUTPUT_NAME) -> Path:
     """Write `model` as ONNX to `path`; input "image" (N,H,W,3) float32 0..255 (or N,3,H,W)."""
     if not MIN_OPSET <= opset <= MAX_OPSET:
         raise ValueError(f"ONNX opset {opset} is not supported; choose {MIN_OPSET}..{MAX_OPSET}")
@@ -28,7 +28,7 @@ def export_onnx(model, path: Path, *, opset: int = DEFAULT_OPSET, nchw: bool = F
         model, input_signature=spec, opset=opset,
         inputs_as_nchw=[INPUT_NAME] if nchw else None,
     )
-    _rename_output(proto, OUTPUT_NAME)
+    _rename_output(proto, output_name)
     for key, value in (metadata or {}).items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value

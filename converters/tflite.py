@@ -46,18 +46,22 @@ def export_tflite(model, out_dir: Path, *, precisions: Iterable[str] = ("float32
 
 
 def _export_saved_model(model, path: Path) -> None:
-    """A serving signature with a dynamic batch, input "image", output "probabilities"."""
+    """A serving signature with a dynamic batch, input "image", output "probabilities".
+
+    Keras' own ExportArchive: a bare tf.Module holding a Keras 3 model leaves resource
+    variables unfrozen, and int8 calibration then fails on READ_VARIABLE."""
     import tensorflow as tf
+    from keras.export import ExportArchive
 
     _, h, w, c = model.input_shape
-    module = tf.Module()
-    module.model = model  # tracks the variables
-
-    @tf.function(input_signature=[tf.TensorSpec((None, h, w, c), tf.float32, name="image")])
-    def serve(image):
-        return {"probabilities": model(image, training=False)}
-
-    tf.saved_model.save(module, str(path), signatures={"serving_default": serve})
+    archive = ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(
+        "serving_default",
+        lambda image: {"probabilities": model(image, training=False)},
+        input_signature=[tf.TensorSpec((None, h, w, c), tf.float32, name="image")],
+    )
+    archive.write_out(str(path), verbose=False)
 
 
 def _convert(saved: Path, precision: str, calibration, io_dtype: str) -> bytes:

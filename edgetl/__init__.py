@@ -5,7 +5,12 @@ Heavy backends (TensorFlow, onnxruntime, ...) are imported lazily so `edgetl --h
 
 from __future__ import annotations
 
+import os as _os
+
 __version__ = "0.1.0"
+
+# TensorFlow's C++ INFO/WARNING lines drown the progress edgetl prints; errors still show.
+_os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def __getattr__(name: str):

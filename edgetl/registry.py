@@ -34,6 +34,11 @@ class Registry(Generic[T]):
                 f"unknown {self.kind} {name!r}; valid: {', '.join(self._entries)}"
             ) from None
 
+    def check(self, name: str) -> str:
+        """`name` itself when registered; else UnknownNameError listing the valid names."""
+        self.get(name)
+        return name
+
     def names(self) -> list[str]:
         return list(self._entries)
 
