@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,6 +77,56 @@ def build_backbone(name: str, alpha: float | None = None, size: int | None = Non
     """Build the frozen-able base: input 0..255 RGB (N, size, size, 3) -> feature map."""
     bb, alpha, size = resolve(name, alpha, size)
     w = check_weights(weights)
-    return bb.build(alpha=alpha, size=size, weights=w)
+    try:
+        return bb.build(alpha=alpha, size=size, weights=w)
+    except Exception as e:
+        if w != "imagenet" or not _looks_like_download_failure(e):
+            raise
+        cache = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models"
+        raise BackboneConfigError(
+            f"ImageNet weights for {name} (alpha {alpha}, size {size}) are not in the Keras "
+            f"cache ({cache}) and could not be downloaded: {e}. On an offline machine copy the "
+            "weights file keras names into that folder, or pass --weights PATH (a local weights "
+            "file) or --weights none (random init)."
+        ) from None
 
 
+def _looks_like_download_failure(e: Exception) -> bool:
+    text = f"{type(e).__name__} {e}".lower()
+    return any(s in text for s in ("url fetch failure", "urlopen", "http", "name resolution",
+                                   "connection", "network"))
+
+
+
+
+def make_local_weights(name: str, alpha: float | None, size: int | None, images, path: str | Path,
+                       seed: int = 0) -> Path:
+    """Write a weights file for the backbone without any download: seeded random convolutions
+    with BatchNormalization statistics set from `images` (0..255, N x size x size x 3).
+
+    Random init alone leaves the BN moving statistics at 0/1, and the features of a deep
+    MobileNet then vanish (~1e-12). One forward pass in training mode with momentum 0 sets every
+    BN layer's statistics to those of its real input, which gives informative random features.
+    Used by the offline demo and the tests; pretrained ImageNet weights are far better."""
+    import keras
+    import numpy as np
+
+    path = Path(path)
+    if not path.name.endswith(".weights.h5"):
+        raise BackboneConfigError(f"local weights file must end with .weights.h5: {path}")
+    bb, alpha, size = resolve(name, alpha, size)
+    keras.utils.set_random_seed(seed)
+    features = bb.build(alpha=alpha, size=size, weights=None)
+    base = max((layer for layer in features.layers if isinstance(layer, keras.Model)),
+               key=lambda m: len(m.layers))
+    bns = [layer for layer in base.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    saved = [bn.momentum for bn in bns]
+    for bn in bns:
+        bn.momentum = 0.0
+    x = np.asarray(images, dtype=np.float32)
+    features(x, training=True)
+    for bn, m in zip(bns, saved, strict=True):
+        bn.momentum = m
+    path.parent.mkdir(parents=True, exist_ok=True)
+    base.save_weights(path)
+    return path

@@ -1,0 +1,198 @@
+"""Backbone embeddings for stage 1, computed once and kept on disk.
+
+The frozen backbone gives the same embedding for the same image every epoch, so (like Teachable
+Machine) edgetl runs it once per image and trains the head on the cached vectors. The backbone
+runs in the fastest runtime at hand: onnxruntime (measured ~11x faster than Keras `predict` at
+batch 1 for MobileNetV2 1.0/224 on 2 cores), with Keras as the fallback.
+
+Cache layout (default ~/.cache/edgetl, or $EDGETL_CACHE):
+    extractors/<backbone_key>.onnx              the backbone + pooling, converted once
+    embeddings/<backbone_key>/<image_sha256>.npy   one float32 vector per image file
+Keys are content hashes: the backbone's weights and config, the image file's bytes and the
+input size, so renaming a file or changing head settings reuses the cache, and nothing stale
+is ever read after weights change.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+EXTRACTOR_OUTPUT = "embedding"
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("EDGETL_CACHE", Path.home() / ".cache" / "edgetl"))
+
+
+def backbone_key(embedding_model) -> str:
+    """Hash of the embedding model's structure and weight values. Layer and model names are left
+    out: Keras numbers auto-named models per process, and names do not change the output."""
+    h = hashlib.sha256()
+    h.update(repr(tuple(embedding_model.input_shape)).encode())
+    h.update(repr(_structure(embedding_model)).encode())
+    for w in embedding_model.weights:
+        a = np.ascontiguousarray(w.numpy())
+        h.update(repr(a.shape).encode())
+        h.update(a.tobytes())
+    return h.hexdigest()[:32]
+
+
+def _structure(model) -> list:
+    """Layer classes and activations, recursively (e.g. V3 hard_swish vs V2 relu6)."""
+    out = []
+    for layer in model.layers:
+        if hasattr(layer, "layers"):
+            out.append(_structure(layer))
+        else:
+            act = getattr(layer, "activation", None)
+            out.append((type(layer).__name__, getattr(act, "__name__", None)))
+    return out
+
+
+@dataclass
+class EmbeddingStats:
+    runtime: str = ""
+    computed: int = 0
+    from_cache: int = 0
+    extractor_from_cache: bool = False
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+
+class EmbeddingCache:
+    def __init__(self, embedding_model, cache_dir: Path | None, *, runtime: str = "auto",
+                 batch_size: int = 32) -> None:
+        self.model = embedding_model
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self.runtime = runtime
+        self.batch_size = batch_size
+        self.key = backbone_key(embedding_model)
+        _, self.h, self.w, _ = embedding_model.input_shape
+        self.stats = EmbeddingStats()
+        self._session = None
+
+    def embed_files(self, paths: list[Path], progress: bool = True) -> np.ndarray:
+        """Embeddings for image files (decoded and resized exactly as at inference)."""
+        import time
+
+        from edgetl.data import file_sha256, load_images
+
+        t0 = time.perf_counter()
+        dim = int(self.model.output_shape[-1])
+        out = np.empty((len(paths), dim), dtype=np.float32)
+        missing: list[int] = []
+        keys = []
+        for i, p in enumerate(paths):
+            k = f"{file_sha256(p)}-{self.h}x{self.w}"
+            keys.append(k)
+            cached = self._cache_file(k)
+            if cached is not None and cached.is_file():
+                try:
+                    out[i] = np.load(cached)
+                    self.stats.from_cache += 1
+                    continue
+                except (OSError, ValueError):
+                    pass  # unreadable cache entry: recompute it
+            missing.append(i)
+        if missing:
+            bar = None
+            if progress and len(missing) > self.batch_size:
+                from tqdm import tqdm
+
+                bar = tqdm(total=len(missing), desc="embedding images", unit="img", leave=False)
+            for s in range(0, len(missing), self.batch_size):
+                idx = missing[s : s + self.batch_size]
+                images = load_images([paths[i] for i in idx], self.h, self.w)
+                vecs = self.embed_arrays(images)
+                for j, i in enumerate(idx):
+                    out[i] = vecs[j]
+                    self._store(keys[i], vecs[j])
+                if bar is not None:
+                    bar.update(len(idx))
+            if bar is not None:
+                bar.close()
+            self.stats.computed += len(missing)
+        elif not self.stats.runtime:
+            self.stats.runtime = "cache"
+        self.stats.seconds += time.perf_counter() - t0
+        return out
+
+    def embed_arrays(self, images: np.ndarray) -> np.ndarray:
+        """Embeddings for a float32 (N, H, W, 3) 0..255 batch, not cached."""
+        session = self._onnx_session()
+        if session is not None:
+            return session.run(None, {"image": np.asarray(images, dtype=np.float32)})[0]
+        self.stats.runtime = "keras"
+        return np.asarray(self.model.predict(images, batch_size=self.batch_size, verbose=0),
+                          dtype=np.float32)
+
+    def _cache_file(self, key: str) -> Path | None:
+        if self.cache_dir is None:
+            return None
+        return self.cache_dir / "embeddings" / self.key / f"{key}.npy"
+
+    def _store(self, key: str, vec: np.ndarray) -> None:
+        path = self._cache_file(key)
+        if path is None:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_write(path, lambda f: np.save(f, vec))
+
+    def _onnx_session(self):
+        """An onnxruntime session for the backbone, converting (and caching) it on first use."""
+        if self._session is not None or self.runtime == "keras":
+            return self._session
+        try:
+            import onnxruntime as ort
+
+            from edgetl.converters.onnx import export_onnx
+        except ImportError as e:
+            self.stats.notes.append(f"onnxruntime unavailable ({e}); using Keras")
+            self.runtime = "keras"
+            return None
+        tmpdir = None
+        if self.cache_dir is not None:
+            path = self.cache_dir / "extractors" / f"{self.key}.onnx"
+        else:
+            tmpdir = tempfile.TemporaryDirectory(prefix="edgetl-extractor-")
+            path = Path(tmpdir.name) / "extractor.onnx"
+        try:
+            if path.is_file():
+                self.stats.extractor_from_cache = True
+            else:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_suffix(f".tmp{os.getpid()}")
+                export_onnx(self.model, tmp, output_name=EXTRACTOR_OUTPUT)
+                tmp.replace(path)
+            opts = ort.SessionOptions()
+            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            self._session = ort.InferenceSession(str(path), opts,
+                                                 providers=["CPUExecutionProvider"])
+        except Exception as e:  # conversion of an exotic backbone: Keras still works
+            if self.runtime == "onnxruntime":
+                raise
+            self.stats.notes.append(f"ONNX extractor failed ({type(e).__name__}: {e}); using Keras")
+            self.runtime = "keras"
+            return None
+        finally:
+            if tmpdir is not None:
+                self._tmpdir = tmpdir  # keep alive as long as the session
+        self.stats.runtime = "onnxruntime"
+        return self._session
+
+
+def _atomic_write(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

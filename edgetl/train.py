@@ -1,0 +1,431 @@
+"""`edgetl train DATA_DIR --out RUN_DIR`: fine-tune a new head on a pretrained MobileNet.
+
+Stage 1 trains the head on cached backbone embeddings (edgetl.embeddings) unless per-epoch
+augmentation needs real forward passes; stage 2 (optional) unfreezes the top of the backbone
+at a low learning rate with BatchNormalization kept in inference mode.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edgetl.errors import UserError
+
+METRICS_FILE = "metrics.json"
+CURVES_PNG = "training_curves.png"
+CONFUSION_PNG = "confusion_matrix.png"
+
+
+@dataclass
+class TrainConfig:
+    backbone: str = "mobilenet_v2"
+    alpha: float | None = None
+    size: int | None = None
+    weights: str | None = "imagenet"
+    epochs: int = 20
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    val_split: float = 0.2
+    seed: int = 0
+    hidden_units: int = 128
+    dropout: float = 0.2
+    label_smoothing: float = 0.0
+    class_weights: bool = True
+    patience: int = 5
+    augment: bool = False
+    fine_tune_layers: float = 0  # N top layers (>= 1) or a fraction of the base (< 1); 0 = off
+    fine_tune_epochs: int = 5
+    fine_tune_learning_rate: float = 1e-5
+    cache_dir: str | None = None  # None: default cache; "" disables the embedding cache
+    embedding_runtime: str = "auto"  # auto (onnxruntime, else keras) | onnxruntime | keras
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    labels: list[str]
+    history: dict[str, list[float]]
+    metrics: dict
+    timings: dict[str, float] = field(default_factory=dict)
+    embedding_stats: dict = field(default_factory=dict)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
+class BatchSequence:
+    """Seeded per-epoch shuffling shared by the cached and the plain path, so both see the same
+    batches in the same order (the embedding cache then gives the same head as plain training).
+    Yields (x, y, sample_weight); `transform` augments image batches."""
+
+    def __new__(cls, *args, **kwargs):
+        import keras
+
+        class _Seq(keras.utils.PyDataset):
+            def __init__(self, x, y, weights, batch_size, seed, transform=None):
+                super().__init__()
+                self.x, self.y, self.weights = x, y, weights
+                self.batch_size, self.transform = batch_size, transform
+                self.rng = np.random.default_rng(seed)
+                self.order = self.rng.permutation(len(x))
+
+            def __len__(self):
+                return max(1, -(-len(self.x) // self.batch_size))
+
+            def __getitem__(self, i):
+                idx = self.order[i * self.batch_size : (i + 1) * self.batch_size]
+                x = self.x[idx]
+                if self.transform is not None:
+                    x = self.transform(x)
+                return x, self.y[idx], self.weights[idx]
+
+            def on_epoch_end(self):
+                self.order = self.rng.permutation(len(self.x))
+
+        return _Seq(*args, **kwargs)
+
+
+def make_augmenter(seed: int):
+    """Flips, small rotations, zoom and contrast (the seed posts' ImageDataGenerator set),
+    applied to 0..255 batches outside the model so nothing of it is exported."""
+    import keras
+
+    aug = keras.Sequential([
+        keras.layers.RandomFlip("horizontal", seed=seed),
+        keras.layers.RandomRotation(0.05, fill_mode="reflect", seed=seed + 1),
+        keras.layers.RandomZoom(0.1, fill_mode="reflect", seed=seed + 2),
+        keras.layers.RandomContrast(0.1, value_range=(0, 255), seed=seed + 3),
+    ], name="augment")
+    return lambda x: np.clip(np.asarray(aug(x, training=True)), 0, 255).astype(np.float32)
+
+
+def one_hot(labels: np.ndarray, n: int) -> np.ndarray:
+    return np.eye(n, dtype=np.float32)[labels]
+
+
+def balanced_class_weights(labels: np.ndarray, n: int) -> np.ndarray:
+    """n_samples / (n_classes * count): the usual 'balanced' weights for imbalanced folders."""
+    counts = np.bincount(labels, minlength=n).astype(np.float64)
+    w = len(labels) / (n * np.maximum(counts, 1))
+    return w.astype(np.float32)
+
+
+def compile_model(model, lr: float, label_smoothing: float) -> None:
+    import keras
+
+    model.compile(optimizer=keras.optimizers.Adam(lr),
+                  loss=keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing),
+                  metrics=["accuracy"])
+
+
+def fit(model, train: tuple, val: tuple | None, *, epochs: int, batch_size: int, seed: int,
+        patience: int, sample_weights: np.ndarray, transform=None, desc: str = "") -> dict:
+    """model.fit with seeded batches, early stopping on val loss (best weights kept)."""
+    import keras
+
+    x, y = train
+    seq = BatchSequence(x, y, sample_weights, batch_size, seed, transform)
+    callbacks = []
+    if val is not None and patience > 0:
+        callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience,
+                                                       restore_best_weights=True))
+    callbacks.append(_ProgressLine(desc, epochs))
+    h = model.fit(seq, validation_data=val, epochs=epochs, verbose=0, callbacks=callbacks)
+    return {k: [float(v) for v in vs] for k, vs in h.history.items()}
+
+
+def _ProgressLine(desc: str, epochs: int):
+    import keras
+
+    class _P(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            logs = logs or {}
+            parts = [f"{k} {v:.4f}" for k, v in logs.items() if k in
+                     ("loss", "accuracy", "val_loss", "val_accuracy")]
+            print(f"  {desc} epoch {epoch + 1}/{epochs}: " + ", ".join(parts), flush=True)
+
+    return _P()
+
+
+def set_fine_tune(base, top: float) -> int:
+    """Unfreeze the top layers of the nested backbone (BatchNormalization stays frozen, so it
+    runs in inference mode); returns how many layers were unfrozen."""
+    import keras
+
+    n = len(base.layers)
+    k = int(round(top * n)) if 0 < top < 1 else int(top)
+    k = max(0, min(k, n))
+    base.trainable = True
+    for i, layer in enumerate(base.layers):
+        unfreeze = i >= n - k and not isinstance(layer, keras.layers.BatchNormalization)
+        layer.trainable = unfreeze
+    return k
+
+
+def evaluate(probabilities: np.ndarray, labels: np.ndarray, classes: list[str]) -> dict:
+    """Accuracy, per-class precision/recall/F1/support and the confusion matrix."""
+    n = len(classes)
+    pred = probabilities.argmax(axis=1)
+    cm = np.zeros((n, n), dtype=np.int64)
+    for t, p in zip(labels, pred, strict=True):
+        cm[t, p] += 1
+    per_class = {}
+    for i, c in enumerate(classes):
+        tp = cm[i, i]
+        prec = tp / cm[:, i].sum() if cm[:, i].sum() else 0.0
+        rec = tp / cm[i].sum() if cm[i].sum() else 0.0
+        f1 = 2 * prec * rec / (prec + rec) if prec + rec else 0.0
+        per_class[c] = {"precision": float(prec), "recall": float(rec), "f1": float(f1),
+                        "support": int(cm[i].sum())}
+    return {"accuracy": float((pred == labels).mean()) if len(labels) else float("nan"),
+            "count": len(labels), "per_class": per_class,
+            "confusion_matrix": cm.tolist(), "classes": classes}
+
+
+def train(data_dir: str | Path, run_dir: str | Path, config: TrainConfig = TrainConfig(),
+          progress: bool = True) -> TrainResult:
+    """The whole job: scan, split, embed (cached), train head, optional fine-tune, write RUN_DIR."""
+    import keras
+
+    from edgetl.classifier import (
+        HeadConfig,
+        build_classifier,
+        build_head_model,
+        copy_head_weights,
+        embedding_model,
+        find_base,
+    )
+    from edgetl.contract import CONTRACT_FILE, LABELS_FILE, InputContract, save_labels
+    from edgetl.data import load_images, scan_image_folder, stratified_split
+    from edgetl.embeddings import EmbeddingCache, default_cache_dir
+    from edgetl.modelio import MODEL_FILE, TRAIN_INFO_FILE
+    from edgetl.models.base import build_backbone, resolve
+
+    timings: dict[str, float] = {}
+    t_all = time.perf_counter()
+    bb, alpha, size = resolve(config.backbone, config.alpha, config.size)  # refuse early
+    folder = scan_image_folder(data_dir)
+    for path, why in folder.skipped:
+        print(f"  skipped {path}: {why}")
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    classes, labels = folder.classes, folder.labels
+    n = len(classes)
+    print(f"{len(folder.files)} images in {n} classes: "
+          + ", ".join(f"{c} ({k})" for c, k in folder.counts().items()))
+    train_idx, val_idx = stratified_split(labels, config.val_split, config.seed)
+    has_val = len(val_idx) > 0
+
+    keras.utils.set_random_seed(config.seed)
+    features = build_backbone(bb.name, alpha, size, config.weights)
+    head_cfg = HeadConfig(config.hidden_units, config.dropout, config.seed)
+    model = build_classifier(features, n, head_cfg)
+    base = find_base(model)
+    if base is not None:
+        base.trainable = False
+
+    y = one_hot(labels, n)
+    cw = balanced_class_weights(labels[train_idx], n) if config.class_weights else np.ones(n, np.float32)
+    sw = cw[labels].astype(np.float32)
+    history: dict[str, list[float]] = {}
+    emb_stats = {}
+
+    if not config.augment:
+        t = time.perf_counter()
+        cache_dir = None if config.cache_dir == "" else Path(config.cache_dir or default_cache_dir())
+        cache = EmbeddingCache(embedding_model(model), cache_dir, runtime=config.embedding_runtime)
+        emb = cache.embed_files(folder.files, progress=progress)
+        timings["embeddings_s"] = time.perf_counter() - t
+        emb_stats = asdict(cache.stats)
+        print(f"  embeddings: {cache.stats.computed} computed with {cache.stats.runtime or 'cache'}"
+              f", {cache.stats.from_cache} from cache ({timings['embeddings_s']:.1f} s)")
+        t = time.perf_counter()
+        keras.utils.set_random_seed(config.seed)
+        head = build_head_model(emb.shape[1], n, head_cfg)
+        compile_model(head, config.learning_rate, config.label_smoothing)
+        val = (emb[val_idx], y[val_idx]) if has_val else None
+        h1 = fit(head, (emb[train_idx], y[train_idx]), val, epochs=config.epochs,
+                 batch_size=config.batch_size, seed=config.seed, patience=config.patience,
+                 sample_weights=sw[train_idx], desc="head")
+        copy_head_weights(head, model)
+        timings["stage1_head_s"] = time.perf_counter() - t
+    else:
+        t = time.perf_counter()
+        images = load_images(folder.files, size, size, progress=progress)
+        timings["decode_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        keras.utils.set_random_seed(config.seed)
+        compile_model(model, config.learning_rate, config.label_smoothing)
+        val = (images[val_idx], y[val_idx]) if has_val else None
+        h1 = fit(model, (images[train_idx], y[train_idx]), val, epochs=config.epochs,
+                 batch_size=config.batch_size, seed=config.seed, patience=config.patience,
+                 sample_weights=sw[train_idx], transform=make_augmenter(config.seed),
+                 desc="head (augmented)")
+        timings["stage1_augmented_s"] = time.perf_counter() - t
+    for k, v in h1.items():
+        history[f"stage1_{k}"] = v
+
+    images = None
+    if config.fine_tune_layers and base is not None:
+        t = time.perf_counter()
+        images = load_images(folder.files, size, size, progress=progress)
+        k = set_fine_tune(base, config.fine_tune_layers)
+        print(f"  stage 2: unfroze the top {k} of {len(base.layers)} backbone layers "
+              "(BatchNormalization kept frozen)")
+        compile_model(model, config.fine_tune_learning_rate, config.label_smoothing)
+        val = (images[val_idx], y[val_idx]) if has_val else None
+        h2 = fit(model, (images[train_idx], y[train_idx]), val, epochs=config.fine_tune_epochs,
+                 batch_size=config.batch_size, seed=config.seed + 1, patience=config.patience,
+                 sample_weights=sw[train_idx],
+                 transform=make_augmenter(config.seed) if config.augment else None,
+                 desc="fine-tune")
+        for key, v in h2.items():
+            history[f"stage2_{key}"] = v
+        timings["stage2_s"] = time.perf_counter() - t
+        base.trainable = False  # saved frozen: a later load trains the head only by default
+
+    # Final metrics with the full Keras model on the held-out images (train set if none).
+    eval_idx = val_idx if has_val else train_idx
+    if images is None:
+        eval_images = load_images([folder.files[i] for i in eval_idx], size, size)
+    else:
+        eval_images = images[eval_idx]
+    probs = np.asarray(model.predict(eval_images, batch_size=32, verbose=0))
+    metrics = evaluate(probs, labels[eval_idx], classes)
+    metrics["split"] = "validation" if has_val else "train (no validation split)"
+    metrics["train_count"], metrics["val_count"] = len(train_idx), len(val_idx)
+    metrics["history"] = history
+    timings["total_s"] = time.perf_counter() - t_all
+    metrics["timings"] = timings
+
+    model.save(run_dir / MODEL_FILE)
+    save_labels(run_dir / LABELS_FILE, classes)
+    InputContract(height=size, width=size,
+                  internal_preprocessing=bb.internal_preprocessing).save(run_dir / CONTRACT_FILE)
+    (run_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
+    info = {"data_dir": str(Path(data_dir).resolve()), "backbone": bb.name, "alpha": alpha,
+            "size": size, "config": asdict(config), "embeddings": emb_stats,
+            "skipped": [[str(p), why] for p, why in folder.skipped]}
+    (run_dir / TRAIN_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+    plot_curves(history, run_dir / CURVES_PNG)
+    plot_confusion(metrics, run_dir / CONFUSION_PNG)
+    return TrainResult(run_dir=run_dir, labels=classes, history=history, metrics=metrics,
+                       timings=timings, embedding_stats=emb_stats,
+                       skipped=[(str(p), w) for p, w in folder.skipped])
+
+
+def plot_curves(history: dict[str, list[float]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
+        offset = 0
+        for stage in ("stage1", "stage2"):
+            for split in ("", "val_"):
+                vals = history.get(f"{stage}_{split}{metric}")
+                if vals:
+                    xs = np.arange(offset + 1, offset + len(vals) + 1)
+                    ax.plot(xs, vals, marker=".", label=f"{stage} {split or 'train_'}{metric}")
+            offset += len(history.get(f"{stage}_{metric}", []))
+        ax.set_xlabel("epoch")
+        ax.set_title(metric)
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_confusion(metrics: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cm = np.asarray(metrics["confusion_matrix"])
+    classes = metrics["classes"]
+    fig, ax = plt.subplots(figsize=(1.2 + 0.6 * len(classes), 1 + 0.6 * len(classes)))
+    ax.imshow(cm, cmap="Blues")
+    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for i in range(cm.shape[0]):
+        for j in range(cm.shape[1]):
+            ax.text(j, i, str(cm[i, j]), ha="center", va="center",
+                    color="white" if cm[i, j] > cm.max() / 2 else "black")
+    ax.set_title(f"{metrics['split']}: accuracy {metrics['accuracy']:.3f}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    d = TrainConfig()
+    p.add_argument("data_dir", type=Path, help="folder with one sub-folder of images per class")
+    p.add_argument("--out", required=True, type=Path, help="run directory to write")
+    p.add_argument("--backbone", default=d.backbone,
+                   help="mobilenet_v1, mobilenet_v2, mobilenet_v3_small, mobilenet_v3_large")
+    p.add_argument("--alpha", type=float, help="width multiplier (default: the backbone's)")
+    p.add_argument("--size", type=int, help="input size in pixels (default: 224)")
+    p.add_argument("--weights", default=d.weights,
+                   help="'imagenet' (Keras download/cache), a local weights file, or 'none'")
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--lr", type=float, default=d.learning_rate, dest="learning_rate")
+    p.add_argument("--val-split", type=float, default=d.val_split)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--hidden-units", type=int, default=d.hidden_units)
+    p.add_argument("--dropout", type=float, default=d.dropout)
+    p.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
+    p.add_argument("--no-class-weights", action="store_false", dest="class_weights",
+                   help="do not weight classes by inverse frequency")
+    p.add_argument("--patience", type=int, default=d.patience,
+                   help="early stopping patience on validation loss (0: off)")
+    p.add_argument("--augment", action="store_true",
+                   help="per-epoch augmentation (flip, rotation, zoom, contrast); needs full "
+                   "forward passes, so the embedding cache is not used")
+    p.add_argument("--fine-tune-layers", type=float, default=0,
+                   help="stage 2: unfreeze the top N backbone layers (or a fraction < 1)")
+    p.add_argument("--fine-tune-epochs", type=int, default=d.fine_tune_epochs)
+    p.add_argument("--fine-tune-lr", type=float, default=d.fine_tune_learning_rate,
+                   dest="fine_tune_learning_rate")
+    p.add_argument("--cache-dir", help="embedding cache folder (default ~/.cache/edgetl or "
+                   "$EDGETL_CACHE; '' disables)")
+    p.add_argument("--embedding-runtime", default="auto", choices=["auto", "onnxruntime", "keras"])
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    if args.epochs < 1:
+        raise UserError("--epochs must be at least 1")
+    if not 0 <= args.val_split < 1:
+        raise UserError("--val-split must be in [0, 1)")
+    if not 0 <= args.label_smoothing < 1:
+        raise UserError("--label-smoothing must be in [0, 1)")
+    if args.fine_tune_layers < 0:
+        raise UserError("--fine-tune-layers must be >= 0")
+    keys = set(TrainConfig.__dataclass_fields__)
+    return TrainConfig(**{k: v for k, v in vars(args).items() if k in keys})
+
+
+def run(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    result = train(args.data_dir, args.out, config)
+    m = result.metrics
+    print(f"\n{m['split']} accuracy: {m['accuracy']:.3f} on {m['count']} images")
+    for c, s in m["per_class"].items():
+        print(f"  {c:<20} precision {s['precision']:.3f}  recall {s['recall']:.3f}  "
+              f"n={s['support']}")
+    print(f"run written to {result.run_dir}: model.keras, labels.json, contract.json, "
+          f"{METRICS_FILE}, {CURVES_PNG}, {CONFUSION_PNG}")
+    return 0
