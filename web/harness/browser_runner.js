@@ -1,0 +1,131 @@
+// The browser side of the parity engine (edgetl.runtimes.tfjs_browser drives it via Playwright).
+//
+// window.edgetlHarness:
+//   init({backend, numThreads})   -> backend info (throws if the backend cannot start)
+//   run({modelUrl, format, inputsUrl, inputShape, contract})
+//        -> {outputs: [{name, shape, data: base64 little-endian float32}], info, timings}
+//      inputsUrl is raw little-endian float32 bytes (probes/inputs.bin); they go through the same
+//      preprocess() as the app (a no-op resize when already at the contract size).
+//   benchmark({modelUrl, format, contract, runs, warmup}) -> batch-1 latency statistics (ms)
+// window.edgetlHarnessReady is true once this module has loaded.
+
+import {backendInfo, initBackend} from '/lib/backend.js';
+import {preprocess} from '/lib/preprocess.js';
+
+const tf = globalThis.tf;
+const models = new Map(); // modelUrl -> loaded model, so a benchmark after a run loads nothing
+const LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
+
+async function loadModel(modelUrl, format) {
+  const key = `${format}:${modelUrl}`;
+  if (!models.has(key)) {
+    let model;
+    if (format === 'tfjs_layers') model = await tf.loadLayersModel(modelUrl);
+    else if (format === 'tfjs_graph') model = await tf.loadGraphModel(modelUrl);
+    else throw new Error(`the browser harness runs tfjs_layers and tfjs_graph, not ${format}`);
+    models.set(key, model);
+  }
+  return models.get(key);
+}
+
+function outputNames(model, count) {
+  const names = model.outputNames || (model.outputs || []).map((o) => o.name);
+  return Array.from({length: count}, (_, i) => names[i] || `output_${i}`);
+}
+
+function toBase64(float32) {
+  let bytes = new Uint8Array(float32.buffer, float32.byteOffset, float32.byteLength);
+  if (!LITTLE_ENDIAN) {
+    const copy = new DataView(new ArrayBuffer(float32.byteLength));
+    float32.forEach((v, i) => copy.setFloat32(i * 4, v, true));
+    bytes = new Uint8Array(copy.buffer);
+  }
+  let binary = '';
+  const chunk = 0x8000;
+  for (let i = 0; i < bytes.length; i += chunk) {
+    binary += String.fromCharCode.apply(null, bytes.subarray(i, i + chunk));
+  }
+  return btoa(binary);
+}
+
+async function fetchFloat32(url, shape) {
+  const response = await fetch(url);
+  if (!response.ok) throw new Error(`GET ${url}: HTTP ${response.status}`);
+  const buffer = await response.arrayBuffer();
+  const count = shape.reduce((a, b) => a * b, 1);
+  if (buffer.byteLength !== count * 4) {
+    throw new Error(`${url}: ${buffer.byteLength} bytes, expected ${count * 4} for [${shape}]`);
+  }
+  if (LITTLE_ENDIAN) return new Float32Array(buffer);
+  const view = new DataView(buffer);
+  return Float32Array.from({length: count}, (_, i) => view.getFloat32(i * 4, true));
+}
+
+function predict(model, x) {
+  const y = model.predict(x);
+  return Array.isArray(y) ? y : (y instanceof tf.Tensor ? [y] : Object.values(y));
+}
+
+async function init({backend, numThreads} = {}) {
+  return initBackend(backend, numThreads ? {numThreads} : {});
+}
+
+async function run({modelUrl, format, inputsUrl, inputShape, contract}) {
+  const t0 = performance.now();
+  const model = await loadModel(modelUrl, format);
+  const t1 = performance.now();
+  const raw = await fetchFloat32(inputsUrl, inputShape);
+  const t2 = performance.now();
+  const x = preprocess(tf.tensor(raw, inputShape, 'float32'), contract);
+  let ys;
+  try {
+    ys = predict(model, x);
+    const names = outputNames(model, ys.length);
+    const outputs = [];
+    for (let i = 0; i < ys.length; i++) {
+      const data = await ys[i].data();
+      outputs.push({name: names[i], shape: ys[i].shape,
+                    data: toBase64(data instanceof Float32Array ? data : Float32Array.from(data))});
+    }
+    const t3 = performance.now();
+    return {outputs, info: await backendInfo(),
+            timings: {load_ms: t1 - t0, fetch_ms: t2 - t1, infer_ms: t3 - t2}};
+  } finally {
+    x.dispose();
+    if (ys) ys.forEach((t) => t.dispose());
+  }
+}
+
+async function benchmark({modelUrl, format, contract, runs = 30, warmup = 5}) {
+  const model = await loadModel(modelUrl, format);
+  const h = contract.height;
+  const w = contract.width;
+  const x = tf.tidy(() => tf.randomUniform([1, h, w, 3], 0, 255, 'float32', 7));
+  const once = async () => {
+    const t0 = performance.now();
+    const ys = predict(model, x);
+    await Promise.all(ys.map((y) => y.data()));
+    const dt = performance.now() - t0;
+    ys.forEach((y) => y.dispose());
+    return dt;
+  };
+  try {
+    const warm = [];
+    for (let i = 0; i < warmup; i++) warm.push(await once());
+    const times = [];
+    for (let i = 0; i < runs; i++) times.push(await once());
+    const sorted = [...times].sort((a, b) => a - b);
+    const mean = times.reduce((a, b) => a + b, 0) / times.length;
+    return {
+      runs, warmup, first_ms: warm[0] ?? null, times_ms: times, mean_ms: mean,
+      median_ms: sorted[Math.floor(sorted.length / 2)], min_ms: sorted[0],
+      p90_ms: sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * 0.9))],
+      info: await backendInfo(),
+    };
+  } finally {
+    x.dispose();
+  }
+}
+
+window.edgetlHarness = {init, run, benchmark, backendInfo: () => backendInfo()};
+window.edgetlHarnessReady = true;
