@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import importlib
 import shutil
 import sys
 import tempfile
@@ -20,32 +19,58 @@ import numpy as np
 
 from edgetl.contract import LABELS_FILE, InputContract, save_labels
 from edgetl.errors import UserError
-from edgetl.manifest import ArtifactRecord, Manifest, ProbeSet, record_files, sha256_file, write_probes
+from edgetl.manifest import (
+    ArtifactRecord,
+    Manifest,
+    ProbeSet,
+    record_files,
+    sha256_file,
+    write_probes,
+)
 
 SOURCE_MODEL = "source/model.keras"
 MAX_REAL_PROBES = 8
 SYNTHETIC_PROBES = 4
 PROBE_SEED = 20261122
 MAX_CALIBRATION_IMAGES = 100
-TOOL_PACKAGES = ("edgetl", "tensorflow", "keras", "tensorflowjs", "tf2onnx", "onnx",
-                 "onnxruntime", "ai-edge-litert", "numpy")
+TOOL_PACKAGES = (
+    "edgetl",
+    "tensorflow",
+    "keras",
+    "tensorflowjs",
+    "tf2onnx",
+    "onnx",
+    "onnxruntime",
+    "ai-edge-litert",
+    "numpy",
+)
 
 
 class ExportError(UserError):
     """A converter failed; names the format. The CLI prints it and exits non-zero."""
 
 
-def export_bundle(model, out_dir: str | Path, *, labels: Sequence[str], contract: InputContract,
-                  formats: Sequence[str] = ("tfjs", "onnx", "tflite"),
-                  quantizations: Sequence[str] = (),
-                  calibration_images: np.ndarray | None = None,
-                  probe_images: np.ndarray | None = None,
-                  probe_labels: Sequence[int] | None = None,
-                  probe_names: Sequence[str] | None = None,
-                  model_name: str = "model", source_path: Path | None = None,
-                  opset: int | None = None, nchw: bool = False, int8_io: str = "float32",
-                  tfjs_graph: bool = False, overwrite: bool = False,
-                  log=print) -> Manifest:
+def export_bundle(
+    model,
+    out_dir: str | Path,
+    *,
+    labels: Sequence[str],
+    contract: InputContract,
+    formats: Sequence[str] = ("tfjs", "onnx", "tflite"),
+    quantizations: Sequence[str] = (),
+    calibration_images: np.ndarray | None = None,
+    probe_images: np.ndarray | None = None,
+    probe_labels: Sequence[int] | None = None,
+    probe_names: Sequence[str] | None = None,
+    model_name: str = "model",
+    source_path: Path | None = None,
+    opset: int | None = None,
+    nchw: bool = False,
+    int8_io: str = "float32",
+    tfjs_graph: bool = False,
+    overwrite: bool = False,
+    log=print,
+) -> Manifest:
     """Write the bundle for `model` to `out_dir` and return its manifest.
 
     Images (probes, calibration) are float32 (N, H, W, 3) in the contract's value range."""
@@ -56,23 +81,42 @@ def export_bundle(model, out_dir: str | Path, *, labels: Sequence[str], contract
     if quantizations and "tflite" not in formats:
         raise UserError("--quantize applies to TFLite; add tflite to --formats")
     if "int8" in quantizations and (calibration_images is None or len(calibration_images) == 0):
-        raise UserError("int8 needs calibration images: pass --calibration DATA_DIR (or export a "
-                        "run directory whose training data is still on disk)")
+        raise UserError(
+            "int8 needs calibration images: pass --calibration DATA_DIR (or export a "
+            "run directory whose training data is still on disk)"
+        )
     if len(labels) != int(model.outputs[0].shape[-1]):
-        raise UserError(f"{len(labels)} labels for a model with {model.outputs[0].shape[-1]} outputs")
+        raise UserError(
+            f"{len(labels)} labels for a model with {model.outputs[0].shape[-1]} outputs"
+        )
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite and (out_dir.is_file() or any(out_dir.iterdir())):
-        raise UserError(f"{out_dir} already exists and is not empty; choose another --out or pass "
-                        "--force to replace it")
+        raise UserError(
+            f"{out_dir} already exists and is not empty; choose another --out or pass "
+            "--force to replace it"
+        )
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
     try:
         manifest = _write_bundle(
-            model, tmp, labels=list(labels), contract=contract, formats=formats,
-            quantizations=quantizations, calibration_images=calibration_images,
-            probe_images=probe_images, probe_labels=probe_labels, probe_names=probe_names,
-            model_name=model_name, source_path=source_path, opset=opset, nchw=nchw,
-            int8_io=int8_io, tfjs_graph=tfjs_graph, log=log)
+            model,
+            tmp,
+            labels=list(labels),
+            contract=contract,
+            formats=formats,
+            quantizations=quantizations,
+            calibration_images=calibration_images,
+            probe_images=probe_images,
+            probe_labels=probe_labels,
+            probe_names=probe_names,
+            model_name=model_name,
+            source_path=source_path,
+            opset=opset,
+            nchw=nchw,
+            int8_io=int8_io,
+            tfjs_graph=tfjs_graph,
+            log=log,
+        )
         _replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -91,9 +135,26 @@ def _replace_dir(new: Path, target: Path) -> None:
         shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
 
 
-def _write_bundle(model, root: Path, *, labels, contract, formats, quantizations,
-                  calibration_images, probe_images, probe_labels, probe_names, model_name,
-                  source_path, opset, nchw, int8_io, tfjs_graph, log) -> Manifest:
+def _write_bundle(
+    model,
+    root: Path,
+    *,
+    labels,
+    contract,
+    formats,
+    quantizations,
+    calibration_images,
+    probe_images,
+    probe_labels,
+    probe_names,
+    model_name,
+    source_path,
+    opset,
+    nchw,
+    int8_io,
+    tfjs_graph,
+    log,
+) -> Manifest:
     meta = {"labels": labels, "input": contract.to_dict(), "name": model_name}
     artifacts: list[ArtifactRecord] = []
 
@@ -106,9 +167,17 @@ def _write_bundle(model, root: Path, *, labels, contract, formats, quantizations
     for fmt in formats:
         log(f"exporting {fmt} ...")
         try:
-            artifacts += _EXPORTERS[fmt](model, root, meta=meta, quantizations=quantizations,
-                                         calibration_images=calibration_images, opset=opset,
-                                         nchw=nchw, int8_io=int8_io, tfjs_graph=tfjs_graph)
+            artifacts += _EXPORTERS[fmt](
+                model,
+                root,
+                meta=meta,
+                quantizations=quantizations,
+                calibration_images=calibration_images,
+                opset=opset,
+                nchw=nchw,
+                int8_io=int8_io,
+                tfjs_graph=tfjs_graph,
+            )
         except UserError:
             raise
         except Exception as e:
@@ -117,10 +186,17 @@ def _write_bundle(model, root: Path, *, labels, contract, formats, quantizations
     probes = make_probes(model, contract, probe_images, probe_labels, probe_names)
     save_labels(root / LABELS_FILE, labels)
     manifest = Manifest(
-        name=model_name, labels=labels, input=contract, artifacts=artifacts,
-        source_model={"file": SOURCE_MODEL, "original": source_path.name if source_path else None,
-                      "sha256": source_hash},
-        tools=tool_versions(), probes=write_probes(root, probes),
+        name=model_name,
+        labels=labels,
+        input=contract,
+        artifacts=artifacts,
+        source_model={
+            "file": SOURCE_MODEL,
+            "original": source_path.name if source_path else None,
+            "sha256": source_hash,
+        },
+        tools=tool_versions(),
+        probes=write_probes(root, probes),
         output={"name": "probabilities", "shape": [None, len(labels)], "activation": "softmax"},
         created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     )
@@ -132,33 +208,57 @@ def _export_tfjs(model, root: Path, *, tfjs_graph: bool, meta: dict, **_) -> lis
     from edgetl.converters.tfjs import export_tfjs
 
     out = []
-    for artifact_id, folder, graph in (("tfjs_layers", "tfjs", False),
-                                       ("tfjs_graph", "tfjs_graph", True)):
+    for artifact_id, folder, graph in (
+        ("tfjs_layers", "tfjs", False),
+        ("tfjs_graph", "tfjs_graph", True),
+    ):
         if graph and not tfjs_graph:
             continue
         main = export_tfjs(model, root / folder, graph=graph)
-        files = sorted(p.relative_to(root).as_posix() for p in (root / folder).rglob("*")
-                       if p.is_file())
-        out.append(ArtifactRecord(id=artifact_id, format=artifact_id, precision="float32",
-                                  path=main.relative_to(root).as_posix(),
-                                  files=record_files(root, files)))
+        files = sorted(
+            p.relative_to(root).as_posix() for p in (root / folder).rglob("*") if p.is_file()
+        )
+        out.append(
+            ArtifactRecord(
+                id=artifact_id,
+                format=artifact_id,
+                precision="float32",
+                path=main.relative_to(root).as_posix(),
+                files=record_files(root, files),
+            )
+        )
     return out
 
 
-def _export_onnx(model, root: Path, *, opset: int | None, nchw: bool, meta: dict,
-                 **_) -> list[ArtifactRecord]:
+def _export_onnx(
+    model, root: Path, *, opset: int | None, nchw: bool, meta: dict, **_
+) -> list[ArtifactRecord]:
     from edgetl.converters.onnx import DEFAULT_OPSET, export_onnx, metadata_for
 
     opset = opset or DEFAULT_OPSET
-    export_onnx(model, root / "model.onnx", opset=opset, nchw=nchw,
-                metadata=metadata_for(meta["labels"], meta["input"]))
-    return [ArtifactRecord(id="onnx", format="onnx", precision="float32", path="model.onnx",
-                           files=record_files(root, ["model.onnx"]),
-                           layout="NCHW" if nchw else "NHWC", options={"opset": opset})]
+    export_onnx(
+        model,
+        root / "model.onnx",
+        opset=opset,
+        nchw=nchw,
+        metadata=metadata_for(meta["labels"], meta["input"]),
+    )
+    return [
+        ArtifactRecord(
+            id="onnx",
+            format="onnx",
+            precision="float32",
+            path="model.onnx",
+            files=record_files(root, ["model.onnx"]),
+            layout="NCHW" if nchw else "NHWC",
+            options={"opset": opset},
+        )
+    ]
 
 
-def _export_tflite(model, root: Path, *, quantizations, calibration_images, int8_io: str,
-                   meta: dict, **_) -> list[ArtifactRecord]:
+def _export_tflite(
+    model, root: Path, *, quantizations, calibration_images, int8_io: str, meta: dict, **_
+) -> list[ArtifactRecord]:
     from edgetl.converters.tflite import export_tflite
 
     precisions = ["float32", *quantizations]
@@ -166,23 +266,38 @@ def _export_tflite(model, root: Path, *, quantizations, calibration_images, int8
     if calibration_images is not None and len(calibration_images):
         images = np.asarray(calibration_images[:MAX_CALIBRATION_IMAGES], dtype=np.float32)
         calibration = lambda: (images[i : i + 1] for i in range(len(images)))  # noqa: E731
-    paths = export_tflite(model, root, precisions=precisions, calibration=calibration,
-                          io_dtype=int8_io, metadata=meta)
+    paths = export_tflite(
+        model, root, precisions=precisions, calibration=calibration, io_dtype=int8_io, metadata=meta
+    )
     out = []
     for p, path in paths.items():
         io = int8_io if p == "int8" else "float32"
         options = {"calibration_images": len(calibration_images)} if p == "int8" else {}
-        out.append(ArtifactRecord(id=f"tflite_{p}", format="tflite", precision=p,
-                                  path=path.name, files=record_files(root, [path.name]),
-                                  input_dtype=io, output_dtype=io, options=options))
+        out.append(
+            ArtifactRecord(
+                id=f"tflite_{p}",
+                format="tflite",
+                precision=p,
+                path=path.name,
+                files=record_files(root, [path.name]),
+                input_dtype=io,
+                output_dtype=io,
+                options=options,
+            )
+        )
     return out
 
 
 _EXPORTERS = {"tfjs": _export_tfjs, "onnx": _export_onnx, "tflite": _export_tflite}
 
 
-def make_probes(model, contract: InputContract, images: np.ndarray | None,
-                labels: Sequence[int] | None, names: Sequence[str] | None) -> ProbeSet:
+def make_probes(
+    model,
+    contract: InputContract,
+    images: np.ndarray | None,
+    labels: Sequence[int] | None,
+    names: Sequence[str] | None,
+) -> ProbeSet:
     """Real images (when known) plus seeded synthetic ones, with the Keras outputs for them."""
     h, w = contract.height, contract.width
     lo, hi = contract.value_range
@@ -235,23 +350,40 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("model", help="an edgetl run directory, or a Keras .keras / .h5 classifier")
     p.add_argument("--out", required=True, type=Path, help="bundle directory to create")
-    p.add_argument("--formats", default=",".join(FORMATS.names()),
-                   help=f"comma-separated formats (default: all): {', '.join(FORMATS.names())}")
-    p.add_argument("--quantize", default="",
-                   help=f"extra TFLite variants: {', '.join(QUANTIZATIONS.names())} (float32 is "
-                   "always written)")
-    p.add_argument("--calibration", type=Path,
-                   help="image folder (one sub-folder per class) for int8 calibration and probes; "
-                   "default: the training data recorded with a run directory")
+    p.add_argument(
+        "--formats",
+        default=",".join(FORMATS.names()),
+        help=f"comma-separated formats (default: all): {', '.join(FORMATS.names())}",
+    )
+    p.add_argument(
+        "--quantize",
+        default="",
+        help=f"extra TFLite variants: {', '.join(QUANTIZATIONS.names())} (float32 is "
+        "always written)",
+    )
+    p.add_argument(
+        "--calibration",
+        type=Path,
+        help="image folder (one sub-folder per class) for int8 calibration and probes; "
+        "default: the training data recorded with a run directory",
+    )
     p.add_argument("--labels", help="labels file (.json list or one per line) or a,b,c list")
-    p.add_argument("--input-range", help="value range the model input expects, e.g. 0,255 "
-                   "(default, preprocessing inside the model) or -1,1")
+    p.add_argument(
+        "--input-range",
+        help="value range the model input expects, e.g. 0,255 "
+        "(default, preprocessing inside the model) or -1,1",
+    )
     p.add_argument("--opset", type=int, help="ONNX opset (13..18, default 15)")
     p.add_argument("--nchw", action="store_true", help="ONNX input as NCHW instead of NHWC")
-    p.add_argument("--int8-io", default="float32", choices=["float32", "uint8", "int8"],
-                   help="input/output dtype of the int8 TFLite model")
-    p.add_argument("--tfjs-graph", action="store_true",
-                   help="also write a TF.js graph model (inference only)")
+    p.add_argument(
+        "--int8-io",
+        default="float32",
+        choices=["float32", "uint8", "int8"],
+        help="input/output dtype of the int8 TFLite model",
+    )
+    p.add_argument(
+        "--tfjs-graph", action="store_true", help="also write a TF.js graph model (inference only)"
+    )
     p.add_argument("--force", action="store_true", help="replace an existing bundle directory")
 
 
@@ -265,12 +397,16 @@ def run(args: argparse.Namespace) -> int:
         from edgetl.converters.onnx import MAX_OPSET, MIN_OPSET
 
         if not MIN_OPSET <= args.opset <= MAX_OPSET:
-            raise UserError(f"--opset {args.opset} is not supported; choose {MIN_OPSET}..{MAX_OPSET}")
+            raise UserError(
+                f"--opset {args.opset} is not supported; choose {MIN_OPSET}..{MAX_OPSET}"
+            )
     if args.calibration is not None and not args.calibration.is_dir():
         raise UserError(f"--calibration {args.calibration}: not a directory")
     loaded = load_model_source(
-        args.model, labels=parse_labels(args.labels) if args.labels else None,
-        input_range=parse_range(args.input_range) if args.input_range else None)
+        args.model,
+        labels=parse_labels(args.labels) if args.labels else None,
+        input_range=parse_range(args.input_range) if args.input_range else None,
+    )
     for note in loaded.notes:
         print(f"note: {note}")
     data_dir = args.calibration or loaded.data_dir
@@ -278,11 +414,24 @@ def run(args: argparse.Namespace) -> int:
     if data_dir is not None:
         images, labels, names = sample_images(data_dir, loaded.contract, loaded.labels)
     manifest = export_bundle(
-        loaded.model, args.out, labels=loaded.labels, contract=loaded.contract, formats=formats,
-        quantizations=quantizations, calibration_images=images, probe_images=images,
-        probe_labels=labels, probe_names=names, model_name=loaded.name,
-        source_path=loaded.source_path, opset=args.opset, nchw=args.nchw, int8_io=args.int8_io,
-        tfjs_graph=args.tfjs_graph, overwrite=args.force)
+        loaded.model,
+        args.out,
+        labels=loaded.labels,
+        contract=loaded.contract,
+        formats=formats,
+        quantizations=quantizations,
+        calibration_images=images,
+        probe_images=images,
+        probe_labels=labels,
+        probe_names=names,
+        model_name=loaded.name,
+        source_path=loaded.source_path,
+        opset=args.opset,
+        nchw=args.nchw,
+        int8_io=args.int8_io,
+        tfjs_graph=args.tfjs_graph,
+        overwrite=args.force,
+    )
     print(f"bundle written to {args.out}")
     for a in manifest.artifacts:
         print(f"  {a.id:<16} {a.path:<24} {a.size / 1e6:8.2f} MB")
@@ -290,8 +439,12 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def sample_images(data_dir: Path, contract: InputContract, model_labels: list[str],
-                  limit: int = MAX_CALIBRATION_IMAGES):
+def sample_images(
+    data_dir: Path,
+    contract: InputContract,
+    model_labels: list[str],
+    limit: int = MAX_CALIBRATION_IMAGES,
+):
     """Up to `limit` images from a class folder, interleaved across classes (so the first few,
     used as probes, cover every class); labels mapped to the model's when names match."""
     from edgetl.data import load_images, scan_image_folder
@@ -304,8 +457,9 @@ def sample_images(data_dir: Path, contract: InputContract, model_labels: list[st
             if idx and len(picked) < limit:
                 picked.append(idx.pop(0))
     paths = [folder.files[i] for i in picked]
-    images = images_in_range(load_images(paths, contract.height, contract.width, progress=True),
-                             contract)
+    images = images_in_range(
+        load_images(paths, contract.height, contract.width, progress=True), contract
+    )
     index = {name: i for i, name in enumerate(model_labels)}
     labels = [index.get(folder.classes[folder.labels[i]]) for i in picked]
     names = [f"image:{Path(p).relative_to(data_dir).as_posix()}" for p in paths]

@@ -66,8 +66,14 @@ class EmbeddingStats:
 
 
 class EmbeddingCache:
-    def __init__(self, embedding_model, cache_dir: Path | None, *, runtime: str = "auto",
-                 batch_size: int = 32) -> None:
+    def __init__(
+        self,
+        embedding_model,
+        cache_dir: Path | None,
+        *,
+        runtime: str = "auto",
+        batch_size: int = 32,
+    ) -> None:
         self.model = embedding_model
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.runtime = runtime
@@ -129,8 +135,9 @@ class EmbeddingCache:
         if session is not None:
             return session.run(None, {"image": np.asarray(images, dtype=np.float32)})[0]
         self.stats.runtime = "keras"
-        return np.asarray(self.model.predict(images, batch_size=self.batch_size, verbose=0),
-                          dtype=np.float32)
+        return np.asarray(
+            self.model.predict(images, batch_size=self.batch_size, verbose=0), dtype=np.float32
+        )
 
     def _cache_file(self, key: str) -> Path | None:
         if self.cache_dir is None:
@@ -172,8 +179,9 @@ class EmbeddingCache:
                 tmp.replace(path)
             opts = ort.SessionOptions()
             opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            self._session = ort.InferenceSession(str(path), opts,
-                                                 providers=["CPUExecutionProvider"])
+            self._session = ort.InferenceSession(
+                str(path), opts, providers=["CPUExecutionProvider"]
+            )
         except Exception as e:  # conversion of an exotic backbone: Keras still works
             if self.runtime == "onnxruntime":
                 raise

@@ -50,18 +50,26 @@ def parse_labels(text: str) -> list[str]:
     return [s.strip() for s in text.split(",") if s.strip()]
 
 
-def load_model_source(source: str | Path, *, labels: list[str] | None = None,
-                      input_range: tuple[float, float] | None = None) -> LoadedModel:
+def load_model_source(
+    source: str | Path,
+    *,
+    labels: list[str] | None = None,
+    input_range: tuple[float, float] | None = None,
+) -> LoadedModel:
     """Resolve `source` (run dir or model file), load it, and check it is an image classifier."""
     source = Path(source)
     if source.is_dir():
         model_path = source / MODEL_FILE
         if not model_path.is_file():
-            raise UserError(f"{source} is a directory without {MODEL_FILE}: pass an edgetl run "
-                            f"directory or a model file ({', '.join(MODEL_SUFFIXES)})")
+            raise UserError(
+                f"{source} is a directory without {MODEL_FILE}: pass an edgetl run "
+                f"directory or a model file ({', '.join(MODEL_SUFFIXES)})"
+            )
     elif source.is_file():
         if source.suffix.lower() not in MODEL_SUFFIXES:
-            raise UserError(f"{source}: not a Keras model file; expected {', '.join(MODEL_SUFFIXES)}")
+            raise UserError(
+                f"{source}: not a Keras model file; expected {', '.join(MODEL_SUFFIXES)}"
+            )
         model_path = source
     else:
         raise UserError(f"model not found: {source}")
@@ -84,14 +92,19 @@ def load_model_source(source: str | Path, *, labels: list[str] | None = None,
         if input_range is not None:
             contract = InputContract.from_dict({**contract.to_dict(), "value_range": input_range})
     else:
-        contract = InputContract(height=shape[0], width=shape[1],
-                                 value_range=input_range or (0.0, 255.0))
+        contract = InputContract(
+            height=shape[0], width=shape[1], value_range=input_range or (0.0, 255.0)
+        )
         if input_range is None:
-            notes.append(f"no {CONTRACT_FILE} beside the model and no --input-range: assuming the "
-                         "model takes RGB 0..255 (preprocessing inside the model)")
+            notes.append(
+                f"no {CONTRACT_FILE} beside the model and no --input-range: assuming the "
+                "model takes RGB 0..255 (preprocessing inside the model)"
+            )
     if (contract.height, contract.width) != tuple(shape[:2]):
-        raise UserError(f"contract size {contract.height}x{contract.width} does not match the "
-                        f"model input {shape[0]}x{shape[1]}")
+        raise UserError(
+            f"contract size {contract.height}x{contract.width} does not match the "
+            f"model input {shape[0]}x{shape[1]}"
+        )
     data_dir = None
     info = side / TRAIN_INFO_FILE
     if info.is_file():
@@ -99,8 +112,15 @@ def load_model_source(source: str | Path, *, labels: list[str] | None = None,
         if recorded and Path(recorded).is_dir():
             data_dir = Path(recorded)
     name = source.name if source.is_dir() else model_path.stem
-    return LoadedModel(model=model, labels=labels, contract=contract, source_path=model_path,
-                       name=name, data_dir=data_dir, notes=tuple(notes))
+    return LoadedModel(
+        model=model,
+        labels=labels,
+        contract=contract,
+        source_path=model_path,
+        name=name,
+        data_dir=data_dir,
+        notes=tuple(notes),
+    )
 
 
 def _load_keras(path: Path):
@@ -117,8 +137,10 @@ def _input_shape(model, path: Path) -> tuple[int, int, int]:
         raise UserError(f"{path}: expected one image input, the model has {len(model.inputs)}")
     shape = tuple(model.inputs[0].shape)
     if len(shape) != 4 or shape[-1] != 3 or shape[1] is None or shape[2] is None:
-        raise UserError(f"{path}: expected an input of shape (batch, height, width, 3) with a "
-                        f"fixed size, got {shape}")
+        raise UserError(
+            f"{path}: expected an input of shape (batch, height, width, 3) with a "
+            f"fixed size, got {shape}"
+        )
     return int(shape[1]), int(shape[2]), 3
 
 

@@ -39,6 +39,9 @@ class TrainConfig:
     class_weights: bool = True
     patience: int = 5
     augment: bool = False
+    # Stage 1 without the embedding cache: model.fit through the frozen base every epoch (the
+    # seed posts' recipe). Only for comparison (bench, tests); --augment implies it.
+    full_forward: bool = False
     fine_tune_layers: float = 0  # N top layers (>= 1) or a fraction of the base (< 1); 0 = off
     fine_tune_epochs: int = 5
     fine_tune_learning_rate: float = 1e-5
@@ -94,12 +97,15 @@ def make_augmenter(seed: int):
     applied to 0..255 batches outside the model so nothing of it is exported."""
     import keras
 
-    aug = keras.Sequential([
-        keras.layers.RandomFlip("horizontal", seed=seed),
-        keras.layers.RandomRotation(0.05, fill_mode="reflect", seed=seed + 1),
-        keras.layers.RandomZoom(0.1, fill_mode="reflect", seed=seed + 2),
-        keras.layers.RandomContrast(0.1, value_range=(0, 255), seed=seed + 3),
-    ], name="augment")
+    aug = keras.Sequential(
+        [
+            keras.layers.RandomFlip("horizontal", seed=seed),
+            keras.layers.RandomRotation(0.05, fill_mode="reflect", seed=seed + 1),
+            keras.layers.RandomZoom(0.1, fill_mode="reflect", seed=seed + 2),
+            keras.layers.RandomContrast(0.1, value_range=(0, 255), seed=seed + 3),
+        ],
+        name="augment",
+    )
     return lambda x: np.clip(np.asarray(aug(x, training=True)), 0, 255).astype(np.float32)
 
 
@@ -117,13 +123,26 @@ def balanced_class_weights(labels: np.ndarray, n: int) -> np.ndarray:
 def compile_model(model, lr: float, label_smoothing: float) -> None:
     import keras
 
-    model.compile(optimizer=keras.optimizers.Adam(lr),
-                  loss=keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing),
-                  metrics=["accuracy"])
+    model.compile(
+        optimizer=keras.optimizers.Adam(lr),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing),
+        metrics=["accuracy"],
+    )
 
 
-def fit(model, train: tuple, val: tuple | None, *, epochs: int, batch_size: int, seed: int,
-        patience: int, sample_weights: np.ndarray, transform=None, desc: str = "") -> dict:
+def fit(
+    model,
+    train: tuple,
+    val: tuple | None,
+    *,
+    epochs: int,
+    batch_size: int,
+    seed: int,
+    patience: int,
+    sample_weights: np.ndarray,
+    transform=None,
+    desc: str = "",
+) -> dict:
     """model.fit with seeded batches, early stopping on val loss (best weights kept)."""
     import keras
 
@@ -131,8 +150,11 @@ def fit(model, train: tuple, val: tuple | None, *, epochs: int, batch_size: int,
     seq = BatchSequence(x, y, sample_weights, batch_size, seed, transform)
     callbacks = []
     if val is not None and patience > 0:
-        callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience,
-                                                       restore_best_weights=True))
+        callbacks.append(
+            keras.callbacks.EarlyStopping(
+                monitor="val_loss", patience=patience, restore_best_weights=True
+            )
+        )
     callbacks.append(_ProgressLine(desc, epochs))
     h = model.fit(seq, validation_data=val, epochs=epochs, verbose=0, callbacks=callbacks)
     return {k: [float(v) for v in vs] for k, vs in h.history.items()}
@@ -144,8 +166,11 @@ def _ProgressLine(desc: str, epochs: int):
     class _P(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
             logs = logs or {}
-            parts = [f"{k} {v:.4f}" for k, v in logs.items() if k in
-                     ("loss", "accuracy", "val_loss", "val_accuracy")]
+            parts = [
+                f"{k} {v:.4f}"
+                for k, v in logs.items()
+                if k in ("loss", "accuracy", "val_loss", "val_accuracy")
+            ]
             print(f"  {desc} epoch {epoch + 1}/{epochs}: " + ", ".join(parts), flush=True)
 
     return _P()
@@ -157,7 +182,7 @@ def set_fine_tune(base, top: float) -> int:
     import keras
 
     n = len(base.layers)
-    k = int(round(top * n)) if 0 < top < 1 else int(top)
+    k = round(top * n) if 0 < top < 1 else int(top)
     k = max(0, min(k, n))
     base.trainable = True
     for i, layer in enumerate(base.layers):
@@ -179,16 +204,29 @@ def evaluate(probabilities: np.ndarray, labels: np.ndarray, classes: list[str]) 
         prec = tp / cm[:, i].sum() if cm[:, i].sum() else 0.0
         rec = tp / cm[i].sum() if cm[i].sum() else 0.0
         f1 = 2 * prec * rec / (prec + rec) if prec + rec else 0.0
-        per_class[c] = {"precision": float(prec), "recall": float(rec), "f1": float(f1),
-                        "support": int(cm[i].sum())}
-    return {"accuracy": float((pred == labels).mean()) if len(labels) else float("nan"),
-            "count": len(labels), "per_class": per_class,
-            "confusion_matrix": cm.tolist(), "classes": classes}
+        per_class[c] = {
+            "precision": float(prec),
+            "recall": float(rec),
+            "f1": float(f1),
+            "support": int(cm[i].sum()),
+        }
+    return {
+        "accuracy": float((pred == labels).mean()) if len(labels) else float("nan"),
+        "count": len(labels),
+        "per_class": per_class,
+        "confusion_matrix": cm.tolist(),
+        "classes": classes,
+    }
 
 
-def train(data_dir: str | Path, run_dir: str | Path, config: TrainConfig = TrainConfig(),
-          progress: bool = True) -> TrainResult:
+def train(
+    data_dir: str | Path,
+    run_dir: str | Path,
+    config: TrainConfig | None = None,
+    progress: bool = True,
+) -> TrainResult:
     """The whole job: scan, split, embed (cached), train head, optional fine-tune, write RUN_DIR."""
+    config = config or TrainConfig()
     import keras
 
     from edgetl.classifier import (
@@ -215,8 +253,10 @@ def train(data_dir: str | Path, run_dir: str | Path, config: TrainConfig = Train
     run_dir.mkdir(parents=True, exist_ok=True)
     classes, labels = folder.classes, folder.labels
     n = len(classes)
-    print(f"{len(folder.files)} images in {n} classes: "
-          + ", ".join(f"{c} ({k})" for c, k in folder.counts().items()))
+    print(
+        f"{len(folder.files)} images in {n} classes: "
+        + ", ".join(f"{c} ({k})" for c, k in folder.counts().items())
+    )
     train_idx, val_idx = stratified_split(labels, config.val_split, config.seed)
     has_val = len(val_idx) > 0
 
@@ -229,28 +269,45 @@ def train(data_dir: str | Path, run_dir: str | Path, config: TrainConfig = Train
         base.trainable = False
 
     y = one_hot(labels, n)
-    cw = balanced_class_weights(labels[train_idx], n) if config.class_weights else np.ones(n, np.float32)
+    cw = (
+        balanced_class_weights(labels[train_idx], n)
+        if config.class_weights
+        else np.ones(n, np.float32)
+    )
     sw = cw[labels].astype(np.float32)
     history: dict[str, list[float]] = {}
     emb_stats = {}
+    images = None
 
-    if not config.augment:
+    if not (config.augment or config.full_forward):
         t = time.perf_counter()
-        cache_dir = None if config.cache_dir == "" else Path(config.cache_dir or default_cache_dir())
+        cache_dir = (
+            None if config.cache_dir == "" else Path(config.cache_dir or default_cache_dir())
+        )
         cache = EmbeddingCache(embedding_model(model), cache_dir, runtime=config.embedding_runtime)
         emb = cache.embed_files(folder.files, progress=progress)
         timings["embeddings_s"] = time.perf_counter() - t
         emb_stats = asdict(cache.stats)
-        print(f"  embeddings: {cache.stats.computed} computed with {cache.stats.runtime or 'cache'}"
-              f", {cache.stats.from_cache} from cache ({timings['embeddings_s']:.1f} s)")
+        print(
+            f"  embeddings: {cache.stats.computed} computed with {cache.stats.runtime or 'cache'}"
+            f", {cache.stats.from_cache} from cache ({timings['embeddings_s']:.1f} s)"
+        )
         t = time.perf_counter()
         keras.utils.set_random_seed(config.seed)
         head = build_head_model(emb.shape[1], n, head_cfg)
         compile_model(head, config.learning_rate, config.label_smoothing)
         val = (emb[val_idx], y[val_idx]) if has_val else None
-        h1 = fit(head, (emb[train_idx], y[train_idx]), val, epochs=config.epochs,
-                 batch_size=config.batch_size, seed=config.seed, patience=config.patience,
-                 sample_weights=sw[train_idx], desc="head")
+        h1 = fit(
+            head,
+            (emb[train_idx], y[train_idx]),
+            val,
+            epochs=config.epochs,
+            batch_size=config.batch_size,
+            seed=config.seed,
+            patience=config.patience,
+            sample_weights=sw[train_idx],
+            desc="head",
+        )
         copy_head_weights(head, model)
         timings["stage1_head_s"] = time.perf_counter() - t
     else:
@@ -261,28 +318,45 @@ def train(data_dir: str | Path, run_dir: str | Path, config: TrainConfig = Train
         keras.utils.set_random_seed(config.seed)
         compile_model(model, config.learning_rate, config.label_smoothing)
         val = (images[val_idx], y[val_idx]) if has_val else None
-        h1 = fit(model, (images[train_idx], y[train_idx]), val, epochs=config.epochs,
-                 batch_size=config.batch_size, seed=config.seed, patience=config.patience,
-                 sample_weights=sw[train_idx], transform=make_augmenter(config.seed),
-                 desc="head (augmented)")
-        timings["stage1_augmented_s"] = time.perf_counter() - t
+        h1 = fit(
+            model,
+            (images[train_idx], y[train_idx]),
+            val,
+            epochs=config.epochs,
+            batch_size=config.batch_size,
+            seed=config.seed,
+            patience=config.patience,
+            sample_weights=sw[train_idx],
+            transform=make_augmenter(config.seed) if config.augment else None,
+            desc="head (augmented)" if config.augment else "head (full forward)",
+        )
+        timings["stage1_full_forward_s"] = time.perf_counter() - t
     for k, v in h1.items():
         history[f"stage1_{k}"] = v
 
-    images = None
     if config.fine_tune_layers and base is not None:
         t = time.perf_counter()
-        images = load_images(folder.files, size, size, progress=progress)
+        if images is None:
+            images = load_images(folder.files, size, size, progress=progress)
         k = set_fine_tune(base, config.fine_tune_layers)
-        print(f"  stage 2: unfroze the top {k} of {len(base.layers)} backbone layers "
-              "(BatchNormalization kept frozen)")
+        print(
+            f"  stage 2: unfroze the top {k} of {len(base.layers)} backbone layers "
+            "(BatchNormalization kept frozen)"
+        )
         compile_model(model, config.fine_tune_learning_rate, config.label_smoothing)
         val = (images[val_idx], y[val_idx]) if has_val else None
-        h2 = fit(model, (images[train_idx], y[train_idx]), val, epochs=config.fine_tune_epochs,
-                 batch_size=config.batch_size, seed=config.seed + 1, patience=config.patience,
-                 sample_weights=sw[train_idx],
-                 transform=make_augmenter(config.seed) if config.augment else None,
-                 desc="fine-tune")
+        h2 = fit(
+            model,
+            (images[train_idx], y[train_idx]),
+            val,
+            epochs=config.fine_tune_epochs,
+            batch_size=config.batch_size,
+            seed=config.seed + 1,
+            patience=config.patience,
+            sample_weights=sw[train_idx],
+            transform=make_augmenter(config.seed) if config.augment else None,
+            desc="fine-tune",
+        )
         for key, v in h2.items():
             history[f"stage2_{key}"] = v
         timings["stage2_s"] = time.perf_counter() - t
@@ -304,18 +378,31 @@ def train(data_dir: str | Path, run_dir: str | Path, config: TrainConfig = Train
 
     model.save(run_dir / MODEL_FILE)
     save_labels(run_dir / LABELS_FILE, classes)
-    InputContract(height=size, width=size,
-                  internal_preprocessing=bb.internal_preprocessing).save(run_dir / CONTRACT_FILE)
+    InputContract(height=size, width=size, internal_preprocessing=bb.internal_preprocessing).save(
+        run_dir / CONTRACT_FILE
+    )
     (run_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
-    info = {"data_dir": str(Path(data_dir).resolve()), "backbone": bb.name, "alpha": alpha,
-            "size": size, "config": asdict(config), "embeddings": emb_stats,
-            "skipped": [[str(p), why] for p, why in folder.skipped]}
+    info = {
+        "data_dir": str(Path(data_dir).resolve()),
+        "backbone": bb.name,
+        "alpha": alpha,
+        "size": size,
+        "config": asdict(config),
+        "embeddings": emb_stats,
+        "skipped": [[str(p), why] for p, why in folder.skipped],
+    }
     (run_dir / TRAIN_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
     plot_curves(history, run_dir / CURVES_PNG)
     plot_confusion(metrics, run_dir / CONFUSION_PNG)
-    return TrainResult(run_dir=run_dir, labels=classes, history=history, metrics=metrics,
-                       timings=timings, embedding_stats=emb_stats,
-                       skipped=[(str(p), w) for p, w in folder.skipped])
+    return TrainResult(
+        run_dir=run_dir,
+        labels=classes,
+        history=history,
+        metrics=metrics,
+        timings=timings,
+        embedding_stats=emb_stats,
+        skipped=[(str(p), w) for p, w in folder.skipped],
+    )
 
 
 def plot_curves(history: dict[str, list[float]], path: Path) -> None:
@@ -359,8 +446,14 @@ def plot_confusion(metrics: dict, path: Path) -> None:
     ax.set_ylabel("true")
     for i in range(cm.shape[0]):
         for j in range(cm.shape[1]):
-            ax.text(j, i, str(cm[i, j]), ha="center", va="center",
-                    color="white" if cm[i, j] > cm.max() / 2 else "black")
+            ax.text(
+                j,
+                i,
+                str(cm[i, j]),
+                ha="center",
+                va="center",
+                color="white" if cm[i, j] > cm.max() / 2 else "black",
+            )
     ax.set_title(f"{metrics['split']}: accuracy {metrics['accuracy']:.3f}")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -374,12 +467,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     d = TrainConfig()
     p.add_argument("data_dir", type=Path, help="folder with one sub-folder of images per class")
     p.add_argument("--out", required=True, type=Path, help="run directory to write")
-    p.add_argument("--backbone", default=d.backbone,
-                   help="mobilenet_v1, mobilenet_v2, mobilenet_v3_small, mobilenet_v3_large")
+    p.add_argument(
+        "--backbone",
+        default=d.backbone,
+        help="mobilenet_v1, mobilenet_v2, mobilenet_v3_small, mobilenet_v3_large",
+    )
     p.add_argument("--alpha", type=float, help="width multiplier (default: the backbone's)")
     p.add_argument("--size", type=int, help="input size in pixels (default: 224)")
-    p.add_argument("--weights", default=d.weights,
-                   help="'imagenet' (Keras download/cache), a local weights file, or 'none'")
+    p.add_argument(
+        "--weights",
+        default=d.weights,
+        help="'imagenet' (Keras download/cache), a local weights file, or 'none'",
+    )
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--lr", type=float, default=d.learning_rate, dest="learning_rate")
@@ -388,20 +487,46 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hidden-units", type=int, default=d.hidden_units)
     p.add_argument("--dropout", type=float, default=d.dropout)
     p.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
-    p.add_argument("--no-class-weights", action="store_false", dest="class_weights",
-                   help="do not weight classes by inverse frequency")
-    p.add_argument("--patience", type=int, default=d.patience,
-                   help="early stopping patience on validation loss (0: off)")
-    p.add_argument("--augment", action="store_true",
-                   help="per-epoch augmentation (flip, rotation, zoom, contrast); needs full "
-                   "forward passes, so the embedding cache is not used")
-    p.add_argument("--fine-tune-layers", type=float, default=0,
-                   help="stage 2: unfreeze the top N backbone layers (or a fraction < 1)")
+    p.add_argument(
+        "--no-class-weights",
+        action="store_false",
+        dest="class_weights",
+        help="do not weight classes by inverse frequency",
+    )
+    p.add_argument(
+        "--patience",
+        type=int,
+        default=d.patience,
+        help="early stopping patience on validation loss (0: off)",
+    )
+    p.add_argument(
+        "--augment",
+        action="store_true",
+        help="per-epoch augmentation (flip, rotation, zoom, contrast); needs full "
+        "forward passes, so the embedding cache is not used",
+    )
+    p.add_argument(
+        "--fine-tune-layers",
+        type=float,
+        default=0,
+        help="stage 2: unfreeze the top N backbone layers (or a fraction < 1)",
+    )
     p.add_argument("--fine-tune-epochs", type=int, default=d.fine_tune_epochs)
-    p.add_argument("--fine-tune-lr", type=float, default=d.fine_tune_learning_rate,
-                   dest="fine_tune_learning_rate")
-    p.add_argument("--cache-dir", help="embedding cache folder (default ~/.cache/edgetl or "
-                   "$EDGETL_CACHE; '' disables)")
+    p.add_argument(
+        "--fine-tune-lr",
+        type=float,
+        default=d.fine_tune_learning_rate,
+        dest="fine_tune_learning_rate",
+    )
+    p.add_argument(
+        "--cache-dir",
+        help="embedding cache folder (default ~/.cache/edgetl or $EDGETL_CACHE; '' disables)",
+    )
+    p.add_argument(
+        "--full-forward",
+        action="store_true",
+        help="stage 1 without the embedding cache (slow; for comparison)",
+    )
     p.add_argument("--embedding-runtime", default="auto", choices=["auto", "onnxruntime", "keras"])
 
 
@@ -424,8 +549,11 @@ def run(args: argparse.Namespace) -> int:
     m = result.metrics
     print(f"\n{m['split']} accuracy: {m['accuracy']:.3f} on {m['count']} images")
     for c, s in m["per_class"].items():
-        print(f"  {c:<20} precision {s['precision']:.3f}  recall {s['recall']:.3f}  "
-              f"n={s['support']}")
-    print(f"run written to {result.run_dir}: model.keras, labels.json, contract.json, "
-          f"{METRICS_FILE}, {CURVES_PNG}, {CONFUSION_PNG}")
+        print(
+            f"  {c:<20} precision {s['precision']:.3f}  recall {s['recall']:.3f}  n={s['support']}"
+        )
+    print(
+        f"run written to {result.run_dir}: model.keras, labels.json, contract.json, "
+        f"{METRICS_FILE}, {CURVES_PNG}, {CONFUSION_PNG}"
+    )
     return 0

@@ -5,9 +5,8 @@ One file per backbone family registers its names here; tests parametrize over `B
 
 from __future__ import annotations
 
-from edgetl.models.base import BACKBONES, Backbone, BackboneConfigError, build_backbone, resolve
-
 # Importing the family modules registers them.
-from edgetl.models import mobilenet_v1, mobilenet_v2, mobilenet_v3  # noqa: E402,F401,I001
+from edgetl.models import mobilenet_v1, mobilenet_v2, mobilenet_v3  # noqa: F401
+from edgetl.models.base import BACKBONES, Backbone, BackboneConfigError, build_backbone, resolve
 
 __all__ = ["BACKBONES", "Backbone", "BackboneConfigError", "build_backbone", "resolve"]

@@ -1,0 +1,102 @@
+"""Shared, session-scoped fixtures: the sample data, locally made backbone weights, a trained
+tiny run and its bundle. Everything is small (MobileNetV2 alpha 0.35 at 96 px) and real."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+TINY = ("mobilenet_v2", 0.35, 96)
+# The smallest alpha/size keras offers per backbone: what the per-backbone tests build.
+SMALL_BACKBONES = {
+    "mobilenet_v1": (0.25, 128),
+    "mobilenet_v2": (0.35, 96),
+    "mobilenet_v3_small": (0.75, 96),
+    "mobilenet_v3_large": (0.75, 96),
+}
+
+
+@pytest.fixture(scope="session")
+def sample_data(tmp_path_factory) -> Path:
+    from edgetl.sample_data import make_sample_dataset
+
+    return make_sample_dataset(tmp_path_factory.mktemp("data") / "shapes", per_class=16, size=96)
+
+
+@pytest.fixture(scope="session")
+def local_weights(tmp_path_factory, sample_data):
+    """backbone name -> a weights file made here (no download), at SMALL_BACKBONES' size."""
+    from edgetl.models.base import make_local_weights
+
+    from edgetl.data import load_images, scan_image_folder
+
+    folder = scan_image_folder(sample_data)
+    root = tmp_path_factory.mktemp("weights")
+    made: dict[str, Path] = {}
+
+    def get(name: str) -> Path:
+        if name not in made:
+            alpha, size = SMALL_BACKBONES[name]
+            images = load_images(folder.files[::2], size, size)
+            made[name] = make_local_weights(name, alpha, size, images, root / f"{name}.weights.h5")
+        return made[name]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("edgetl-cache")
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, sample_data, local_weights, cache_dir) -> Path:
+    """A trained MobileNetV2 0.35/96 run directory (edgetl train output)."""
+    from edgetl.train import TrainConfig, train
+
+    run_dir = tmp_path_factory.mktemp("run") / "tiny"
+    name, alpha, size = TINY
+    train(
+        sample_data,
+        run_dir,
+        TrainConfig(
+            backbone=name,
+            alpha=alpha,
+            size=size,
+            weights=str(local_weights(name)),
+            epochs=30,
+            cache_dir=str(cache_dir),
+        ),
+        progress=False,
+    )
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory, tiny_run, sample_data) -> Path:
+    """tiny_run exported to every format and TFLite variant, probes from the sample data."""
+    from edgetl.bundle import export_bundle, sample_images
+    from edgetl.modelio import load_model_source
+
+    loaded = load_model_source(tiny_run)
+    images, labels, names = sample_images(sample_data, loaded.contract, loaded.labels, limit=24)
+    out = tmp_path_factory.mktemp("bundle") / "tiny"
+    export_bundle(
+        loaded.model,
+        out,
+        labels=loaded.labels,
+        contract=loaded.contract,
+        quantizations=["float16", "dynamic", "int8"],
+        calibration_images=images,
+        probe_images=images,
+        probe_labels=labels,
+        probe_names=names,
+        model_name="tiny",
+        source_path=loaded.source_path,
+        log=lambda *_: None,
+    )
+    return out

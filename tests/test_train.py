@@ -1,0 +1,274 @@
+"""Backbones, training (cached and plain), the run directory, bring-your-own models."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import SMALL_BACKBONES, TINY
+
+from edgetl.cli import main
+
+
+def test_help_does_not_import_tensorflow():
+    code = (
+        "import sys, edgetl.cli as c; c.build_parser(None); "
+        "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_registry_lists_every_backbone():
+    from edgetl.models import BACKBONES
+
+    assert set(SMALL_BACKBONES) <= set(BACKBONES.names())
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (
+            ["--backbone", "mobilenet_v2", "--alpha", "0.6"],
+            "valid alphas: 0.35, 0.5, 0.75, 1.0, 1.3, 1.4",
+        ),
+        (["--backbone", "mobilenet_v1", "--size", "96"], "valid sizes: 128, 160, 192, 224"),
+        (["--backbone", "resnet50"], "valid: mobilenet_v1"),
+        (["--weights", "/nonexistent/w.h5"], "does not exist"),
+    ],
+)
+def test_unsupported_combinations_refused_before_building(
+    tmp_path, sample_data, capsys, args, expected
+):
+    code = main(["train", str(sample_data), "--out", str(tmp_path / "run"), *args])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert expected in err and "Traceback" not in err
+    assert not (tmp_path / "run" / "model.keras").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(SMALL_BACKBONES))
+def test_each_backbone_builds_and_trains(tmp_path, sample_data, local_weights, cache_dir, name):
+    from edgetl.train import TrainConfig, train
+
+    alpha, size = SMALL_BACKBONES[name]
+    r = train(
+        sample_data,
+        tmp_path / "run",
+        TrainConfig(
+            backbone=name,
+            alpha=alpha,
+            size=size,
+            weights=str(local_weights(name)),
+            epochs=2,
+            cache_dir=str(cache_dir),
+        ),
+        progress=False,
+    )
+    assert len(r.history["stage1_loss"]) == 2
+    assert np.isfinite(r.history["stage1_loss"]).all()
+    for f in [
+        "model.keras",
+        "labels.json",
+        "contract.json",
+        "metrics.json",
+        "train.json",
+        "training_curves.png",
+        "confusion_matrix.png",
+    ]:
+        assert (tmp_path / "run" / f).is_file(), f
+
+
+@pytest.mark.slow
+def test_run_directory_contents(tiny_run):
+    from edgetl.contract import InputContract, load_labels
+
+    labels = load_labels(tiny_run / "labels.json")
+    assert labels == ["checks", "dots", "stripes"]
+    c = InputContract.load(tiny_run / "contract.json")
+    assert (c.height, c.width, c.value_range, c.layout, c.channel_order) == (
+        96,
+        96,
+        (0, 255),
+        "NHWC",
+        "RGB",
+    )
+    m = json.loads((tiny_run / "metrics.json").read_text())
+    assert set(m["per_class"]) == set(labels)
+    assert np.asarray(m["confusion_matrix"]).sum() == m["count"] > 0
+    # Locally made (random, BN-calibrated) weights give weak features: val accuracy is not
+    # asserted; the head must still fit its training data.
+    assert 0.0 <= m["accuracy"] <= 1.0
+    assert min(m["history"]["stage1_loss"][1:]) < m["history"]["stage1_loss"][0]
+    assert (tiny_run / "training_curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.slow
+def test_embedding_cache_gives_the_same_head_as_plain_training(
+    tmp_path, sample_data, local_weights, cache_dir
+):
+    """Same seed, same batches: the head trained on cached onnxruntime embeddings equals the
+    head trained by model.fit through the frozen Keras base every epoch (up to float noise)."""
+    import keras
+
+    from edgetl.classifier import HEAD_DENSE, HEAD_OUTPUT
+    from edgetl.train import TrainConfig, train
+
+    name, alpha, size = TINY
+    common = dict(
+        backbone=name,
+        alpha=alpha,
+        size=size,
+        weights=str(local_weights(name)),
+        epochs=3,
+        patience=0,
+        cache_dir=str(cache_dir),
+    )
+    cached = train(sample_data, tmp_path / "cached", TrainConfig(**common), progress=False)
+    plain = train(
+        sample_data, tmp_path / "plain", TrainConfig(**common, full_forward=True), progress=False
+    )
+    assert cached.embedding_stats["computed"] + cached.embedding_stats["from_cache"] == 48
+    a = keras.models.load_model(tmp_path / "cached" / "model.keras", compile=False)
+    b = keras.models.load_model(tmp_path / "plain" / "model.keras", compile=False)
+    for layer in (HEAD_DENSE, HEAD_OUTPUT):
+        for wa, wb in zip(
+            a.get_layer(layer).get_weights(), b.get_layer(layer).get_weights(), strict=True
+        ):
+            assert np.abs(wa - wb).max() < 1e-4, layer
+    np.testing.assert_allclose(
+        cached.history["stage1_loss"], plain.history["stage1_loss"], atol=1e-4
+    )
+
+
+@pytest.mark.slow
+def test_second_run_reuses_cached_embeddings(
+    tmp_path, sample_data, local_weights, cache_dir, tiny_run
+):
+    from edgetl.train import TrainConfig, train
+
+    name, alpha, size = TINY
+    r = train(
+        sample_data,
+        tmp_path / "again",
+        TrainConfig(
+            backbone=name,
+            alpha=alpha,
+            size=size,
+            weights=str(local_weights(name)),
+            epochs=1,
+            hidden_units=32,
+            cache_dir=str(cache_dir),
+        ),
+        progress=False,
+    )
+    assert r.embedding_stats["computed"] == 0
+    assert r.embedding_stats["from_cache"] == 48
+
+
+@pytest.mark.slow
+def test_fine_tune_stage_unfreezes_top_layers_and_keeps_bn_frozen(
+    tmp_path, sample_data, local_weights, cache_dir
+):
+    import keras
+
+    from edgetl.classifier import find_base
+    from edgetl.train import TrainConfig, set_fine_tune, train
+
+    name, alpha, size = TINY
+    r = train(
+        sample_data,
+        tmp_path / "ft",
+        TrainConfig(
+            backbone=name,
+            alpha=alpha,
+            size=size,
+            weights=str(local_weights(name)),
+            epochs=1,
+            fine_tune_layers=10,
+            fine_tune_epochs=1,
+            augment=True,
+            label_smoothing=0.1,
+            cache_dir=str(cache_dir),
+        ),
+        progress=False,
+    )
+    assert len(r.history["stage2_loss"]) == 1
+    model = keras.models.load_model(tmp_path / "ft" / "model.keras", compile=False)
+    base = find_base(model)
+    k = set_fine_tune(base, 0.25)
+    trainable = [layer for layer in base.layers if layer.trainable]
+    assert trainable and all(
+        not isinstance(layer, keras.layers.BatchNormalization) for layer in trainable
+    )
+    assert all(i >= len(base.layers) - k for i, layer in enumerate(base.layers) if layer.trainable)
+
+
+@pytest.mark.slow
+def test_h5_model_with_nested_mobilenet_is_accepted(tmp_path):
+    """A user's classifier saved as legacy .h5, MobileNet nested as a sub-model under a head."""
+    import keras
+
+    from edgetl.bundle import export_bundle
+    from edgetl.modelio import load_model_source
+
+    keras.utils.set_random_seed(1)
+    base = keras.applications.MobileNetV2(
+        input_shape=(96, 96, 3), alpha=0.35, include_top=False, weights=None
+    )
+    inp = keras.Input((96, 96, 3))
+    x = keras.layers.Rescaling(1 / 127.5, offset=-1)(inp)
+    x = base(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    out = keras.layers.Dense(2, activation="softmax")(x)
+    user = keras.Model(inp, out)
+    user.save(tmp_path / "user.h5")
+    loaded = load_model_source(tmp_path / "user.h5", labels=["cat", "dog"])
+    assert loaded.contract.height == 96 and loaded.labels == ["cat", "dog"]
+    manifest = export_bundle(
+        loaded.model,
+        tmp_path / "bundle",
+        labels=loaded.labels,
+        contract=loaded.contract,
+        formats=["onnx"],
+        source_path=loaded.source_path,
+        log=lambda *_: None,
+    )
+    assert [a.id for a in manifest.artifacts] == ["onnx"]
+    x = np.random.default_rng(0).uniform(0, 255, (2, 96, 96, 3)).astype(np.float32)
+    np.testing.assert_allclose(
+        loaded.model.predict(x, verbose=0), user.predict(x, verbose=0), atol=1e-6
+    )
+
+
+def test_export_cli_refuses_bad_input(tmp_path, capsys):
+    assert main(["export", str(tmp_path / "missing.keras"), "--out", str(tmp_path / "b")]) == 2
+    assert "model not found" in capsys.readouterr().err
+    (tmp_path / "m.txt").write_text("x")
+    assert main(["export", str(tmp_path / "m.txt"), "--out", str(tmp_path / "b")]) == 2
+    assert "not a Keras model file" in capsys.readouterr().err
+    assert (
+        main(
+            [
+                "export",
+                str(tmp_path / "m.txt"),
+                "--out",
+                str(tmp_path / "b"),
+                "--formats",
+                "onnx,tflight",
+            ]
+        )
+        == 2
+    )
+    assert "valid: tfjs, onnx, tflite" in capsys.readouterr().err
+    assert (
+        main(
+            ["export", str(tmp_path / "m.txt"), "--out", str(tmp_path / "b"), "--quantize", "int4"]
+        )
+        == 2
+    )
+    assert "valid: float16, dynamic, int8" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()
