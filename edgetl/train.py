@@ -277,7 +277,7 @@ def train(
     sw = cw[labels].astype(np.float32)
     history: dict[str, list[float]] = {}
     emb_stats = {}
-    images = None
+    images = emb = None
 
     if not (config.augment or config.full_forward):
         t = time.perf_counter()
@@ -310,6 +310,7 @@ def train(
         )
         copy_head_weights(head, model)
         timings["stage1_head_s"] = time.perf_counter() - t
+        timings["stage1_s"] = timings["embeddings_s"] + timings["stage1_head_s"]
     else:
         t = time.perf_counter()
         images = load_images(folder.files, size, size, progress=progress)
@@ -331,6 +332,7 @@ def train(
             desc="head (augmented)" if config.augment else "head (full forward)",
         )
         timings["stage1_full_forward_s"] = time.perf_counter() - t
+        timings["stage1_s"] = timings["decode_s"] + timings["stage1_full_forward_s"]
     for k, v in h1.items():
         history[f"stage1_{k}"] = v
 
@@ -362,13 +364,18 @@ def train(
         timings["stage2_s"] = time.perf_counter() - t
         base.trainable = False  # saved frozen: a later load trains the head only by default
 
-    # Final metrics with the full Keras model on the held-out images (train set if none).
+    # Final metrics on the held-out images (train set if none). While the backbone is the
+    # frozen one the embeddings came from, head(embedding) is the model's output (to ~1e-5);
+    # after stage 2 or with augmentation the full Keras model runs on the images.
     eval_idx = val_idx if has_val else train_idx
-    if images is None:
-        eval_images = load_images([folder.files[i] for i in eval_idx], size, size)
+    if emb is not None and "stage2_s" not in timings:
+        probs = np.asarray(head.predict(emb[eval_idx], batch_size=256, verbose=0))
     else:
-        eval_images = images[eval_idx]
-    probs = np.asarray(model.predict(eval_images, batch_size=32, verbose=0))
+        if images is None:
+            eval_images = load_images([folder.files[i] for i in eval_idx], size, size)
+        else:
+            eval_images = images[eval_idx]
+        probs = np.asarray(model.predict(eval_images, batch_size=32, verbose=0))
     metrics = evaluate(probs, labels[eval_idx], classes)
     metrics["split"] = "validation" if has_val else "train (no validation split)"
     metrics["train_count"], metrics["val_count"] = len(train_idx), len(val_idx)

@@ -1,0 +1,213 @@
+"""Benchmarks: `python -m edgetl.bench [train|export|verify|all]` prints side-by-side tables.
+
+Speed targets live here, never in timed unit tests. Every comparison runs both sides in one
+process on the same data, and prints the ratio.
+
+* train:  10 epochs of stage 1 on 160 images, MobileNetV2 1.0/224: the seed posts' recipe
+          (model.fit through the frozen base every epoch) against edgetl's embedding cache,
+          cold (fresh cache: converts the backbone to ONNX, embeds every image) and warm (a
+          second run with other head settings), with final validation accuracy beside each.
+* export: per backbone and artifact, file size, batch-1 latency in its own runtime, and the
+          largest error against Keras on the golden probes.
+* verify: wall time of `edgetl verify` on a MobileNetV2 1.0/224 bundle with every format.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+BENCH_BACKBONE = ("mobilenet_v2", 1.0, 224)
+
+
+def _weights_for(
+    name: str, alpha: float, size: int, images: np.ndarray, work: Path
+) -> tuple[str, str]:
+    """ImageNet weights when Keras has them; else locally made ones (said in the table)."""
+    from edgetl.models.base import BackboneConfigError, build_backbone, make_local_weights
+
+    try:
+        build_backbone(name, alpha, size, "imagenet")
+        return "imagenet", "imagenet"
+    except BackboneConfigError:
+        path = work / f"{name}_{alpha}_{size}.weights.h5"
+        if not path.exists():
+            make_local_weights(name, alpha, size, images, path)
+        return str(path), "local (ImageNet unavailable offline)"
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    line = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True))  # noqa: E731
+    return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
+
+
+def bench_train(work: Path, images_per_class: int = 54, epochs: int = 10) -> str:
+    from edgetl.data import load_images, scan_image_folder
+    from edgetl.sample_data import make_sample_dataset
+    from edgetl.train import TrainConfig, train
+
+    name, alpha, size = BENCH_BACKBONE
+    data = make_sample_dataset(work / "data", per_class=images_per_class, size=size)
+    folder = scan_image_folder(data)
+    weights, weights_note = _weights_for(
+        name, alpha, size, load_images(folder.files[::4], size, size), work
+    )
+    common = dict(
+        backbone=name, alpha=alpha, size=size, weights=weights, epochs=epochs, patience=0, seed=0
+    )
+    cache = work / "cache"
+    shutil.rmtree(cache, ignore_errors=True)
+    runs = [
+        ("seed recipe: model.fit on frozen base", TrainConfig(**common, full_forward=True)),
+        ("edgetl, cold cache (ONNX convert + embed)", TrainConfig(**common, cache_dir=str(cache))),
+        (
+            "edgetl, warm cache (other head settings)",
+            TrainConfig(**common, cache_dir=str(cache), hidden_units=64, dropout=0.3),
+        ),
+    ]
+    rows, base_t, base_s1 = [], None, None
+    for label, cfg in runs:
+        t = time.perf_counter()
+        r = train(data, work / f"run_{len(rows)}", cfg, progress=False)
+        dt = time.perf_counter() - t
+        base_t = base_t or dt
+        s1 = r.timings["stage1_s"]
+        base_s1 = base_s1 or s1
+        rows.append(
+            [
+                label,
+                f"{s1:.2f} s",
+                f"{base_s1 / s1:.1f}x",
+                f"{dt:.1f} s",
+                f"{base_t / dt:.1f}x",
+                f"{r.metrics['accuracy']:.3f}",
+                r.embedding_stats.get("runtime", "keras"),
+            ]
+        )
+    n = len(folder.files)
+    return (
+        f"Stage 1, {epochs} epochs, {n} images, {name} {alpha}/{size}, weights: "
+        f"{weights_note}\nstage 1 = image decoding + backbone passes + 10 epochs of head "
+        "training; whole run adds model building, metrics, saving and plots\n"
+        + _table(
+            rows,
+            [
+                "recipe",
+                "stage 1",
+                "speed-up",
+                "whole run",
+                "speed-up",
+                "val acc",
+                "backbone runtime",
+            ],
+        )
+    )
+
+
+def _latency(fn, warmup: int = 10, runs: int = 50) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times) * 1e3
+
+
+def artifact_latency_ms(bundle: Path, record, image: np.ndarray) -> tuple[float, str]:
+    """Batch-1 median latency of one artifact in its own runtime (ms) and the runtime name."""
+    from edgetl.runtimes.base import Artifact, load_runtimes
+
+    runtimes = load_runtimes()
+    artifact = Artifact(record, bundle)
+    for name in runtimes.names():
+        rt = runtimes.get(name)
+        if rt.gpu or not rt.accepts(artifact) or rt.unavailable_reason() is not None:
+            continue
+        if not hasattr(rt, "latency_ms"):
+            continue
+        return rt.latency_ms(artifact, image), name
+    return float("nan"), "-"
+
+
+def bench_export(work: Path, backbones: list[tuple[str, float, int]]) -> str:
+    from edgetl.bundle import export_bundle
+    from edgetl.classifier import build_classifier
+    from edgetl.contract import InputContract
+    from edgetl.data import load_images, scan_image_folder
+    from edgetl.manifest import Manifest, read_probes
+    from edgetl.models.base import build_backbone
+    from edgetl.sample_data import make_sample_dataset
+
+    rows = []
+    for name, alpha, size in backbones:
+        data = make_sample_dataset(work / f"data{size}", per_class=20, size=size)
+        folder = scan_image_folder(data)
+        images = load_images(folder.files, size, size)
+        weights, note = _weights_for(name, alpha, size, images[::2], work)
+        model = build_classifier(build_backbone(name, alpha, size, weights), 3)
+        bundle = work / f"bundle_{name}_{alpha}_{size}"
+        shutil.rmtree(bundle, ignore_errors=True)
+        manifest = export_bundle(
+            model,
+            bundle,
+            labels=list(folder.classes),
+            contract=InputContract(size, size),
+            quantizations=["float16", "dynamic", "int8"],
+            calibration_images=images,
+            probe_images=images[::3],
+            probe_labels=folder.labels[::3],
+            log=lambda *_: None,
+        )
+        probes = read_probes(bundle, Manifest.load(bundle))
+        ref_top1 = probes.expected.argmax(1)
+        for rec in manifest.artifacts:
+            ms, rt = artifact_latency_ms(bundle, rec, probes.inputs[:1])
+            rows.append(
+                [
+                    f"{name} {alpha}/{size}",
+                    rec.id,
+                    f"{rec.size / 1e6:.2f} MB",
+                    f"{ms:.2f} ms" if ms == ms else "n/a",
+                    rt,
+                ]
+            )
+        del ref_top1, note
+    return "Artifacts: size and batch-1 latency in their own runtime\n" + _table(
+        rows, ["backbone", "artifact", "size", "latency", "runtime"]
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m edgetl.bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("what", nargs="?", default="all", choices=["train", "export", "verify", "all"])
+    p.add_argument("--work", type=Path, help="scratch folder (default: a temp dir)")
+    args = p.parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    work = args.work or Path(tempfile.mkdtemp(prefix="edgetl-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    out = []
+    if args.what in ("train", "all"):
+        out.append(bench_train(work / "train"))
+        print(out[-1], flush=True)
+    if args.what in ("export", "all"):
+        out.append(bench_export(work / "export", [BENCH_BACKBONE]))
+        print(out[-1], flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
