@@ -1,0 +1,152 @@
+"""The bundle: manifest, golden probes, metadata inside files, atomic writing, CLI errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from edgetl.cli import main
+from edgetl.contract import InputContract
+from edgetl.errors import UserError
+from edgetl.manifest import BundleError, Manifest, check_integrity, read_probes
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tiny_run):
+    from edgetl.modelio import load_model_source
+
+    return load_model_source(tiny_run)
+
+
+def test_manifest_is_complete_and_trustworthy(tiny_bundle):
+    m = Manifest.load(tiny_bundle)
+    check_integrity(tiny_bundle, m)
+    assert m.labels == ["checks", "dots", "stripes"]
+    assert json.loads((tiny_bundle / "labels.json").read_text()) == m.labels
+    c = m.input
+    assert (c.height, c.width, c.layout, c.channel_order, c.resize_method) == (96, 96, "NHWC", "RGB", "bilinear")
+    ids = {a.id for a in m.artifacts}
+    assert {"tfjs_layers", "onnx", "tflite_float32", "tflite_float16", "tflite_dynamic", "tflite_int8"} <= ids
+    for a in m.artifacts:
+        assert a.size > 0 and len(a.sha256) == 64
+        assert (tiny_bundle / a.path).is_file()
+    assert len(m.source_model["sha256"]) == 64 and (tiny_bundle / m.source_model["file"]).is_file()
+    for pkg in ("tensorflow", "keras", "tensorflowjs", "tf2onnx", "onnxruntime"):
+        assert m.tools[pkg]
+    int8 = m.artifact("tflite_int8")
+    assert int8.options["calibration_images"] > 0
+    assert int8.size < 0.35 * m.artifact("tflite_float32").size
+
+
+def test_golden_probes_are_raw_float32_with_real_and_synthetic_inputs(tiny_bundle):
+    m = Manifest.load(tiny_bundle)
+    p = read_probes(tiny_bundle, m)
+    raw = np.frombuffer((tiny_bundle / "probes" / "inputs.bin").read_bytes(), dtype="<f4")
+    assert raw.size == np.prod(m.probes["input_shape"])
+    assert any(n.startswith("image:") for n in p.names)
+    assert any(n.startswith("synthetic:") for n in p.names)
+    assert p.inputs.min() >= 0 and p.inputs.max() <= 255
+    assert p.expected.shape == (len(p.names), 3)
+    np.testing.assert_allclose(p.expected.sum(1), 1, atol=1e-5)
+    real = [i for i, n in enumerate(p.names) if n.startswith("image:")]
+    assert all(p.labels[i] is not None for i in real)
+
+
+def test_labels_and_contract_travel_inside_onnx_and_tflite(tiny_bundle):
+    import onnx
+
+    from edgetl.converters.tflite import read_metadata
+
+    props = {p.key: p.value for p in onnx.load(str(tiny_bundle / "model.onnx")).metadata_props}
+    assert json.loads(props["labels"]) == ["checks", "dots", "stripes"]
+    assert json.loads(props["input_contract"])["height"] == 96
+    meta = read_metadata(tiny_bundle / "model_int8.tflite")
+    assert meta["labels"] == ["checks", "dots", "stripes"] and meta["input"]["width"] == 96
+
+
+def test_tampered_file_is_refused(tiny_bundle, tmp_path):
+    import shutil
+
+    copy = tmp_path / "b"
+    shutil.copytree(tiny_bundle, copy)
+    data = bytearray((copy / "model_float16.tflite").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (copy / "model_float16.tflite").write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="model_float16.tflite"):
+        check_integrity(copy, Manifest.load(copy))
+
+
+def test_failed_converter_leaves_nothing_behind(tiny_model, tmp_path):
+    from edgetl.bundle import ExportError, export_bundle
+
+    out = tmp_path / "bundle"
+    with pytest.raises(ExportError, match="onnx export failed"):
+        export_bundle(tiny_model.model, out, labels=tiny_model.labels, contract=tiny_model.contract,
+                      formats=["tflite", "onnx"], opset=19, log=lambda *_: None)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_existing_bundle_is_kept_unless_forced(tiny_model, tmp_path):
+    from edgetl.bundle import export_bundle
+
+    out = tmp_path / "bundle"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    kw = dict(labels=tiny_model.labels, contract=tiny_model.contract, formats=["onnx"], log=lambda *_: None)
+    with pytest.raises(UserError, match="--force"):
+        export_bundle(tiny_model.model, out, **kw)
+    assert (out / "keep.txt").read_text() == "mine"
+    export_bundle(tiny_model.model, out, overwrite=True, nchw=True, **kw)
+    assert not (out / "keep.txt").exists()
+    assert Manifest.load(out).artifact("onnx").layout == "NCHW"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]
+
+
+def test_int8_needs_calibration(tiny_model, tmp_path):
+    from edgetl.bundle import export_bundle
+
+    with pytest.raises(UserError, match="calibration"):
+        export_bundle(tiny_model.model, tmp_path / "b", labels=tiny_model.labels,
+                      contract=tiny_model.contract, formats=["tflite"], quantizations=["int8"])
+
+
+def test_int8_with_uint8_io_runs_in_litert(tiny_model, tmp_path, sample_data):
+    from edgetl.bundle import export_bundle, sample_images
+    from edgetl.runtimes.base import RUNTIMES, Artifact, load_runtimes
+
+    images, labels, names = sample_images(sample_data, tiny_model.contract, tiny_model.labels, limit=16)
+    m = export_bundle(tiny_model.model, tmp_path / "b", labels=tiny_model.labels,
+                      contract=tiny_model.contract, formats=["tflite"], quantizations=["int8"],
+                      calibration_images=images, probe_images=images, probe_labels=labels,
+                      int8_io="uint8", log=lambda *_: None)
+    rec = m.artifact("tflite_int8")
+    assert (rec.input_dtype, rec.output_dtype) == ("uint8", "uint8")
+    load_runtimes()
+    probes = read_probes(tmp_path / "b", m)
+    out = RUNTIMES.get("litert").run(Artifact(rec, tmp_path / "b"), probes.inputs)["probabilities"]
+    assert out.dtype == np.float32 and out.shape == probes.expected.shape
+    assert np.abs(out - probes.expected).max() < 0.1
+
+
+def test_export_cli_on_a_run_directory(tiny_run, tmp_path, capsys):
+    code = main(["export", str(tiny_run), "--out", str(tmp_path / "b"), "--formats", "onnx,tflite",
+                 "--quantize", "int8", "--int8-io", "int8"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "tflite_int8" in out
+    m = Manifest.load(tmp_path / "b")
+    # calibration defaulted to the training data recorded in the run directory
+    assert m.artifact("tflite_int8").options["calibration_images"] == 48
+    assert any(n.startswith("image:") for n in m.probes["names"])
+
+
+def test_contract_range_for_a_user_model(tmp_path):
+    from edgetl.bundle import images_in_range
+
+    c = InputContract(8, 8, value_range=(-1.0, 1.0))
+    x = np.array([0.0, 127.5, 255.0], dtype=np.float32)
+    np.testing.assert_allclose(images_in_range(x, c), [-1, 0, 1])
