@@ -37,6 +37,7 @@ const state = {
   history: [],
   webcam: null,
   busy: false,
+  lastResult: null, // the latest classification: {top, ms, probabilities, model}
 };
 
 // ------------------------------------------------------------------ messages
@@ -211,7 +212,8 @@ async function classify(source) {
     const ranked = Array.from(probs, (p, i) => ({label: labels[i] ?? `#${i}`, index: i, p}))
         .sort((a, b) => b.p - a.p).slice(0, Math.min(TOP_K, labels.length));
     showPredictions(ranked, ms);
-    return {top: ranked, ms, probabilities: Array.from(probs), model: state.active};
+    state.lastResult = {top: ranked, ms, probabilities: Array.from(probs), model: state.active};
+    return state.lastResult;
   } finally {
     x.dispose();
     if (y) y.dispose();
@@ -524,7 +526,11 @@ async function save(url) {
 // ------------------------------------------------------------------ wiring
 
 function wire() {
-  $('file-input').addEventListener('change', (e) => classifyFile(e.target.files[0]));
+  $('file-input').addEventListener('change', (e) => {
+    const file = e.target.files[0];
+    e.target.value = ''; // choosing the same file again must classify again
+    classifyFile(file);
+  });
   const zone = $('drop-zone');
   zone.addEventListener('dragover', (e) => {
     e.preventDefault();

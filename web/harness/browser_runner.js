@@ -7,6 +7,7 @@
 //      inputsUrl is raw little-endian float32 bytes (probes/inputs.bin); they go through the same
 //      preprocess() as the app (a no-op resize when already at the contract size).
 //   benchmark({modelUrl, format, contract, runs, warmup}) -> batch-1 latency statistics (ms)
+//   preprocessRaw({data, shape, contract}) -> the shared preprocess() applied to raw pixels
 // window.edgetlHarnessReady is true once this module has loaded.
 
 import {backendInfo, initBackend} from '/lib/backend.js';
@@ -127,5 +128,19 @@ async function benchmark({modelUrl, format, contract, runs = 30, warmup = 5}) {
   }
 }
 
-window.edgetlHarness = {init, run, benchmark, backendInfo: () => backendInfo()};
+/** preprocess() on raw RGB values (base64 LE float32, shape [N,H,W,3]); checks the JS resize
+ * against Python's edgetl.data.resize_bilinear. Returns {shape, data: base64}. */
+async function preprocessRaw({data, shape, contract}) {
+  const bytes = Uint8Array.from(atob(data), (c) => c.charCodeAt(0));
+  const view = new DataView(bytes.buffer);
+  const values = Float32Array.from({length: bytes.length / 4}, (_, i) => view.getFloat32(i * 4, true));
+  const y = preprocess(tf.tensor(values, shape, 'float32'), contract);
+  try {
+    return {shape: y.shape, data: toBase64(await y.data())};
+  } finally {
+    y.dispose();
+  }
+}
+
+window.edgetlHarness = {init, run, benchmark, preprocessRaw, backendInfo: () => backendInfo()};
 window.edgetlHarnessReady = true;
