@@ -421,7 +421,7 @@ def test_harness_preprocess_matches_python_resize(browser):
             },
         )
     finally:
-        page.close()
+        page.context.close()
     got = np.frombuffer(base64.b64decode(reply["data"]), "<f4").reshape(reply["shape"])[0]
     want = resize_bilinear(image, SIZE, SIZE)
     np.testing.assert_allclose(got, want, atol=2e-4)
@@ -487,3 +487,6 @@ def test_browser_wasm_latency_benchmark_entry(web_bundle):
     )
     assert len(stats["times_ms"]) == 10 and 0 < stats["min_ms"] <= stats["median_ms"]
     assert stats["info"]["wasm_simd"] is True
+    # Two XNNPACK threads even on a 2-core machine (TF.js alone would cap at cores / 2).
+    two = RUNTIMES.get("tfjs-browser-wasm").benchmark(artifact, runs=5, warmup=2, num_threads=2)
+    assert two["info"]["wasm_threads"] == 2 and two["info"]["wasm_multithread"] is True

@@ -102,9 +102,22 @@ class BrowserSession:
 
     def harness_page(self, backend: str, num_threads: int | None = None):
         """A fresh harness page with `backend` initialized; returns (page, backend info, log).
+        Close it with page.context.close(): each harness page has its own browser context.
 
+        `num_threads` sets the wasm thread count. TF.js 4.22 caps its XNNPACK pool at
+        navigator.hardwareConcurrency / 2 (measured: 1 thread on a 2-core machine whatever
+        setThreadsCount says), so when more are asked for, the page is told there are
+        2 * num_threads cores; info["hardware_concurrency_override"] records it.
         Raises RuntimeUnavailable when the backend does not start (e.g. no WebGL)."""
-        page = self.browser.new_page()
+        context = self.browser.new_context()
+        override = None
+        if num_threads and backend == "wasm" and 2 * num_threads > (os.cpu_count() or 1):
+            override = 2 * int(num_threads)
+            context.add_init_script(
+                "Object.defineProperty(Navigator.prototype, 'hardwareConcurrency', "
+                f"{{get: () => {override}}});"
+            )
+        page = context.new_page()
         page.set_default_timeout(PAGE_TIMEOUT_MS)
         log: list[str] = []
         page.on("console", lambda m: log.append(f"{m.type}: {m.text}"))
@@ -120,8 +133,9 @@ class BrowserSession:
                     f"TF.js {backend} backend unavailable in Chromium: {_js_error(e)}"
                 ) from None
         except BaseException:
-            page.close()
+            page.context.close()
             raise
+        info["hardware_concurrency_override"] = override
         return page, info, log
 
     def close(self) -> None:
@@ -221,7 +235,7 @@ class TfjsBrowserRuntime(Runtime):
             for a in todo:
                 results[a.id] = self._run_one(session, page, a, inputs, inputs_url, info, log)
         finally:
-            page.close()
+            page.context.close()
         return results
 
     def _run_one(
@@ -286,7 +300,7 @@ class TfjsBrowserRuntime(Runtime):
         except Exception as e:
             raise RuntimeError(f"{self.name} benchmark failed: {_js_error(e)}") from None
         finally:
-            page.close()
+            page.context.close()
 
 
 for _backend in BACKENDS:
