@@ -247,7 +247,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"warning: {args.bundle} has no {MANIFEST_FILE}; the page will say so")
     server, url = start_server(args.bundle, args.host, args.port, quiet=not args.verbose)
     print(f"serving {args.bundle.resolve()} and the edgetl web app")
-    print(f"open {url}")
+    print(f"open {url}", flush=True)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"note: bound to {args.host}: other machines on the network can reach it")
     try:
