@@ -124,18 +124,32 @@ def _latency(fn, warmup: int = 10, runs: int = 50) -> float:
 
 
 def artifact_latency_ms(bundle: Path, record, image: np.ndarray) -> tuple[float, str]:
-    """Batch-1 median latency of one artifact in its own runtime (ms) and the runtime name."""
-    from edgetl.runtimes.base import Artifact, load_runtimes
+    """Batch-1 median latency (ms) of one artifact in its own runtime, with the runtime's name.
+    Sessions are created once through the runtime modules' own helpers, then timed."""
+    from edgetl.runtimes.base import RUNTIMES, Artifact, load_runtimes
 
-    runtimes = load_runtimes()
+    load_runtimes()
     artifact = Artifact(record, bundle)
-    for name in runtimes.names():
-        rt = runtimes.get(name)
-        if rt.gpu or not rt.accepts(artifact) or rt.unavailable_reason() is not None:
-            continue
-        if not hasattr(rt, "latency_ms"):
-            continue
-        return rt.latency_ms(artifact, image), name
+    x = np.ascontiguousarray(image[:1], dtype=np.float32)
+    if record.format == "onnx":
+        from edgetl.runtimes.onnxruntime_runtime import run_session, to_layout
+
+        sess = RUNTIMES.get("onnxruntime-cpu").session(str(artifact.path))
+        x = to_layout(x, record.layout)
+        return _latency(lambda: run_session(sess, x)), "onnxruntime-cpu"
+    if record.format == "tflite":
+        from edgetl.runtimes.litert_runtime import invoke, make_interpreter
+
+        interp = make_interpreter(str(artifact.path))
+        invoke(interp, x)
+        return _latency(interp.invoke), "litert (XNNPACK)"
+    if record.format in ("tfjs_layers", "tfjs_graph"):
+        for name in ("tfjs-browser-wasm", "tfjs-node-wasm"):
+            rt = RUNTIMES.get(name) if name in RUNTIMES else None
+            if rt is not None and rt.unavailable_reason() is None and hasattr(rt, "benchmark"):
+                kw = {"num_threads": os.cpu_count()} if name.startswith("tfjs-browser") else {}
+                info = rt.benchmark(artifact, runs=30, warmup=5, **kw)
+                return float(info["median_ms"]), name
     return float("nan"), "-"
 
 
