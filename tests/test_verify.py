@@ -1,0 +1,325 @@
+"""`edgetl verify` end to end on real bundles and real runtimes (onnxruntime, LiteRT, Keras):
+a clean bundle passes, a corrupted weight fails with the artifact and the layer named, a
+tampered file is refused before anything runs, reports are written and parse."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgetl.cli import main
+
+CPU_RUNTIMES = ["onnxruntime-cpu", "litert", "keras"]
+CORRUPT_LAYER = "block_3_expand"  # a 1x1 conv early in MobileNetV2
+
+
+@pytest.fixture(scope="session")
+def parity_bundle(tmp_path_factory, tiny_run, sample_data) -> Path:
+    """The trained tiny run as ONNX + every TFLite variant (no TF.js: that is helper A's)."""
+    from edgetl.bundle import export_bundle, sample_images
+    from edgetl.modelio import load_model_source
+
+    loaded = load_model_source(tiny_run)
+    images, labels, names = sample_images(sample_data, loaded.contract, loaded.labels, limit=24)
+    out = tmp_path_factory.mktemp("parity") / "bundle"
+    export_bundle(
+        loaded.model,
+        out,
+        labels=loaded.labels,
+        contract=loaded.contract,
+        formats=("onnx", "tflite"),
+        quantizations=("float16", "dynamic", "int8"),
+        calibration_images=images,
+        probe_images=images,
+        probe_labels=labels,
+        probe_names=names,
+        model_name="tiny",
+        source_path=loaded.source_path,
+        log=lambda *_: None,
+    )
+    return out
+
+
+def _rehash(bundle: Path, artifact_ids: list[str]) -> None:
+    """Record the current bytes in the manifest, as a bundle made that way would have them."""
+    from edgetl.manifest import Manifest, record_files
+
+    manifest = Manifest.load(bundle)
+    for a in manifest.artifacts:
+        if a.id in artifact_ids:
+            a.files = record_files(bundle, [f.path for f in a.files])
+    manifest.save(bundle)
+
+
+def corrupt_onnx_weight(path: Path, layer: str) -> str:
+    """Scale up one value of the layer's conv kernel (an initializer) and re-save the model."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(path)
+    for init in model.graph.initializer:
+        if f"/{layer}_1/" in init.name and len(init.dims) == 4:
+            w = numpy_helper.to_array(init).copy()
+            w.flat[0] += 50 * np.abs(w).max()
+            init.CopyFrom(numpy_helper.from_array(w, init.name))
+            onnx.save(model, path)
+            return init.name
+    raise AssertionError(f"no conv kernel of {layer} in {path}")
+
+
+def corrupt_tflite_weight(path: Path, layer: str) -> str:
+    """Change one value of the filter feeding the fused op that outputs `layer`'s activation."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model(str(path))
+    graph = model.subgraphs[0]
+
+    def name(t) -> str:
+        return t.name.decode() if isinstance(t.name, bytes) else t.name
+
+    for op in graph.operators:
+        if f"/{layer}_relu_1/" in name(graph.tensors[op.outputs[0]]):
+            kernel = graph.tensors[op.inputs[1]]
+            buf = model.buffers[kernel.buffer]
+            w = np.frombuffer(bytes(buf.data), dtype=np.float32).copy()
+            w[0] += 50 * np.abs(w).max()
+            buf.data = np.frombuffer(w.tobytes(), dtype=np.uint8)
+            flatbuffer_utils.write_model(model, str(path))
+            return name(kernel)
+    raise AssertionError(f"no op producing {layer}_relu in {path}")
+
+
+@pytest.fixture(scope="session")
+def corrupted_bundle(tmp_path_factory, parity_bundle) -> Path:
+    """parity_bundle with one weight changed in model.onnx and model_float32.tflite, and the
+    manifest's hashes updated so the integrity check passes: only parity can catch it."""
+    out = tmp_path_factory.mktemp("corrupt") / "bundle"
+    shutil.copytree(parity_bundle, out)
+    corrupt_onnx_weight(out / "model.onnx", CORRUPT_LAYER)
+    corrupt_tflite_weight(out / "model_float32.tflite", CORRUPT_LAYER)
+    _rehash(out, ["onnx", "tflite_float32"])
+    return out
+
+
+@pytest.mark.slow
+def test_clean_bundle_passes_on_every_cpu_runtime(parity_bundle):
+    from edgetl import verify
+
+    result = verify(parity_bundle, runtimes=CPU_RUNTIMES)
+    assert result.ok, result.table()
+    pairs = {(p.artifact, p.runtime): p for p in result.pairs}
+    assert set(pairs) == {
+        ("source_model", "keras"),
+        ("onnx", "onnxruntime-cpu"),
+        ("tflite_float32", "litert"),
+        ("tflite_float16", "litert"),
+        ("tflite_dynamic", "litert"),
+        ("tflite_int8", "litert"),
+    }
+    for key in [("onnx", "onnxruntime-cpu"), ("tflite_float32", "litert")]:
+        stats = pairs[key].stats
+        assert stats.max_abs <= 1e-5 and stats.top1_agreement == 1.0, key
+        assert pairs[key].tolerance.name == "FLOAT32_CPU"
+    assert pairs[("tflite_int8", "litert")].tolerance.name == "TFLITE_INT8"
+    assert result.probes == 12  # 8 images + 4 synthetic
+
+
+@pytest.mark.slow
+def test_cli_writes_parseable_json_junit_html(parity_bundle, tmp_path, capsys):
+    j, x, h = tmp_path / "r.json", tmp_path / "r.xml", tmp_path / "r.html"
+    args = ["verify", str(parity_bundle), "--runtimes", "onnxruntime-cpu,litert"]
+    code = main([*args, "--json", str(j), "--junit", str(x), "--html", str(h)])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "OK: 5/5 pairs passed" in out
+    d = json.loads(j.read_text())
+    assert d["ok"] is True and {p["status"] for p in d["pairs"]} == {"pass"}
+    assert d["pairs"][0]["histogram"]["counts"]
+    suite = ET.parse(x).getroot()
+    assert suite.tag == "testsuite" and suite.get("failures") == "0"
+    assert len(suite.findall("testcase")) == 5
+    page = h.read_text()
+    assert page.startswith("<!DOCTYPE html>") and page.count("<svg") == 5
+    assert "<script" not in page and "<link" not in page
+
+
+@pytest.mark.slow
+def test_corrupted_weights_fail_name_artifact_and_layer(corrupted_bundle):
+    from edgetl import verify
+
+    result = verify(corrupted_bundle, runtimes=CPU_RUNTIMES)
+    assert not result.ok
+    failed = {(p.artifact, p.runtime): p for p in result.failed}
+    assert set(failed) == {("onnx", "onnxruntime-cpu"), ("tflite_float32", "litert")}
+    for p in failed.values():
+        assert p.localization is not None and p.localization.localized, p.localization
+        # ONNX fuses the conv into its BatchNormalization, TFLite into BN + ReLU6.
+        assert p.localization.layer.startswith(CORRUPT_LAYER), p.localization.describe()
+    # the untouched artifacts of the same bundle still pass
+    assert {p.artifact for p in result.pairs if p.passed} >= {"tflite_float16", "source_model"}
+
+
+@pytest.mark.slow
+def test_corrupted_bundle_cli_exit_code_and_message(corrupted_bundle, capsys):
+    code = main(["verify", str(corrupted_bundle), "--runtimes", "onnxruntime-cpu", "--no-localize"])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "onnx@onnxruntime-cpu" in out and "FAIL" in out
+
+
+@pytest.mark.slow
+def test_assert_parity_helper(parity_bundle, corrupted_bundle, edgetl_parity):
+    from edgetl.errors import ParityError
+    from edgetl.pytest_plugin import assert_parity
+
+    assert edgetl_parity is assert_parity
+    result = assert_parity(parity_bundle, runtimes=["onnxruntime-cpu"])
+    assert result.ok
+    with pytest.raises(ParityError, match=r"onnx@onnxruntime-cpu"):
+        assert_parity(corrupted_bundle, runtimes="onnxruntime-cpu")
+
+
+@pytest.mark.slow
+def test_tampered_file_is_refused_before_running(parity_bundle, tmp_path, capsys):
+    from edgetl import verify
+    from edgetl.manifest import BundleError
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(parity_bundle, bundle)
+    data = bytearray((bundle / "model_int8.tflite").read_bytes())
+    data[-100] ^= 0xFF
+    (bundle / "model_int8.tflite").write_bytes(bytes(data))
+    code = main(["verify", str(bundle), "--runtimes", "litert"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "tflite_int8: model_int8.tflite does not match its sha256" in err
+    assert "Traceback" not in err
+    with pytest.raises(BundleError, match=r"model_int8\.tflite"):
+        verify(bundle, runtimes=["litert"])
+    # --artifacts limits the check to what is verified: the others still pass.
+    assert (
+        main(["verify", str(bundle), "--runtimes", "litert", "--artifacts", "tflite_float32"]) == 0
+    )
+
+
+@pytest.mark.slow
+def test_tolerance_override_and_require(parity_bundle, capsys):
+    base = ["verify", str(parity_bundle), "--runtimes", "onnxruntime-cpu", "--artifacts", "onnx"]
+    assert main(base) == 0
+    # ONNX differs from Keras by ~1e-6: a 1e-12 tolerance must fail it.
+    assert main([*base, "--tolerance", "onnx:max_abs=1e-12"]) == 1
+    assert "abs<=1e-12" in capsys.readouterr().out
+    assert main([*base, "--tolerance", "max_abs=fast"]) == 2
+    assert main([*base, "--runtimes", "no-such-runtime"]) == 2
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        code = main([*base, "--require", "onnxruntime-cuda"])
+        out = capsys.readouterr().out
+        assert code == 1
+        assert "onnxruntime-cuda [REQUIRED]" in out
+
+
+@pytest.mark.slow
+def test_data_reports_accuracy_and_fails_a_lossy_int8(parity_bundle, sample_data):
+    """Measured: on this small model (data-fitted random backbone) int8 keeps top-1 on the
+    decisive probes but loses ~10 points of accuracy on the 48 labelled images; --data is what
+    catches that, and every other artifact keeps Keras' accuracy within its limit."""
+    from edgetl import verify
+
+    result = verify(parity_bundle, runtimes=CPU_RUNTIMES, data=sample_data)
+    keras_acc = result.data["keras_accuracy"]
+    assert result.data["images"] == 48 and 0.0 < keras_acc <= 1.0
+    by_artifact = {p.artifact: p for p in result.pairs}
+    for p in result.pairs:
+        if p.artifact == "source_model":
+            continue
+        assert p.reference_accuracy == keras_acc and p.accuracy is not None
+    for a in ("onnx", "tflite_float32", "tflite_float16"):
+        assert by_artifact[a].passed and by_artifact[a].accuracy == keras_acc
+    int8 = by_artifact["tflite_int8"]
+    assert not int8.passed and not result.ok
+    assert [r for r in int8.reasons if r.startswith("accuracy")], int8.reasons
+    assert int8.stats.decisive_top1_agreement == 1.0  # the probes alone did not catch it
+    assert "(keras " in result.table()
+    # A looser accuracy limit is an explicit, per-artifact decision.
+    loose = verify(
+        parity_bundle,
+        runtimes=["litert"],
+        artifacts=["tflite_int8"],
+        data=sample_data,
+        tolerances=["tflite_int8:max_accuracy_drop=0.2"],
+    )
+    assert loose.ok, loose.table()
+
+
+@pytest.fixture(scope="session")
+def nchw_uint8_bundle(tmp_path_factory, tiny_run, sample_data) -> Path:
+    """ONNX with NCHW input and int8 TFLite with uint8 input/output."""
+    from edgetl.bundle import export_bundle, sample_images
+    from edgetl.modelio import load_model_source
+
+    loaded = load_model_source(tiny_run)
+    images, labels, names = sample_images(sample_data, loaded.contract, loaded.labels, limit=24)
+    out = tmp_path_factory.mktemp("layouts") / "bundle"
+    export_bundle(
+        loaded.model,
+        out,
+        labels=loaded.labels,
+        contract=loaded.contract,
+        formats=("onnx", "tflite"),
+        quantizations=("int8",),
+        calibration_images=images,
+        probe_images=images,
+        probe_labels=labels,
+        probe_names=names,
+        nchw=True,
+        int8_io="uint8",
+        log=lambda *_: None,
+    )
+    return out
+
+
+@pytest.mark.slow
+def test_nchw_onnx_and_uint8_tflite_pass(nchw_uint8_bundle):
+    from edgetl import verify
+    from edgetl.manifest import Manifest
+
+    manifest = Manifest.load(nchw_uint8_bundle)
+    assert manifest.artifact("onnx").layout == "NCHW"
+    assert manifest.artifact("tflite_int8").input_dtype == "uint8"
+    result = verify(nchw_uint8_bundle, runtimes=["onnxruntime-cpu", "litert"])
+    assert result.ok, result.table()
+    onnx_pair = next(p for p in result.pairs if p.artifact == "onnx")
+    assert onnx_pair.stats.max_abs <= 1e-5
+
+
+def _has_provider(name: str) -> bool:
+    import onnxruntime as ort
+
+    return name in ort.get_available_providers()
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "runtime, provider",
+    [
+        ("onnxruntime-cuda", "CUDAExecutionProvider"),
+        ("onnxruntime-tensorrt", "TensorrtExecutionProvider"),
+    ],
+)
+def test_gpu_runtimes_agree_with_tf32_off(parity_bundle, runtime, provider):
+    if not _has_provider(provider):
+        pytest.skip(f"onnxruntime has no {provider} here (CPU build or no GPU)")
+    from edgetl import verify
+
+    result = verify(parity_bundle, runtimes=[runtime], require=[runtime], artifacts=["onnx"])
+    assert result.ok, result.table()
+    (pair,) = result.pairs
+    assert pair.tolerance.name == "FLOAT32_GPU" and pair.stats.max_abs <= 1e-4
