@@ -250,12 +250,14 @@ def test_data_reports_accuracy_and_fails_a_lossy_int8(parity_bundle, sample_data
     # A looser accuracy limit is an explicit, per-artifact decision.
     loose = verify(
         parity_bundle,
-        runtimes=["litert"],
+        runtimes=["litert", "keras"],  # Keras gives the reference accuracy
         artifacts=["tflite_int8"],
         data=sample_data,
         tolerances=["tflite_int8:max_accuracy_drop=0.2"],
     )
     assert loose.ok, loose.table()
+    (pair,) = [p for p in loose.pairs if p.artifact == "tflite_int8"]
+    assert pair.reference_accuracy == keras_acc and pair.tolerance.max_accuracy_drop == 0.2
 
 
 @pytest.fixture(scope="session")
