@@ -37,13 +37,57 @@ SHARD_BYTES = 4 * 1024 * 1024
 
 # Keras layer classes TF.js 4.22 deserializes with the same meaning (tfjs-layers className list).
 SUPPORTED_LAYERS = frozenset(
-    """Activation Add Average AveragePooling1D AveragePooling2D AveragePooling3D
-    BatchNormalization Concatenate Conv1D Conv2D Conv2DTranspose Conv3D Cropping2D Dense
-    DepthwiseConv2D Dot Dropout ELU Embedding Flatten GaussianDropout GaussianNoise
-    GlobalAveragePooling1D GlobalAveragePooling2D GlobalMaxPooling1D GlobalMaxPooling2D
-    InputLayer LayerNormalization LeakyReLU Masking MaxPooling1D MaxPooling2D MaxPooling3D Maximum
-    Minimum Multiply PReLU Permute ReLU RepeatVector Rescaling Reshape SeparableConv2D Softmax
-    SpatialDropout1D ThresholdedReLU UpSampling2D ZeroPadding2D Identity""".split()
+    [
+        "Activation",
+        "Add",
+        "Average",
+        "AveragePooling1D",
+        "AveragePooling2D",
+        "AveragePooling3D",
+        "BatchNormalization",
+        "Concatenate",
+        "Conv1D",
+        "Conv2D",
+        "Conv2DTranspose",
+        "Conv3D",
+        "Cropping2D",
+        "Dense",
+        "DepthwiseConv2D",
+        "Dot",
+        "Dropout",
+        "ELU",
+        "Embedding",
+        "Flatten",
+        "GaussianDropout",
+        "GaussianNoise",
+        "GlobalAveragePooling1D",
+        "GlobalAveragePooling2D",
+        "GlobalMaxPooling1D",
+        "GlobalMaxPooling2D",
+        "InputLayer",
+        "LayerNormalization",
+        "LeakyReLU",
+        "Masking",
+        "MaxPooling1D",
+        "MaxPooling2D",
+        "MaxPooling3D",
+        "Maximum",
+        "Minimum",
+        "Multiply",
+        "PReLU",
+        "Permute",
+        "ReLU",
+        "RepeatVector",
+        "Rescaling",
+        "Reshape",
+        "SeparableConv2D",
+        "Softmax",
+        "SpatialDropout1D",
+        "ThresholdedReLU",
+        "UpSampling2D",
+        "ZeroPadding2D",
+        "Identity",
+    ]
 )
 MODEL_CLASSES = frozenset({"Functional", "Model", "Sequential"})
 # Keras activation name -> TF.js name, where both compute the same function.
@@ -265,11 +309,10 @@ def _translate_layer(entry: dict, *, nested: set[str], sequential: bool) -> list
         "keepdims", False
     ):
         return _keepdims_pool(entry, class_name, config, nodes)
-    if class_name == "ReLU":
-        if config.pop("negative_slope", 0.0) or config.pop("threshold", 0.0):
-            raise TfjsConversionError(
-                f"layer {name!r}: ReLU with negative_slope/threshold has no TF.js equivalent"
-            )
+    if class_name == "ReLU" and (config.pop("negative_slope", 0.0) or config.pop("threshold", 0.0)):
+        raise TfjsConversionError(
+            f"layer {name!r}: ReLU with negative_slope/threshold has no TF.js equivalent"
+        )
     _check_activation_field(name, config)
     return [_layer(class_name, config, _k2_nodes(nodes))]
 
