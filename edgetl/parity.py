@@ -432,7 +432,8 @@ def judge_accuracy(result: PairResult, accuracy: float, reference_accuracy: floa
 # 2.3e-5, float16 0.049, dynamic 0.21, int8 0.87 (relative RMS is no better: 0.75 for int8).
 # Thresholds sit 2-40x above; for int8 only a gross fault stands out.
 LOCALIZE_REL = {"float32": 1e-3, "float16": 0.25, "dynamic": 0.6, "int8": 2.0}
-LOCALIZE_PROBES = 2  # intermediates are large (224 px: MBs per layer per probe)
+LOCALIZE_PROBES = 2
+TFJS_LAYER_FALLBACK = "tfjs-node-cpu"  # layer outputs for tfjs_layers artifacts failing elsewhere  # intermediates are large (224 px: MBs per layer per probe)
 _SCOPE_SUFFIX = re.compile(r"_\d+$")
 
 
@@ -636,10 +637,17 @@ def localize(
     except Exception as e:
         return Localization(None, f"Keras layer outputs failed: {type(e).__name__}: {e}")
     order = {name: i for i, name in enumerate(ref)}
+    layer_runtime = runtime if hasattr(runtime, "layer_outputs") else None
+    if layer_runtime is None and record.format == "tfjs_layers":
+        # The browser gives no intermediates: TF.js in Node on the same artifact tells whether
+        # the artifact itself departs (and where); if it does not, the browser backend does.
+        fallback = RUNTIMES.get(TFJS_LAYER_FALLBACK) if TFJS_LAYER_FALLBACK in RUNTIMES else None
+        if fallback is not None and fallback.unavailable_reason() is None:
+            layer_runtime = fallback
     try:
-        if hasattr(runtime, "layer_outputs"):  # e.g. TF.js runtimes (node_runner --layers)
-            cand = runtime.layer_outputs(artifact, x, list(ref))
-            source = f"{runtime.name} layers"
+        if layer_runtime is not None:  # TF.js runtimes (node_runner --layers)
+            cand = layer_runtime.layer_outputs(artifact, x, list(ref))
+            source = f"{layer_runtime.name} layer outputs"
         elif record.format == "onnx":
             ort_rt = runtime if getattr(runtime, "session", None) else None
             cand = onnx_layer_outputs(str(artifact.path), x, order, ort_rt, record.layout)

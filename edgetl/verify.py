@@ -18,6 +18,7 @@ import sys
 import time
 import types
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,7 +42,11 @@ from edgetl.parity import (
 ERROR = "error"  # a pair whose runtime raised instead of giving outputs (counts as a failure)
 KERAS = "keras"
 SOURCE_ARTIFACT = "source_model"  # pseudo-artifact id of the Keras re-run vs the golden probes
-DATA_LIMIT = 1000  # --data images used at most (interleaved across classes)
+DATA_LIMIT = 1000
+# Runtimes run concurrently (measured: MobileNetV2 1.0/224, every format, all CPU runtimes
+# incl. Chromium: 64 s one after another on 2 shared cores); these stay on the calling thread.
+PARALLEL_RUNTIMES = 3
+SAME_THREAD_PREFIXES = ("tfjs-browser",)  # --data images used at most (interleaved across classes)
 
 
 @dataclass
@@ -210,91 +215,95 @@ def verify(
     statuses: list[RuntimeStatus] = []
     keras_out: np.ndarray | None = None
 
-    # The reference: a fresh Keras run of the source model, checked against the golden probes.
-    if KERAS in names:
-        rt = RUNTIMES.get(KERAS)
-        st = RuntimeStatus(KERAS, False, rt.unavailable_reason(), required=KERAS in required)
-        statuses.append(st)
-        if st.reason is None:
-            t = time.perf_counter()
-            try:
-                keras_out = rt.run_source(root, inputs)["probabilities"]
-                st.available = True
-                st.artifacts = [SOURCE_ARTIFACT]
-                tol = apply_overrides(FLOAT32_CPU, overrides, SOURCE_ARTIFACT, KERAS)
-                pr = compare(
-                    probes.expected, keras_out[:k], tol, artifact=SOURCE_ARTIFACT, runtime=KERAS
-                )
-                if not pr.passed:
-                    pr.reasons.insert(0, "the source model no longer reproduces the golden probes")
-                pairs.append(pr)
-            except RuntimeUnavailable as e:
-                st.reason = str(e)
-            st.seconds = time.perf_counter() - t
-            say(f"keras: {st.seconds:.1f} s")
-
+    # Phase 1: every runtime runs its artifacts. Runtimes are independent processes or thread-safe
+    # libraries, so they overlap (Node and Chromium wait on their own processes); the browser
+    # runtimes stay on this thread, which Playwright's sync API is bound to.
+    jobs: list[tuple[RuntimeStatus, object, list[Artifact]]] = []
     for name in names:
-        if name == KERAS:
-            continue
         rt = RUNTIMES.get(name)
-        arts = [Artifact(r, root) for r in records]
-        arts = [a for a in arts if rt.accepts(a)]
+        arts = [a for a in (Artifact(r, root) for r in records) if rt.accepts(a)]
         st = RuntimeStatus(
             name, False, rt.unavailable_reason(), gpu=rt.gpu, required=name in required
         )
         statuses.append(st)
-        if st.reason is not None:
-            continue
-        if not arts:
-            st.available = True
-            continue
+        if st.reason is None:
+            jobs.append((st, rt, arts))
+
+    def execute(job) -> tuple[dict, dict]:
+        st, rt, arts = job
         t = time.perf_counter()
-        outputs = rt.run_many(arts, inputs)
+        try:
+            if st.name == KERAS:
+                outputs: dict = {SOURCE_ARTIFACT: rt.run_source(root, inputs)}
+            else:
+                outputs = rt.run_many(arts, inputs) if arts else {}
+        except Exception as e:  # run_many reports per artifact; this is a runtime-wide failure
+            outputs = {
+                a: e for a in ([SOURCE_ARTIFACT] if st.name == KERAS else [x.id for x in arts])
+            }
         st.seconds = time.perf_counter() - t
+        if outputs:
+            say(f"{st.name}: {len(outputs)} model(s) in {st.seconds:.1f} s")
+        return outputs, dict(getattr(rt, "last_info", {}) or {})
+
+    here = [j for j in jobs if j[0].name.startswith(SAME_THREAD_PREFIXES)]
+    pooled = [j for j in jobs if j not in here]
+    with ThreadPoolExecutor(max_workers=PARALLEL_RUNTIMES) as pool:
+        futures = [pool.submit(execute, j) for j in pooled]
+        done_here = [execute(j) for j in here]
+        results = dict(zip([id(j) for j in pooled], [f.result() for f in futures], strict=True))
+        results.update(zip([id(j) for j in here], done_here, strict=True))
+
+    # Phase 2: compare every pair (and localize failures) in a fixed order, Keras first (its
+    # outputs are the reference accuracy for --data).
+    for job in sorted(jobs, key=lambda j: j[0].name != KERAS):
+        st, rt, arts = job
+        outputs, infos = results[id(job)]
         unavailable = [o for o in outputs.values() if isinstance(o, RuntimeUnavailable)]
         if unavailable and len(unavailable) == len(outputs):
             st.reason = str(unavailable[0])
             continue
         st.available = True
-        say(f"{name}: {len(arts)} artifact(s) in {st.seconds:.1f} s")
-        infos = getattr(rt, "last_info", {}) or {}
+        if st.name == KERAS:
+            keras_out = outputs[SOURCE_ARTIFACT]["probabilities"]
+            st.artifacts = [SOURCE_ARTIFACT]
+            tol = apply_overrides(FLOAT32_CPU, overrides, SOURCE_ARTIFACT, KERAS)
+            pr = compare(
+                probes.expected, keras_out[:k], tol, artifact=SOURCE_ARTIFACT, runtime=KERAS
+            )
+            if not pr.passed:
+                pr.reasons.insert(0, "the source model no longer reproduces the golden probes")
+            pr.seconds = st.seconds
+            pairs.append(pr)
+            continue
         for a in arts:
             out = outputs.get(a.id, RuntimeError("the runtime returned nothing for it"))
             st.artifacts.append(a.id)
             info = dict(infos.get(a.id, {}))
-            tol = default_tolerance(a.format, a.record.precision, name, gpu=rt.gpu, info=info)
-            tol = apply_overrides(tol, overrides, a.id, name)
+            tol = default_tolerance(a.format, a.record.precision, st.name, gpu=rt.gpu, info=info)
+            tol = apply_overrides(tol, overrides, a.id, st.name)
+            share = st.seconds / len(arts)  # the artifact's share of its runtime's time
             if isinstance(out, Exception):
+                reason = f"{type(out).__name__}: {out}"
                 pairs.append(
                     PairResult(
-                        a.id,
-                        name,
-                        "golden",
-                        ERROR,
-                        [f"{type(out).__name__}: {out}"],
-                        tol,
-                        info=info,
+                        a.id, st.name, "golden", ERROR, [reason], tol, info=info, seconds=share
                     )
                 )
                 continue
             y = np.asarray(out.get("probabilities", next(iter(out.values()))), np.float32)
-            pr = compare(probes.expected, y[:k], tol, artifact=a.id, runtime=name)
-            pr.info = info
+            pr = compare(probes.expected, y[:k], tol, artifact=a.id, runtime=st.name)
+            pr.info, pr.seconds = info, share
+            pairs.append(pr)
             if data_labels is not None and len(y) == len(inputs):
                 acc = float((y[k:].argmax(1) == data_labels).mean())
-                ref_acc = (
-                    float((keras_out[k:].argmax(1) == data_labels).mean())
-                    if keras_out is not None
-                    else None
-                )
-                if ref_acc is None:
+                if keras_out is None:
                     pr.accuracy = acc
                 else:
-                    judge_accuracy(pr, acc, ref_acc)
+                    judge_accuracy(pr, acc, float((keras_out[k:].argmax(1) == data_labels).mean()))
             if pr.status == FAIL and localize_failures:
-                say(f"{a.id}@{name} failed; localizing ...")
+                say(f"{a.id}@{st.name} failed; localizing ...")
                 pr.localization = localize(root, a.record, rt, probes.inputs)
-            pairs.append(pr)
 
     for mod, why in broken.items():
         short = mod.rsplit(".", 1)[-1]
