@@ -25,6 +25,7 @@ still `model.getLayer("features_pool")` and freeze the base by name.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -130,13 +131,22 @@ def export_tfjs(model, out_dir: Path, *, graph: bool = False) -> Path:
         return _export_graph(model, out_dir)
     topology = layers_topology(model)
     groups = [weight_entries(model)]
+    _quiet_tfdf()
     from tensorflowjs.converters.keras_h5_conversion import write_artifacts
 
     write_artifacts(topology, groups, str(out_dir), weight_shard_size_bytes=SHARD_BYTES)
     return out_dir / MODEL_JSON
 
 
+def _quiet_tfdf() -> None:
+    """`import tensorflowjs` imports tensorflow_decision_forests, whose welcome banner does
+    `import IPython` whenever stdout is not a terminal (pytest, pipes, CI) and fails with
+    ModuleNotFoundError; this documented switch turns the banner off."""
+    os.environ.setdefault("TFDF_DISABLE_WELCOME_MESSAGE", "1")
+
+
 def _export_graph(model, out_dir: Path) -> Path:
+    _quiet_tfdf()
     from tensorflowjs.converters.tf_saved_model_conversion_v2 import convert_tf_saved_model
 
     tmp = Path(tempfile.mkdtemp(prefix="edgetl-savedmodel-"))

@@ -203,7 +203,8 @@ def test_export_bundle_writes_layers_and_graph_models_that_agree(tmp_path, tfjs_
 @needs_node
 @pytest.mark.node
 @pytest.mark.slow
-def test_user_classifier_from_legacy_h5(tmp_path, local_weights, probe_images):
+@pytest.mark.parametrize("kind", ["functional", "sequential"])
+def test_user_classifier_from_legacy_h5(kind, tmp_path, local_weights, probe_images):
     """A user's own model: MobileNetV2 nested under their head, saved and reloaded as .h5."""
     import keras
     from edgetl.converters.tfjs import export_tfjs
@@ -213,13 +214,23 @@ def test_user_classifier_from_legacy_h5(tmp_path, local_weights, probe_images):
         input_shape=(size, size, 3), alpha=alpha, include_top=False, weights=None
     )
     base.load_weights(local_weights("mobilenet_v2"))
-    inp = keras.Input((size, size, 3))
-    h = keras.layers.Rescaling(1 / 127.5, offset=-1)(inp)
-    h = base(h, training=False)
-    h = keras.layers.GlobalAveragePooling2D()(h)
-    h = keras.layers.Dropout(0.3)(h)
-    out = keras.layers.Dense(2, activation="softmax", name="my_head")(h)
-    keras.Model(inp, out).save(tmp_path / "user.h5")
+    layers = [
+        keras.layers.Rescaling(1 / 127.5, offset=-1),
+        base,
+        keras.layers.GlobalAveragePooling2D(),
+        keras.layers.Dropout(0.3),
+        keras.layers.Dense(2, activation="softmax", name="my_head"),
+    ]
+    if kind == "sequential":
+        model = keras.Sequential([keras.Input((size, size, 3)), *layers])
+    else:
+        inp = keras.Input((size, size, 3))
+        h = layers[0](inp)
+        h = base(h, training=False)
+        for layer in layers[2:]:
+            h = layer(h)
+        model = keras.Model(inp, h)
+    model.save(tmp_path / "user.h5")
     user = keras.models.load_model(tmp_path / "user.h5", compile=False)
     export_tfjs(user, tmp_path / "tfjs")
     x = probe_images(size)
