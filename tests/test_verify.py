@@ -5,6 +5,7 @@ tampered file is refused before anything runs, reports are written and parse."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -14,13 +15,17 @@ import pytest
 
 from edgetl.cli import main
 
+# tensorflow_decision_forests (imported by tensorflowjs) takes captured stdout for a notebook and
+# imports IPython to greet; without IPython the TF.js export then fails. Belongs in the converter.
+os.environ.setdefault("TFDF_DISABLE_WELCOME_MESSAGE", "1")
+
 CPU_RUNTIMES = ["onnxruntime-cpu", "litert", "keras"]
 CORRUPT_LAYER = "block_3_expand"  # a 1x1 conv early in MobileNetV2
 
 
 @pytest.fixture(scope="session")
 def parity_bundle(tmp_path_factory, tiny_run, sample_data) -> Path:
-    """The trained tiny run as ONNX + every TFLite variant (no TF.js: that is helper A's)."""
+    """The trained tiny run as TF.js Layers, ONNX and every TFLite variant."""
     from edgetl.bundle import export_bundle, sample_images
     from edgetl.modelio import load_model_source
 
@@ -32,7 +37,7 @@ def parity_bundle(tmp_path_factory, tiny_run, sample_data) -> Path:
         out,
         labels=loaded.labels,
         contract=loaded.contract,
-        formats=("onnx", "tflite"),
+        formats=("tfjs", "onnx", "tflite"),
         quantizations=("float16", "dynamic", "int8"),
         calibration_images=images,
         probe_images=images,
@@ -94,15 +99,43 @@ def corrupt_tflite_weight(path: Path, layer: str) -> str:
     raise AssertionError(f"no op producing {layer}_relu in {path}")
 
 
+def corrupt_tfjs_weight(model_json: Path, layer: str) -> str:
+    """Change the first value of `layer`'s kernel in the weight shards of a TF.js Layers model."""
+    import json
+
+    spec = json.loads(model_json.read_text())
+    for group in spec["weightsManifest"]:
+        offset = 0
+        for w in group["weights"]:
+            if w["name"] == f"{layer}/kernel":
+                assert w["dtype"] == "float32"
+                shards = [model_json.parent / p for p in group["paths"]]
+                data = np.frombuffer(b"".join(p.read_bytes() for p in shards), dtype="<f4").copy()
+                start = offset // 4
+                kernel = data[start : start + int(np.prod(w["shape"]))]
+                kernel[0] += 50 * np.abs(kernel).max()
+                data[start : start + kernel.size] = kernel
+                raw, pos = data.tobytes(), 0
+                for p in shards:
+                    size = p.stat().st_size
+                    p.write_bytes(raw[pos : pos + size])
+                    pos += size
+                return w["name"]
+            offset += int(np.prod(w["shape"])) * 4
+    raise AssertionError(f"no {layer}/kernel in {model_json}")
+
+
 @pytest.fixture(scope="session")
 def corrupted_bundle(tmp_path_factory, parity_bundle) -> Path:
-    """parity_bundle with one weight changed in model.onnx and model_float32.tflite, and the
+    """parity_bundle with one weight changed in model.onnx, model_float32.tflite and the TF.js
+    weights, and the
     manifest's hashes updated so the integrity check passes: only parity can catch it."""
     out = tmp_path_factory.mktemp("corrupt") / "bundle"
     shutil.copytree(parity_bundle, out)
     corrupt_onnx_weight(out / "model.onnx", CORRUPT_LAYER)
     corrupt_tflite_weight(out / "model_float32.tflite", CORRUPT_LAYER)
-    _rehash(out, ["onnx", "tflite_float32"])
+    corrupt_tfjs_weight(out / "tfjs" / "model.json", CORRUPT_LAYER)
+    _rehash(out, ["onnx", "tflite_float32", "tfjs_layers"])
     return out
 
 
@@ -162,6 +195,34 @@ def test_corrupted_weights_fail_name_artifact_and_layer(corrupted_bundle):
         assert p.localization.layer.startswith(CORRUPT_LAYER), p.localization.describe()
     # the untouched artifacts of the same bundle still pass
     assert {p.artifact for p in result.pairs if p.passed} >= {"tflite_float16", "source_model"}
+
+
+@pytest.mark.slow
+@pytest.mark.node
+def test_corrupted_tfjs_weights_localized_by_node_layer_outputs(parity_bundle, corrupted_bundle):
+    from edgetl import verify
+
+    clean = verify(parity_bundle, runtimes=["tfjs-node-cpu"], require=["tfjs-node-cpu"])
+    assert clean.ok, clean.table()
+    result = verify(corrupted_bundle, runtimes=["tfjs-node-cpu"], artifacts=["tfjs_layers"])
+    (pair,) = result.pairs
+    assert not pair.passed
+    loc = pair.localization
+    assert loc is not None and loc.localized, loc
+    assert loc.layer == CORRUPT_LAYER, loc.describe()  # TF.js keeps conv and BN apart
+    assert "tfjs-node-cpu layer outputs" in loc.reason
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_browser_failure_localized_through_node(corrupted_bundle):
+    """Chromium gives no intermediates: the same artifact's layers come from TF.js in Node."""
+    from edgetl import verify
+
+    result = verify(corrupted_bundle, runtimes=["tfjs-browser-wasm"], artifacts=["tfjs_layers"])
+    (pair,) = result.pairs
+    assert not pair.passed and pair.info.get("backend") == "wasm"
+    assert pair.localization.layer == CORRUPT_LAYER, pair.localization.describe()
 
 
 @pytest.mark.slow
