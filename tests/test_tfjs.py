@@ -335,3 +335,63 @@ def test_runtimes_are_registered():
     for backend in BACKENDS:
         rt = runtimes.get(f"tfjs-node-{backend}")
         assert rt.formats == {"tfjs_layers", "tfjs_graph"} and not rt.gpu
+
+
+@needs_node
+@pytest.mark.node
+def test_rewrites_compute_what_keras_computes(tmp_path):
+    """Every rewrite on a small model: scalar ops (both operand orders), hard_sigmoid/hard_silu
+    Activations, keepdims pooling; tfjs must match Keras to float32 rounding."""
+    import keras
+    from edgetl.converters.tfjs import export_tfjs, read_model_json
+
+    from edgetl.parity import keras_layer_outputs
+
+    keras.utils.set_random_seed(1)
+    inp = keras.Input((6, 6, 3), name="image")
+    h = keras.layers.Conv2D(8, 3, padding="same", name="conv")(inp)
+    h = 2.0 - (h - 0.5) / 4.0  # Subtract (c - x), Subtract (x - c), TrueDivide
+    h = keras.layers.Activation("hard_silu", name="hs")(h * 3.0 + 1.0)
+    se = keras.layers.GlobalAveragePooling2D(keepdims=True, name="se_pool")(h)
+    se = keras.layers.Activation("hard_sigmoid", name="hsig")(se)
+    h = keras.layers.Multiply(name="se_mul")([h, se])
+    h = keras.layers.GlobalMaxPooling2D(keepdims=True, name="max_pool")(h)
+    h = keras.layers.Flatten(name="flat")(h)
+    model = keras.Model(inp, keras.layers.Dense(3, activation="softmax", name="out")(h))
+    path = export_tfjs(model, tmp_path / "tfjs")
+    classes = {la["class_name"] for la in _all_layers(read_model_json(path))}
+    assert classes <= {
+        "InputLayer",
+        "Conv2D",
+        "Rescaling",
+        "ReLU",
+        "Multiply",
+        "Reshape",
+        "GlobalAveragePooling2D",
+        "GlobalMaxPooling2D",
+        "Flatten",
+        "Dense",
+    }
+    x = np.random.default_rng(0).uniform(0, 255, (5, 6, 6, 3)).astype(np.float32)
+    artifact = _artifact(tmp_path, "tfjs/model.json")
+    names = ["hs", "se_pool", "hsig", "max_pool"]
+    got = TfjsNodeRuntime("cpu").layer_outputs(artifact, x, names)
+    ref = keras_layer_outputs(model, x)
+    for name in names:
+        rel = np.abs(got[name] - ref[name]).max() / np.abs(ref[name]).max()
+        assert rel <= 1e-6, (name, rel)
+    out = TfjsNodeRuntime("cpu").run(artifact, x)["probabilities"]
+    assert np.abs(out - model.predict(x, verbose=0)).max() <= TOL
+
+
+def _all_layers(model_json: dict) -> list[dict]:
+    found = []
+
+    def walk(cfg: dict) -> None:
+        for la in cfg["config"]["layers"]:
+            found.append(la)
+            if "layers" in la["config"]:
+                walk(la)
+
+    walk(model_json["modelTopology"]["model_config"])
+    return found
