@@ -5,7 +5,6 @@ tampered file is refused before anything runs, reports are written and parse."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -14,10 +13,6 @@ import numpy as np
 import pytest
 
 from edgetl.cli import main
-
-# tensorflow_decision_forests (imported by tensorflowjs) takes captured stdout for a notebook and
-# imports IPython to greet; without IPython the TF.js export then fails. Belongs in the converter.
-os.environ.setdefault("TFDF_DISABLE_WELCOME_MESSAGE", "1")
 
 CPU_RUNTIMES = ["onnxruntime-cpu", "litert", "keras"]
 CORRUPT_LAYER = "block_3_expand"  # a 1x1 conv early in MobileNetV2
