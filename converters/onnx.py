@@ -13,8 +13,15 @@ INPUT_NAME = "image"
 OUTPUT_NAME = "probabilities"
 
 
-def export_onnx(model, path: Path, *, opset: int = DEFAULT_OPSET, nchw: bool = False,
-                metadata: dict[str, str] | None = None, output_name: str = OUTPUT_NAME) -> Path:
+def export_onnx(
+    model,
+    path: Path,
+    *,
+    opset: int = DEFAULT_OPSET,
+    nchw: bool = False,
+    metadata: dict[str, str] | None = None,
+    output_name: str = OUTPUT_NAME,
+) -> Path:
     """Write `model` as ONNX to `path`; input "image" (N,H,W,3) float32 0..255 (or N,3,H,W)."""
     if not MIN_OPSET <= opset <= MAX_OPSET:
         raise ValueError(f"ONNX opset {opset} is not supported; choose {MIN_OPSET}..{MAX_OPSET}")
@@ -25,7 +32,9 @@ def export_onnx(model, path: Path, *, opset: int = DEFAULT_OPSET, nchw: bool = F
     _, h, w, c = model.input_shape
     spec = (tf.TensorSpec((None, h, w, c), tf.float32, name=INPUT_NAME),)
     proto, _ = tf2onnx.convert.from_keras(
-        model, input_signature=spec, opset=opset,
+        model,
+        input_signature=spec,
+        opset=opset,
         inputs_as_nchw=[INPUT_NAME] if nchw else None,
     )
     _rename_output(proto, output_name)
@@ -42,7 +51,9 @@ def export_onnx(model, path: Path, *, opset: int = DEFAULT_OPSET, nchw: bool = F
 def _rename_output(proto, name: str) -> None:
     """tf2onnx names the output after the Keras layer path; give it the stable contract name."""
     if len(proto.graph.output) != 1:
-        raise ValueError(f"expected a single-output classifier, got {len(proto.graph.output)} outputs")
+        raise ValueError(
+            f"expected a single-output classifier, got {len(proto.graph.output)} outputs"
+        )
     old = proto.graph.output[0].name
     if old == name:
         return
@@ -53,4 +64,7 @@ def _rename_output(proto, name: str) -> None:
 
 
 def metadata_for(labels: list[str], contract: dict) -> dict[str, str]:
-    return {"labels": json.dumps(labels, ensure_ascii=False), "input_contract": json.dumps(contract)}
+    return {
+        "labels": json.dumps(labels, ensure_ascii=False),
+        "input_contract": json.dumps(contract),
+    }

@@ -14,9 +14,15 @@ INT8_IO_DTYPES = ("float32", "uint8", "int8")
 METADATA_NAME = "edgetl"  # name of the metadata entry holding labels + input contract
 
 
-def export_tflite(model, out_dir: Path, *, precisions: Iterable[str] = ("float32",),
-                  calibration: Callable[[], Iterable[np.ndarray]] | None = None,
-                  io_dtype: str = "float32", metadata: dict | None = None) -> dict[str, Path]:
+def export_tflite(
+    model,
+    out_dir: Path,
+    *,
+    precisions: Iterable[str] = ("float32",),
+    calibration: Callable[[], Iterable[np.ndarray]] | None = None,
+    io_dtype: str = "float32",
+    metadata: dict | None = None,
+) -> dict[str, Path]:
     """Write `model` as `model_<precision>.tflite` in `out_dir`, one file per precision, all
     converted from one SavedModel export (the slow step). int8 needs `calibration`: a callable
     yielding (1,H,W,3) float32 batches of real images (0..255); `io_dtype` picks float32 or
@@ -38,8 +44,9 @@ def export_tflite(model, out_dir: Path, *, precisions: Iterable[str] = ("float32
         for p in precisions:
             flat = _convert(saved, p, calibration, io_dtype)
             if metadata:
-                flat = add_metadata(flat, METADATA_NAME,
-                                    json.dumps(metadata, ensure_ascii=False).encode())
+                flat = add_metadata(
+                    flat, METADATA_NAME, json.dumps(metadata, ensure_ascii=False).encode()
+                )
             out[p] = Path(out_dir) / f"model_{p}.tflite"
             out[p].write_bytes(flat)
     return out

@@ -15,7 +15,7 @@ _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 def __getattr__(name: str):
     if name == "verify":
-        from edgetl.verify import verify
+        from edgetl.verifier import verify
 
         return verify
     raise AttributeError(name)

@@ -33,11 +33,19 @@ def _head_layers(num_classes: int, head: HeadConfig):
     import keras
 
     init = keras.initializers.GlorotUniform
-    dense = keras.layers.Dense(head.hidden_units, activation="relu", name=HEAD_DENSE,
-                               kernel_initializer=init(seed=head.seed))
+    dense = keras.layers.Dense(
+        head.hidden_units,
+        activation="relu",
+        name=HEAD_DENSE,
+        kernel_initializer=init(seed=head.seed),
+    )
     drop = keras.layers.Dropout(head.dropout, seed=head.seed, name=HEAD_DROPOUT)
-    out = keras.layers.Dense(num_classes, activation="softmax", name=HEAD_OUTPUT,
-                             kernel_initializer=init(seed=head.seed + 1))
+    out = keras.layers.Dense(
+        num_classes,
+        activation="softmax",
+        name=HEAD_OUTPUT,
+        kernel_initializer=init(seed=head.seed + 1),
+    )
 
     def apply(x):
         return out(drop(dense(x)))
@@ -57,8 +65,9 @@ def embedding_model(classifier):
     """Image (0..255) -> pooled embedding, sharing the classifier's backbone layers."""
     import keras
 
-    return keras.Model(classifier.input, classifier.get_layer(BASE_POOL).output,
-                       name="edgetl_embedding")
+    return keras.Model(
+        classifier.input, classifier.get_layer(BASE_POOL).output, name="edgetl_embedding"
+    )
 
 
 def copy_head_weights(head_model, classifier) -> None:

@@ -9,13 +9,21 @@ import importlib
 import sys
 
 COMMANDS = {
-    "train": ("edgetl.train", "fine-tune a MobileNet head on a folder of images (one sub-folder per class)"),
-    "export": ("edgetl.bundle", "export a Keras model to a bundle: TF.js, ONNX, TFLite + manifest + probes"),
-    "verify": ("edgetl.verify", "prove every artifact of a bundle agrees with the original model"),
+    "train": (
+        "edgetl.train",
+        "fine-tune a MobileNet head on a folder of images (one sub-folder per class)",
+    ),
+    "export": (
+        "edgetl.bundle",
+        "export a Keras model to a bundle: TF.js, ONNX, TFLite + manifest + probes",
+    ),
+    "verify": (
+        "edgetl.verifier",
+        "prove every artifact of a bundle agrees with the original model",
+    ),
     "serve": ("edgetl.serve", "serve the web app and a bundle on localhost"),
     "demo": ("edgetl.demo", "run the whole job on the bundled sample data set"),
 }
-
 
 
 def build_parser(command: str | None) -> argparse.ArgumentParser:
@@ -47,8 +55,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from edgetl.errors import UserError
     from edgetl.manifest import BundleError
-    from edgetl.registry import UnknownNameError
     from edgetl.models.base import BackboneConfigError
+    from edgetl.registry import UnknownNameError
 
     try:
         return int(importlib.import_module(COMMANDS[args.command][0]).run(args) or 0)

@@ -37,8 +37,9 @@ def _class_sort_key(name: str) -> str:
     return unicodedata.normalize("NFC", name)
 
 
-def scan_image_folder(root: str | Path, *, check_decodable: bool = True,
-                      min_classes: int = 2) -> ImageFolder:
+def scan_image_folder(
+    root: str | Path, *, check_decodable: bool = True, min_classes: int = 2
+) -> ImageFolder:
     """List images per class; refuse empty classes and single-class folders with a clear message.
 
     Non-image files and images that do not decode (corrupt, truncated) are skipped and listed.
@@ -46,8 +47,10 @@ def scan_image_folder(root: str | Path, *, check_decodable: bool = True,
     root = Path(root).expanduser()
     if not root.is_dir():
         raise UserError(f"data folder {str(root)!r} does not exist or is not a folder")
-    class_dirs = sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")),
-                        key=lambda p: _class_sort_key(p.name))
+    class_dirs = sorted(
+        (p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")),
+        key=lambda p: _class_sort_key(p.name),
+    )
     if len(class_dirs) < min_classes:
         found = ", ".join(p.name for p in class_dirs) or "none"
         raise UserError(
@@ -80,8 +83,13 @@ def scan_image_folder(root: str | Path, *, check_decodable: bool = True,
             f"class folder(s) with no usable images in {root}: {', '.join(empty)}. "
             "Add images or remove the folder." + _skipped_hint(skipped)
         )
-    return ImageFolder(root, [_class_sort_key(d.name) for d in class_dirs], files,
-                       np.asarray(labels, dtype=np.int64), skipped)
+    return ImageFolder(
+        root,
+        [_class_sort_key(d.name) for d in class_dirs],
+        files,
+        np.asarray(labels, dtype=np.int64),
+        skipped,
+    )
 
 
 def _skipped_hint(skipped: list[tuple[Path, str]]) -> str:
@@ -159,7 +167,9 @@ def file_sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def stratified_split(
+    labels: np.ndarray, val_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Seeded split keeping class proportions; every class with >= 2 images gets >= 1 val image."""
     if not 0.0 <= val_fraction < 1.0:
         raise UserError(f"validation fraction must be in [0, 1), got {val_fraction}")
@@ -173,4 +183,6 @@ def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tupl
             n_val = min(max(n_val, 1), len(idx) - 1)
         val_idx.extend(idx[:n_val])
         train_idx.extend(idx[n_val:])
-    return np.sort(np.asarray(train_idx, dtype=np.int64)), np.sort(np.asarray(val_idx, dtype=np.int64))
+    return np.sort(np.asarray(train_idx, dtype=np.int64)), np.sort(
+        np.asarray(val_idx, dtype=np.int64)
+    )

@@ -159,7 +159,9 @@ def record_files(bundle_dir: Path, rel_paths: list[str]) -> list[FileRecord]:
     return [FileRecord(p, (root / p).stat().st_size, sha256_file(root / p)) for p in rel_paths]
 
 
-def check_integrity(bundle_dir: Path, manifest: Manifest, artifact_ids: list[str] | None = None) -> None:
+def check_integrity(
+    bundle_dir: Path, manifest: Manifest, artifact_ids: list[str] | None = None
+) -> None:
     """Refuse any artifact (or probe file) whose bytes differ from what the manifest recorded."""
     root = Path(bundle_dir)
     problems = []
@@ -200,8 +202,10 @@ def write_probes(bundle_dir: Path, probes: ProbeSet) -> dict:
         "output_shape": list(expected.shape),
         "dtype": "float32",
         "byte_order": "little",
-        "sha256": {"inputs": sha256_file(root / "inputs.bin"),
-                   "expected": sha256_file(root / "expected.bin")},
+        "sha256": {
+            "inputs": sha256_file(root / "inputs.bin"),
+            "expected": sha256_file(root / "expected.bin"),
+        },
     }
 
 
@@ -213,5 +217,9 @@ def read_probes(bundle_dir: Path, manifest: Manifest) -> ProbeSet:
         expected = np.fromfile(root / p["expected"], dtype="<f4").reshape(p["output_shape"])
     except (OSError, ValueError, KeyError) as e:
         raise BundleError(f"{bundle_dir}: unreadable golden probes ({e})") from None
-    return ProbeSet(names=list(p["names"]), inputs=inputs.astype(np.float32),
-                    expected=expected.astype(np.float32), labels=list(p.get("true_labels", [])))
+    return ProbeSet(
+        names=list(p["names"]),
+        inputs=inputs.astype(np.float32),
+        expected=expected.astype(np.float32),
+        labels=list(p.get("true_labels", [])),
+    )

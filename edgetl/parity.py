@@ -84,11 +84,12 @@ FLOAT32_GPU = Tolerance(
 # the rounding compounds over ~50 layers. Field notes: 3e-5 on random weights (whose features
 # vanish). Measured here with data-fitted BN statistics: 3.8e-3 (MobileNetV2 1.0/224) and 8.1e-3
 # (0.35/96, trained head), top-1 unchanged, no single layer departing (localization trace grows
-# smoothly). 2e-3 failed both, so 1e-2: still 10-40x below what one corrupted weight gives.
+# smoothly), and 1.01e-2 on an untrained head over V2 0.35/96. 2e-3 failed all of them, so
+# 2e-2 (2x the worst measured): still 5-20x below what one corrupted weight gives.
 TFLITE_FLOAT16 = Tolerance(
-    max_abs=1e-2,
+    max_abs=2e-2,
     name="TFLITE_FLOAT16",
-    basis="float16 weights: measured 3.8e-3 (V2 1.0/224), 8.1e-3 (V2 0.35/96)",
+    basis="float16 weights: measured 3.8e-3 (V2 1.0/224), 8.1e-3..1.01e-2 (V2 0.35/96)",
 )
 # TF.js WebGL storing float32 textures (WEBGL_RENDER_FLOAT32_CAPABLE): tfjs' own tests use 1e-3.
 WEBGL_FLOAT32 = Tolerance(

@@ -33,7 +33,7 @@ def assert_parity(
 ):
     """Verify the bundle and raise edgetl.errors.ParityError (an AssertionError) carrying the
     report table unless every pair passed; returns the VerifyResult otherwise."""
-    from edgetl.verify import verify
+    from edgetl.verifier import verify
 
     result = verify(
         bundle_dir,

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from edgetl.parity import PairResult
-    from edgetl.verify import VerifyResult
+    from edgetl.verifier import VerifyResult
 
 
 def _num(v: float | None, fmt: str = ".2e") -> str:

@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 
-def build_scaled_base(app_fn, *, size: int, weights: str | None, scale_inside: bool,
-                      name: str, **app_kwargs: Any):
+def build_scaled_base(
+    app_fn, *, size: int, weights: str | None, scale_inside: bool, name: str, **app_kwargs: Any
+):
     """Wrap a keras.applications base so the returned model takes raw 0..255 RGB pixels.
 
     The application itself is a nested functional model (named `name`), which keeps "unfreeze

@@ -45,7 +45,9 @@ class Backbone:
 BACKBONES: Registry[Backbone] = Registry("backbone")
 
 
-def resolve(name: str, alpha: float | None = None, size: int | None = None) -> tuple[Backbone, float, int]:
+def resolve(
+    name: str, alpha: float | None = None, size: int | None = None
+) -> tuple[Backbone, float, int]:
     """Check a request and fill in defaults; raises BackboneConfigError listing valid values."""
     try:
         bb = BACKBONES.get(name)
@@ -72,8 +74,12 @@ def check_weights(weights: str | Path | None) -> str | None:
     return str(p)
 
 
-def build_backbone(name: str, alpha: float | None = None, size: int | None = None,
-                   weights: str | Path | None = "imagenet"):
+def build_backbone(
+    name: str,
+    alpha: float | None = None,
+    size: int | None = None,
+    weights: str | Path | None = "imagenet",
+):
     """Build the frozen-able base: input 0..255 RGB (N, size, size, 3) -> feature map."""
     bb, alpha, size = resolve(name, alpha, size)
     w = check_weights(weights)
@@ -93,14 +99,22 @@ def build_backbone(name: str, alpha: float | None = None, size: int | None = Non
 
 def _looks_like_download_failure(e: Exception) -> bool:
     text = f"{type(e).__name__} {e}".lower()
-    return any(s in text for s in ("url fetch failure", "urlopen", "http", "name resolution",
-                                   "connection", "network"))
+    return any(
+        s in text
+        for s in (
+            "url fetch failure",
+            "urlopen",
+            "http",
+            "name resolution",
+            "connection",
+            "network",
+        )
+    )
 
 
-
-
-def make_local_weights(name: str, alpha: float | None, size: int | None, images, path: str | Path,
-                       seed: int = 0) -> Path:
+def make_local_weights(
+    name: str, alpha: float | None, size: int | None, images, path: str | Path, seed: int = 0
+) -> Path:
     """Write a weights file for the backbone without any download: seeded random convolutions
     with BatchNormalization statistics set from `images` (0..255, N x size x size x 3).
 
@@ -117,8 +131,10 @@ def make_local_weights(name: str, alpha: float | None, size: int | None, images,
     bb, alpha, size = resolve(name, alpha, size)
     keras.utils.set_random_seed(seed)
     features = bb.build(alpha=alpha, size=size, weights=None)
-    base = max((layer for layer in features.layers if isinstance(layer, keras.Model)),
-               key=lambda m: len(m.layers))
+    base = max(
+        (layer for layer in features.layers if isinstance(layer, keras.Model)),
+        key=lambda m: len(m.layers),
+    )
     bns = [layer for layer in base.layers if isinstance(layer, keras.layers.BatchNormalization)]
     saved = [bn.momentum for bn in bns]
     for bn in bns:

@@ -16,15 +16,31 @@ def _builder(app_name: str, name: str):
         import keras
 
         app = getattr(keras.applications, app_name)
-        return build_scaled_base(app, size=size, weights=weights, scale_inside=False,
-                                 name=name, alpha=alpha, include_preprocessing=True)
+        return build_scaled_base(
+            app,
+            size=size,
+            weights=weights,
+            scale_inside=False,
+            name=name,
+            alpha=alpha,
+            include_preprocessing=True,
+        )
 
     return _build
 
 
-for _name, _app in (("mobilenet_v3_small", "MobileNetV3Small"),
-                    ("mobilenet_v3_large", "MobileNetV3Large")):
-    BACKBONES.register(_name, Backbone(
-        name=_name, keras_name=_app, alphas=_ALPHAS, sizes=_SIZES, build=_builder(_app, _name),
-        internal_preprocessing="x / 127.5 - 1 (inside the keras application)",
-    ))
+for _name, _app in (
+    ("mobilenet_v3_small", "MobileNetV3Small"),
+    ("mobilenet_v3_large", "MobileNetV3Large"),
+):
+    BACKBONES.register(
+        _name,
+        Backbone(
+            name=_name,
+            keras_name=_app,
+            alphas=_ALPHAS,
+            sizes=_SIZES,
+            build=_builder(_app, _name),
+            internal_preprocessing="x / 127.5 - 1 (inside the keras application)",
+        ),
+    )

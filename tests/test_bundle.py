@@ -6,11 +6,13 @@ import json
 
 import numpy as np
 import pytest
+from conftest import SMALL_BACKBONES
 
 from edgetl.cli import main
 from edgetl.contract import InputContract
 from edgetl.errors import UserError
 from edgetl.manifest import BundleError, Manifest, check_integrity, read_probes
+from edgetl.verifier import verify
 
 pytestmark = pytest.mark.slow
 
@@ -28,9 +30,22 @@ def test_manifest_is_complete_and_trustworthy(tiny_bundle):
     assert m.labels == ["checks", "dots", "stripes"]
     assert json.loads((tiny_bundle / "labels.json").read_text()) == m.labels
     c = m.input
-    assert (c.height, c.width, c.layout, c.channel_order, c.resize_method) == (96, 96, "NHWC", "RGB", "bilinear")
+    assert (c.height, c.width, c.layout, c.channel_order, c.resize_method) == (
+        96,
+        96,
+        "NHWC",
+        "RGB",
+        "bilinear",
+    )
     ids = {a.id for a in m.artifacts}
-    assert {"tfjs_layers", "onnx", "tflite_float32", "tflite_float16", "tflite_dynamic", "tflite_int8"} <= ids
+    assert {
+        "tfjs_layers",
+        "onnx",
+        "tflite_float32",
+        "tflite_float16",
+        "tflite_dynamic",
+        "tflite_int8",
+    } <= ids
     for a in m.artifacts:
         assert a.size > 0 and len(a.sha256) == 64
         assert (tiny_bundle / a.path).is_file()
@@ -58,7 +73,6 @@ def test_golden_probes_are_raw_float32_with_real_and_synthetic_inputs(tiny_bundl
 
 def test_labels_and_contract_travel_inside_onnx_and_tflite(tiny_bundle):
     import onnx
-
     from edgetl.converters.tflite import read_metadata
 
     props = {p.key: p.value for p in onnx.load(str(tiny_bundle / "model.onnx")).metadata_props}
@@ -76,7 +90,7 @@ def test_tampered_file_is_refused(tiny_bundle, tmp_path):
     data = bytearray((copy / "model_float16.tflite").read_bytes())
     data[len(data) // 2] ^= 0xFF
     (copy / "model_float16.tflite").write_bytes(bytes(data))
-    with pytest.raises(BundleError, match="model_float16.tflite"):
+    with pytest.raises(BundleError, match=r"model_float16\.tflite"):
         check_integrity(copy, Manifest.load(copy))
 
 
@@ -85,8 +99,15 @@ def test_failed_converter_leaves_nothing_behind(tiny_model, tmp_path):
 
     out = tmp_path / "bundle"
     with pytest.raises(ExportError, match="onnx export failed"):
-        export_bundle(tiny_model.model, out, labels=tiny_model.labels, contract=tiny_model.contract,
-                      formats=["tflite", "onnx"], opset=19, log=lambda *_: None)
+        export_bundle(
+            tiny_model.model,
+            out,
+            labels=tiny_model.labels,
+            contract=tiny_model.contract,
+            formats=["tflite", "onnx"],
+            opset=19,
+            log=lambda *_: None,
+        )
     assert list(tmp_path.iterdir()) == []
 
 
@@ -96,7 +117,12 @@ def test_existing_bundle_is_kept_unless_forced(tiny_model, tmp_path):
     out = tmp_path / "bundle"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    kw = dict(labels=tiny_model.labels, contract=tiny_model.contract, formats=["onnx"], log=lambda *_: None)
+    kw = dict(
+        labels=tiny_model.labels,
+        contract=tiny_model.contract,
+        formats=["onnx"],
+        log=lambda *_: None,
+    )
     with pytest.raises(UserError, match="--force"):
         export_bundle(tiny_model.model, out, **kw)
     assert (out / "keep.txt").read_text() == "mine"
@@ -110,31 +136,113 @@ def test_int8_needs_calibration(tiny_model, tmp_path):
     from edgetl.bundle import export_bundle
 
     with pytest.raises(UserError, match="calibration"):
-        export_bundle(tiny_model.model, tmp_path / "b", labels=tiny_model.labels,
-                      contract=tiny_model.contract, formats=["tflite"], quantizations=["int8"])
+        export_bundle(
+            tiny_model.model,
+            tmp_path / "b",
+            labels=tiny_model.labels,
+            contract=tiny_model.contract,
+            formats=["tflite"],
+            quantizations=["int8"],
+        )
 
 
 def test_int8_with_uint8_io_runs_in_litert(tiny_model, tmp_path, sample_data):
     from edgetl.bundle import export_bundle, sample_images
     from edgetl.runtimes.base import RUNTIMES, Artifact, load_runtimes
 
-    images, labels, names = sample_images(sample_data, tiny_model.contract, tiny_model.labels, limit=16)
-    m = export_bundle(tiny_model.model, tmp_path / "b", labels=tiny_model.labels,
-                      contract=tiny_model.contract, formats=["tflite"], quantizations=["int8"],
-                      calibration_images=images, probe_images=images, probe_labels=labels,
-                      int8_io="uint8", log=lambda *_: None)
+    images, labels, _names = sample_images(
+        sample_data, tiny_model.contract, tiny_model.labels, limit=16
+    )
+    m = export_bundle(
+        tiny_model.model,
+        tmp_path / "b",
+        labels=tiny_model.labels,
+        contract=tiny_model.contract,
+        formats=["tflite"],
+        quantizations=["int8"],
+        calibration_images=images,
+        probe_images=images,
+        probe_labels=labels,
+        int8_io="uint8",
+        log=lambda *_: None,
+    )
     rec = m.artifact("tflite_int8")
     assert (rec.input_dtype, rec.output_dtype) == ("uint8", "uint8")
     load_runtimes()
     probes = read_probes(tmp_path / "b", m)
     out = RUNTIMES.get("litert").run(Artifact(rec, tmp_path / "b"), probes.inputs)["probabilities"]
     assert out.dtype == np.float32 and out.shape == probes.expected.shape
-    assert np.abs(out - probes.expected).max() < 0.1
+    # int8 is judged by top-1 agreement (the parity engine's int8 tolerance), not element error
+    result = verify(tmp_path / "b", runtimes=["litert"])
+    assert result.ok, result.table()
+
+
+@pytest.mark.parametrize("name", list(SMALL_BACKBONES))
+def test_each_backbone_exports_to_onnx_and_every_tflite_variant(
+    name, tmp_path, sample_data, local_weights
+):
+    """Every backbone, every ONNX/TFLite variant, each run in its own runtime and compared with
+    the golden probes by the parity engine (TF.js per backbone: tests/test_tfjs.py)."""
+    from edgetl.models.base import build_backbone
+
+    from edgetl.bundle import export_bundle, sample_images
+    from edgetl.classifier import build_classifier
+
+    alpha, size = SMALL_BACKBONES[name]
+    model = build_classifier(build_backbone(name, alpha, size, local_weights(name)), 3)
+    contract = InputContract(size, size)
+    labels = ["checks", "dots", "stripes"]
+    images, y, names = sample_images(sample_data, contract, labels, limit=24)
+    m = export_bundle(
+        model,
+        tmp_path / "b",
+        labels=labels,
+        contract=contract,
+        formats=["onnx", "tflite"],
+        quantizations=["float16", "dynamic", "int8"],
+        calibration_images=images,
+        probe_images=images,
+        probe_labels=y,
+        probe_names=names,
+        log=lambda *_: None,
+    )
+    assert {a.id for a in m.artifacts} == {
+        "onnx",
+        "tflite_float32",
+        "tflite_float16",
+        "tflite_dynamic",
+        "tflite_int8",
+    }
+    result = verify(tmp_path / "b", runtimes=["onnxruntime-cpu", "litert"])
+    ran = {(p.artifact, p.runtime) for p in result.pairs}
+    assert {("onnx", "onnxruntime-cpu"), ("tflite_int8", "litert")} <= ran
+    if name.startswith("mobilenet_v3"):
+        # Post-training int8 is known to be fragile on MobileNetV3 (hard-swish, squeeze-excite;
+        # tensorflow/models#8664, #11274): it may fail parity here, and verify must say so by
+        # its top-1 rule, never pass it silently. Everything else must pass.
+        int8 = next(p for p in result.pairs if p.artifact == "tflite_int8")
+        others = [p for p in result.pairs if p.artifact != "tflite_int8"]
+        assert all(p.passed for p in others), result.table()
+        assert int8.passed or all("top-1" in r for r in int8.reasons), result.table()
+    else:
+        assert result.ok, result.table()
 
 
 def test_export_cli_on_a_run_directory(tiny_run, tmp_path, capsys):
-    code = main(["export", str(tiny_run), "--out", str(tmp_path / "b"), "--formats", "onnx,tflite",
-                 "--quantize", "int8", "--int8-io", "int8"])
+    code = main(
+        [
+            "export",
+            str(tiny_run),
+            "--out",
+            str(tmp_path / "b"),
+            "--formats",
+            "onnx,tflite",
+            "--quantize",
+            "int8",
+            "--int8-io",
+            "int8",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0, out
     assert "tflite_int8" in out

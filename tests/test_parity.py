@@ -259,7 +259,7 @@ def test_first_divergence_names_first_bad_layer_and_handles_nchw():
 
 
 def _crafted_result(tmp_path: Path):
-    from edgetl.verify import RuntimeStatus, VerifyResult
+    from edgetl.verifier import RuntimeStatus, VerifyResult
 
     good = compare(REF, REF, FLOAT32_CPU, artifact="onnx", runtime="onnxruntime-cpu")
     bad_out = REF.copy()
@@ -307,7 +307,7 @@ def test_raise_for_status_carries_the_table(tmp_path):
 
 def test_plugin_and_verify_import_cheaply():
     code = (
-        "import sys, edgetl.pytest_plugin, edgetl.verify, edgetl.report, edgetl.parity; "
+        "import sys, edgetl.pytest_plugin, edgetl.verifier, edgetl.report, edgetl.parity; "
         "heavy = [m for m in ('tensorflow', 'keras', 'onnxruntime', 'onnx', 'ai_edge_litert', "
         "'playwright') if m in sys.modules]; assert not heavy, heavy"
     )

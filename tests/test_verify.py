@@ -381,3 +381,10 @@ def test_gpu_runtimes_agree_with_tf32_off(parity_bundle, runtime, provider):
     assert result.ok, result.table()
     (pair,) = result.pairs
     assert pair.tolerance.name == "FLOAT32_GPU" and pair.stats.max_abs <= 1e-4
+
+
+def test_verify_is_callable_from_the_package_after_the_cli_imported_its_module():
+    import edgetl
+    import edgetl.verifier
+
+    assert edgetl.verify is edgetl.verifier.verify

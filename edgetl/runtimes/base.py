@@ -53,7 +53,9 @@ class Runtime(ABC):
     def run(self, artifact: Artifact, inputs: np.ndarray) -> dict[str, np.ndarray]:
         """Run a float32 0..255 NHWC batch; return {output_name: array} (float32, dequantized)."""
 
-    def run_many(self, artifacts: list[Artifact], inputs: np.ndarray) -> dict[str, dict[str, np.ndarray] | Exception]:
+    def run_many(
+        self, artifacts: list[Artifact], inputs: np.ndarray
+    ) -> dict[str, dict[str, np.ndarray] | Exception]:
         """Run several artifacts; runtimes with costly start-up (Node, Chromium) override this
         to start once. A failure of one artifact is returned as its exception, not raised."""
         results: dict[str, dict[str, np.ndarray] | Exception] = {}

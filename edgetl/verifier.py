@@ -16,7 +16,6 @@ import argparse
 import importlib
 import sys
 import time
-import types
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -392,14 +391,3 @@ def run(args: argparse.Namespace) -> int:
         report.write_html(result, args.html)
     print(("OK: " if result.ok else "FAIL: ") + result.summary())
     return 0 if result.ok else 1
-
-
-class _CallableModule(types.ModuleType):
-    """`edgetl.verify(...)` is the API, but importing this submodule makes the package attribute
-    `edgetl.verify` this module (Python sets it after the import); calling it calls verify()."""
-
-    def __call__(self, *args, **kwargs) -> VerifyResult:
-        return verify(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
