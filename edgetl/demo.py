@@ -100,15 +100,18 @@ def run(args: argparse.Namespace) -> int:
 
     code = 0
     if not args.no_verify:
-        from edgetl.verify import main_verify
+        from edgetl import report
+        from edgetl.verifier import verify
 
         print("[4/4] verifying every artifact on every available runtime")
-        code = main_verify(
-            bundle,
-            runtimes=args.runtimes or None,
-            html=out / "parity.html",
-            json_path=out / "parity.json",
+        result = verify(
+            bundle, runtimes=args.runtimes or None, data=data, log=lambda m: print(f"      {m}")
         )
+        print(report.format_table(result))
+        report.write_html(result, out / "parity.html")
+        report.write_json(result, out / "parity.json")
+        print(("OK: " if result.ok else "FAIL: ") + result.summary())
+        code = 0 if result.ok else 1
     print(f"\ndone in {time.perf_counter() - t0:.0f} s. Everything is under {out}:")
     print(f"  data      {data}")
     print(

@@ -129,7 +129,66 @@ def _load_keras(path: Path):
     try:
         return keras.models.load_model(path, compile=False)
     except Exception as e:  # keras raises many types for a bad file; the user needs the reason
-        raise UserError(f"cannot load Keras model {path}: {type(e).__name__}: {e}") from None
+        first = e
+    if path.suffix.lower() in (".h5", ".hdf5") and _keras2_h5_version(path):
+        try:
+            return _load_keras2_h5(path)
+        except Exception as e:
+            raise UserError(
+                f"cannot load Keras 2 model {path}: {type(first).__name__}: {first}; "
+                f"after translation: {type(e).__name__}: {e}"
+            ) from None
+    raise UserError(f"cannot load Keras model {path}: {type(first).__name__}: {first}") from None
+
+
+def _keras2_h5_version(path: Path) -> str | None:
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            version = f.attrs.get("keras_version", "")
+            version = version.decode() if isinstance(version, bytes) else str(version)
+            return version if version.startswith("2.") and "model_config" in f.attrs else None
+    except OSError:
+        return None
+
+
+def _load_keras2_h5(path: Path):
+    """A legacy .h5 written by Keras 2 / tf_keras, which Keras 3's loader refuses when a model
+    is nested (MobileNet under a head): DepthwiseConv2D's Keras 2 `groups` argument is dropped,
+    and references to a nested model's output get node index - 1 (Keras 3's legacy loader adds
+    one for Keras 2's construction node, which Keras 2 files already left out). The weights
+    are read from the same file, by layer name."""
+    import shutil
+    import tempfile
+
+    import h5py
+    import keras
+
+    def patch(config: dict) -> set[str]:
+        nested = set()
+        for layer in config["config"]["layers"]:
+            if layer["class_name"] == "DepthwiseConv2D":
+                layer["config"].pop("groups", None)
+            if "layers" in layer.get("config", {}):
+                nested.add(layer["config"]["name"])
+                patch(layer)
+        for layer in config["config"]["layers"]:
+            for node in layer.get("inbound_nodes", []):
+                for ref in node:
+                    if isinstance(ref, list) and ref and ref[0] in nested:
+                        ref[1] -= 1
+        return nested
+
+    with tempfile.TemporaryDirectory(prefix="edgetl-h5-") as tmp:
+        copy = Path(tmp) / "model.h5"
+        shutil.copyfile(path, copy)
+        with h5py.File(copy, "r+") as f:
+            raw = f.attrs["model_config"]
+            config = json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+            patch(config)
+            f.attrs["model_config"] = json.dumps(config)
+        return keras.models.load_model(copy, compile=False)
 
 
 def _input_shape(model, path: Path) -> tuple[int, int, int]:

@@ -272,3 +272,22 @@ def test_export_cli_refuses_bad_input(tmp_path, capsys):
     )
     assert "valid: float16, dynamic, int8" in capsys.readouterr().err
     assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.slow
+def test_keras2_h5_with_nested_mobilenet_is_accepted(tmp_path):
+    """A legacy .h5 written by tf_keras (Keras 2), which Keras 3 alone refuses to load."""
+    code = (
+        "import os, sys; os.environ['TF_USE_LEGACY_KERAS'] = '1'; import numpy as np, tf_keras as k; "
+        "b = k.applications.MobileNetV2(input_shape=(96, 96, 3), alpha=0.35, include_top=False, weights=None); "
+        "i = k.Input((96, 96, 3)); x = b(k.layers.Rescaling(1 / 127.5, offset=-1)(i)); "
+        "m = k.Model(i, k.layers.Dense(2, activation='softmax')(k.layers.GlobalAveragePooling2D()(x))); "
+        "m.save(sys.argv[1] + '/tfk.h5'); x = np.random.default_rng(0).uniform(0, 255, (2, 96, 96, 3)).astype('float32'); "
+        "np.save(sys.argv[1] + '/x.npy', x); np.save(sys.argv[1] + '/y.npy', m.predict(x, verbose=0))"
+    )
+    subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True)
+    from edgetl.modelio import load_model_source
+
+    loaded = load_model_source(tmp_path / "tfk.h5", labels=["a", "b"])
+    y = loaded.model.predict(np.load(tmp_path / "x.npy"), verbose=0)
+    np.testing.assert_allclose(y, np.load(tmp_path / "y.npy"), atol=1e-6)
