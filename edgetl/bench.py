@@ -25,6 +25,12 @@ from pathlib import Path
 import numpy as np
 
 BENCH_BACKBONE = ("mobilenet_v2", 1.0, 224)
+ALL_224 = [
+    ("mobilenet_v1", 1.0, 224),
+    BENCH_BACKBONE,
+    ("mobilenet_v3_small", 1.0, 224),
+    ("mobilenet_v3_large", 1.0, 224),
+]
 
 
 def _weights_for(
@@ -153,51 +159,109 @@ def artifact_latency_ms(bundle: Path, record, image: np.ndarray) -> tuple[float,
     return float("nan"), "-"
 
 
-def bench_export(work: Path, backbones: list[tuple[str, float, int]]) -> str:
+def export_bench_bundle(work: Path, name: str, alpha: float, size: int) -> Path:
+    """A bundle with every format and variant for one backbone (local weights offline)."""
     from edgetl.bundle import export_bundle
     from edgetl.classifier import build_classifier
     from edgetl.contract import InputContract
     from edgetl.data import load_images, scan_image_folder
-    from edgetl.manifest import Manifest, read_probes
     from edgetl.models.base import build_backbone
     from edgetl.sample_data import make_sample_dataset
 
-    rows = []
+    data = work / f"data{size}"
+    if not data.is_dir():
+        make_sample_dataset(data, per_class=20, size=size)
+    folder = scan_image_folder(data)
+    images = load_images(folder.files, size, size)
+    weights, _ = _weights_for(name, alpha, size, images[::2], work)
+    model = build_classifier(build_backbone(name, alpha, size, weights), 3)
+    bundle = work / f"bundle_{name}_{alpha}_{size}"
+    shutil.rmtree(bundle, ignore_errors=True)
+    export_bundle(
+        model,
+        bundle,
+        labels=list(folder.classes),
+        contract=InputContract(size, size),
+        quantizations=["float16", "dynamic", "int8"],
+        calibration_images=images,
+        probe_images=images[::3],
+        probe_labels=folder.labels[::3],
+        log=lambda *_: None,
+    )
+    return bundle
+
+
+def bench_export(work: Path, backbones: list[tuple[str, float, int]]) -> tuple[str, dict]:
+    from edgetl.manifest import Manifest, read_probes
+    from edgetl.verifier import verify
+
+    rows, bundles = [], {}
     for name, alpha, size in backbones:
-        data = make_sample_dataset(work / f"data{size}", per_class=20, size=size)
-        folder = scan_image_folder(data)
-        images = load_images(folder.files, size, size)
-        weights, note = _weights_for(name, alpha, size, images[::2], work)
-        model = build_classifier(build_backbone(name, alpha, size, weights), 3)
-        bundle = work / f"bundle_{name}_{alpha}_{size}"
-        shutil.rmtree(bundle, ignore_errors=True)
-        manifest = export_bundle(
-            model,
+        bundle = export_bench_bundle(work, name, alpha, size)
+        bundles[(name, alpha, size)] = bundle
+        manifest = Manifest.load(bundle)
+        probes = read_probes(bundle, manifest)
+        check = verify(
             bundle,
-            labels=list(folder.classes),
-            contract=InputContract(size, size),
-            quantizations=["float16", "dynamic", "int8"],
-            calibration_images=images,
-            probe_images=images[::3],
-            probe_labels=folder.labels[::3],
-            log=lambda *_: None,
+            runtimes=["onnxruntime-cpu", "litert", "tfjs-node-wasm"],
+            localize_failures=False,
         )
-        probes = read_probes(bundle, Manifest.load(bundle))
-        ref_top1 = probes.expected.argmax(1)
+        err = {p.artifact: p.stats.max_abs for p in check.pairs if p.stats is not None}
+        top1 = {p.artifact: p.stats.top1_agreement for p in check.pairs if p.stats is not None}
+        lat = {}
         for rec in manifest.artifacts:
-            ms, rt = artifact_latency_ms(bundle, rec, probes.inputs[:1])
+            lat[rec.id] = artifact_latency_ms(bundle, rec, probes.inputs[:1])
+        fastest = min((v[0] for k, v in lat.items() if k.startswith(("onnx", "tflite"))))
+        f32 = manifest.artifact("tflite_float32").size
+        for rec in manifest.artifacts:
+            ms, rt = lat[rec.id]
             rows.append(
                 [
                     f"{name} {alpha}/{size}",
                     rec.id,
                     f"{rec.size / 1e6:.2f} MB",
+                    f"{rec.size / f32:.0%}",
                     f"{ms:.2f} ms" if ms == ms else "n/a",
+                    "<- fastest" if ms == fastest else "",
                     rt,
+                    f"{err[rec.id]:.1e}" if rec.id in err else "-",
+                    f"{top1[rec.id]:.0%}" if rec.id in top1 else "-",
                 ]
             )
-        del ref_top1, note
-    return "Artifacts: size and batch-1 latency in their own runtime\n" + _table(
-        rows, ["backbone", "artifact", "size", "latency", "runtime"]
+    table = _table(
+        rows,
+        [
+            "backbone",
+            "artifact",
+            "size",
+            "vs f32 tflite",
+            "batch-1",
+            "",
+            "runtime",
+            "max |err| vs Keras",
+            "top-1 agree",
+        ],
+    )
+    return (
+        "Artifacts: size, batch-1 median latency in their own runtime, largest error vs "
+        "the Keras golden probes\n" + table
+    ), bundles
+
+
+def bench_verify(bundle: Path) -> str:
+    """`edgetl verify` wall time on one bundle, every CPU runtime (Chromium included)."""
+    import subprocess
+    import sys
+
+    t = time.perf_counter()
+    cmd = [sys.executable, "-m", "edgetl.cli", "verify", str(bundle)]
+    # Not check=True: a failing verify is a result to print (its exit code is shown), not a
+    # crash of the benchmark.
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - t
+    return (
+        f"edgetl verify {bundle.name}: exit {proc.returncode}, wall {wall:.1f} s (fresh "
+        f"process: imports, Node and Chromium start-up included)\n{proc.stdout}"
     )
 
 
@@ -209,17 +273,23 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("what", nargs="?", default="all", choices=["train", "export", "verify", "all"])
     p.add_argument("--work", type=Path, help="scratch folder (default: a temp dir)")
+    p.add_argument("--quick", action="store_true", help="export: MobileNetV2 1.0/224 only")
     args = p.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     work = args.work or Path(tempfile.mkdtemp(prefix="edgetl-bench-"))
     work.mkdir(parents=True, exist_ok=True)
-    out = []
     if args.what in ("train", "all"):
-        out.append(bench_train(work / "train"))
-        print(out[-1], flush=True)
+        print(bench_train(work / "train"), flush=True)
+    bundles = {}
     if args.what in ("export", "all"):
-        out.append(bench_export(work / "export", [BENCH_BACKBONE]))
-        print(out[-1], flush=True)
+        backbones = [BENCH_BACKBONE] if args.quick else ALL_224
+        text, bundles = bench_export(work / "export", backbones)
+        print(text, flush=True)
+    if args.what in ("verify", "all"):
+        bundle = bundles.get(BENCH_BACKBONE) or export_bench_bundle(
+            work / "export", *BENCH_BACKBONE
+        )
+        print(bench_verify(bundle), flush=True)
     return 0
 
 
