@@ -19,30 +19,10 @@ CORRUPT_LAYER = "block_3_expand"  # a 1x1 conv early in MobileNetV2
 
 
 @pytest.fixture(scope="session")
-def parity_bundle(tmp_path_factory, tiny_run, sample_data) -> Path:
-    """The trained tiny run as TF.js Layers, ONNX and every TFLite variant."""
-    from edgetl.bundle import export_bundle, sample_images
-    from edgetl.modelio import load_model_source
-
-    loaded = load_model_source(tiny_run)
-    images, labels, names = sample_images(sample_data, loaded.contract, loaded.labels, limit=24)
-    out = tmp_path_factory.mktemp("parity") / "bundle"
-    export_bundle(
-        loaded.model,
-        out,
-        labels=loaded.labels,
-        contract=loaded.contract,
-        formats=("tfjs", "onnx", "tflite"),
-        quantizations=("float16", "dynamic", "int8"),
-        calibration_images=images,
-        probe_images=images,
-        probe_labels=labels,
-        probe_names=names,
-        model_name="tiny",
-        source_path=loaded.source_path,
-        log=lambda *_: None,
-    )
-    return out
+def parity_bundle(tiny_bundle) -> Path:
+    """The trained tiny run as TF.js Layers, ONNX and every TFLite variant (conftest's bundle;
+    tests that change files work on copies)."""
+    return tiny_bundle
 
 
 def _rehash(bundle: Path, artifact_ids: list[str]) -> None:
