@@ -12,6 +12,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 TINY = ("mobilenet_v2", 0.35, 96)
 # The smallest alpha/size keras offers per backbone: what the per-backbone tests build.
+# The test models have locally made random weights, under which post-training int8 flips some
+# borderline probes (measured: top-1 kept on 8 of 9 decisive probes of the tiny bundle, error
+# growing smoothly through the network); with ImageNet weights int8 keeps top-1. Tests that need
+# a clean pass loosen only that rule, explicitly; the TFLITE_INT8 rule itself is tested on
+# crafted arrays in test_parity.py. Wrong quantization scales would give ~33% here.
+RANDOM_WEIGHTS_INT8 = ("tflite_int8:min_top1=0.75",)
 SMALL_BACKBONES = {
     "mobilenet_v1": (0.25, 128),
     "mobilenet_v2": (0.35, 96),
