@@ -39,7 +39,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import shutil
 
     from edgetl.bundle import export_bundle, sample_images
     from edgetl.data import load_images, scan_image_folder
@@ -107,8 +106,6 @@ def run(args: argparse.Namespace) -> int:
     )
     loaded = load_model_source(run_dir)
     images, labels, names = sample_images(data, loaded.contract, loaded.labels)
-    if bundle.exists():
-        shutil.rmtree(bundle)
     manifest = export_bundle(
         loaded.model,
         bundle,
@@ -121,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
         probe_names=names,
         model_name="demo",
         source_path=loaded.source_path,
+        overwrite=True,  # a re-run replaces the old bundle atomically
     )
     for a in manifest.artifacts:
         print(f"      {a.id:<16} {a.size / 1e6:6.2f} MB  {bundle / a.path}")
