@@ -271,6 +271,25 @@ def train(
     )
     sw = cw[labels].astype(np.float32)
     history: dict[str, list[float]] = {}
+
+    def run_stage(m, x, *, epochs, seed, learning_rate, transform=None, desc=""):
+        """One fit on the seeded split, shared by the cached, full-forward and fine-tune stages."""
+        val = (x[val_idx], y[val_idx]) if has_val else None
+        return fit(
+            m,
+            (x[train_idx], y[train_idx]),
+            val,
+            epochs=epochs,
+            batch_size=config.batch_size,
+            seed=seed,
+            patience=config.patience,
+            sample_weights=sw[train_idx],
+            learning_rate=learning_rate,
+            label_smoothing=config.label_smoothing,
+            transform=transform,
+            desc=desc,
+        )
+
     emb_stats = {}
     images = emb = None
 
@@ -290,18 +309,12 @@ def train(
         t = time.perf_counter()
         keras.utils.set_random_seed(config.seed)
         head = build_head_model(emb.shape[1], n, head_cfg)
-        val = (emb[val_idx], y[val_idx]) if has_val else None
-        h1 = fit(
+        h1 = run_stage(
             head,
-            (emb[train_idx], y[train_idx]),
-            val,
+            emb,
             epochs=config.epochs,
-            batch_size=config.batch_size,
             seed=config.seed,
-            patience=config.patience,
-            sample_weights=sw[train_idx],
             learning_rate=config.learning_rate,
-            label_smoothing=config.label_smoothing,
             desc="head",
         )
         copy_head_weights(head, model)
@@ -313,19 +326,13 @@ def train(
         timings["decode_s"] = time.perf_counter() - t
         t = time.perf_counter()
         keras.utils.set_random_seed(config.seed)
-        val = (images[val_idx], y[val_idx]) if has_val else None
-        h1 = fit(
+        h1 = run_stage(
             model,
-            (images[train_idx], y[train_idx]),
-            val,
+            images,
             epochs=config.epochs,
-            batch_size=config.batch_size,
             seed=config.seed,
-            patience=config.patience,
-            sample_weights=sw[train_idx],
-            transform=make_augmenter(config.seed) if config.augment else None,
             learning_rate=config.learning_rate,
-            label_smoothing=config.label_smoothing,
+            transform=make_augmenter(config.seed) if config.augment else None,
             desc="head (augmented)" if config.augment else "head (full forward)",
         )
         timings["stage1_full_forward_s"] = time.perf_counter() - t
@@ -342,19 +349,13 @@ def train(
             f"  stage 2: unfroze the top {k} of {len(base.layers)} backbone layers "
             "(BatchNormalization kept frozen)"
         )
-        val = (images[val_idx], y[val_idx]) if has_val else None
-        h2 = fit(
+        h2 = run_stage(
             model,
-            (images[train_idx], y[train_idx]),
-            val,
+            images,
             epochs=config.fine_tune_epochs,
-            batch_size=config.batch_size,
             seed=config.seed + 1,
-            patience=config.patience,
-            sample_weights=sw[train_idx],
-            transform=make_augmenter(config.seed) if config.augment else None,
             learning_rate=config.fine_tune_learning_rate,
-            label_smoothing=config.label_smoothing,
+            transform=make_augmenter(config.seed) if config.augment else None,
             desc="fine-tune",
         )
         for key, v in h2.items():
