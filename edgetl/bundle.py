@@ -22,16 +22,13 @@ from edgetl.errors import UserError
 from edgetl.manifest import (
     ArtifactRecord,
     Manifest,
-    ProbeSet,
     record_files,
     sha256_file,
     write_probes,
 )
+from edgetl.probes import make_probes
 
 SOURCE_MODEL = "source/model.keras"
-MAX_REAL_PROBES = 8
-SYNTHETIC_PROBES = 4
-PROBE_SEED = 20261122
 MAX_CALIBRATION_IMAGES = 100
 TOOL_PACKAGES = (
     "edgetl",
@@ -183,7 +180,12 @@ def _write_bundle(
         except Exception as e:
             raise ExportError(f"{fmt} export failed: {type(e).__name__}: {e}") from e
 
-    probes = make_probes(model, contract, probe_images, probe_labels, probe_names)
+    log("computing golden probes (float32, float64 and float16-weight references) ...")
+    probes, noise, probe_coverage = make_probes(
+        model, contract, probe_images, probe_labels, probe_names
+    )
+    if not probe_coverage["informative"]:
+        log("warning: " + "; ".join(probe_coverage["problems"]))
     save_labels(root / LABELS_FILE, labels)
     manifest = Manifest(
         name=model_name,
@@ -196,7 +198,7 @@ def _write_bundle(
             "sha256": source_hash,
         },
         tools=tool_versions(),
-        probes=write_probes(root, probes),
+        probes={**write_probes(root, probes), "noise": noise, "coverage": probe_coverage},
         output={"name": "probabilities", "shape": [None, len(labels)], "activation": "softmax"},
         created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     )
@@ -289,38 +291,6 @@ def _export_tflite(
 
 
 _EXPORTERS = {"tfjs": _export_tfjs, "onnx": _export_onnx, "tflite": _export_tflite}
-
-
-def make_probes(
-    model,
-    contract: InputContract,
-    images: np.ndarray | None,
-    labels: Sequence[int] | None,
-    names: Sequence[str] | None,
-) -> ProbeSet:
-    """Real images (when known) plus seeded synthetic ones, with the Keras outputs for them."""
-    h, w = contract.height, contract.width
-    lo, hi = contract.value_range
-    parts, all_names, all_labels = [], [], []
-    if images is not None and len(images):
-        k = min(len(images), MAX_REAL_PROBES)
-        parts.append(np.asarray(images[:k], dtype=np.float32))
-        all_names += list(names[:k]) if names is not None else [f"image:{i}" for i in range(k)]
-        all_labels += [int(v) for v in labels[:k]] if labels is not None else [None] * k
-    rng = np.random.default_rng(PROBE_SEED)
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    unit = [
-        rng.uniform(0, 1, (h, w, 3)),  # noise: exercises every weight
-        np.stack([xx / max(w - 1, 1), yy / max(h - 1, 1), 1 - xx / max(w - 1, 1)], -1),  # ramps
-        (((xx // 8 + yy // 8) % 2)[..., None] * np.ones(3)),  # checkerboard: sharp edges
-        np.full((h, w, 3), 0.5),  # flat gray
-    ][:SYNTHETIC_PROBES]
-    parts.append(np.stack(unit).astype(np.float32) * (hi - lo) + lo)
-    all_names += [f"synthetic:{PROBE_SEED}:{i}" for i in range(len(unit))]
-    all_labels += [None] * len(unit)
-    inputs = np.concatenate(parts).astype(np.float32)
-    expected = np.asarray(model.predict(inputs, batch_size=16, verbose=0), dtype=np.float32)
-    return ProbeSet(names=all_names, inputs=inputs, expected=expected, labels=all_labels)
 
 
 def tool_versions() -> dict[str, str]:

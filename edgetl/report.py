@@ -14,8 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from edgetl.parity import PairResult
-    from edgetl.verifier import VerifyResult
+    from edgetl.results import PairResult, VerifyResult
 
 
 def _num(v: float | None, fmt: str = ".2e") -> str:
@@ -37,6 +36,8 @@ def _row(p: PairResult) -> list[str]:
         acc = f"{p.accuracy:.1%}"
         if p.reference_accuracy is not None:
             acc += f" (keras {p.reference_accuracy:.1%})"
+        if p.images is not None:
+            acc += f" on {p.images}"
     return [
         p.artifact,
         p.runtime,
@@ -64,6 +65,7 @@ def format_table(result: VerifyResult) -> str:
         f"bundle {result.bundle_dir} ({result.name}): {result.probes} golden probes"
         + (f", {result.data['images']} labelled images" if result.data else "")
     ]
+    out.append(probe_line(result))
     out.append(line(HEADERS))
     out.append(line(["-" * w for w in widths]))
     out += [line(r) for r in rows]
@@ -86,6 +88,21 @@ def format_table(result: VerifyResult) -> str:
     return "\n".join(out)
 
 
+def probe_line(result: VerifyResult) -> str:
+    """What the probes can prove: output spread and embedding features switched on."""
+    c = result.probe_coverage
+    if c is None:
+        return f"probes: coverage not recorded. WARNING: {result.probe_warning}"
+    parts = [f"output spread {c.get('output_spread', 0):.2g}"]
+    if "features" in c:
+        parts.append(
+            f"{c['features_active']}/{c['features']} embedding features switched on "
+            f"({c['features_share']:.0%})"
+        )
+    verdict = "informative" if c.get("informative") else f"WARNING: {result.probe_warning}"
+    return f"probes: {', '.join(parts)}: {verdict}"
+
+
 def to_json_dict(result: VerifyResult) -> dict:
     return {
         "bundle": str(result.bundle_dir),
@@ -93,6 +110,9 @@ def to_json_dict(result: VerifyResult) -> dict:
         "ok": result.ok,
         "summary": result.summary(),
         "probes": result.probes,
+        "probe_coverage": result.probe_coverage,
+        "probe_warning": result.probe_warning,
+        "strict_probes": result.strict_probes,
         "data": result.data,
         "seconds": result.seconds,
         "runtimes": [r.to_dict() for r in result.runtimes],
@@ -132,6 +152,13 @@ def write_junit(result: VerifyResult, path: Path) -> None:
         else:
             n_skip += 1
             ET.SubElement(case, "skipped", message=r.reason or "unavailable")
+    if result.probe_warning:
+        case = ET.SubElement(suite, "testcase", classname="edgetl.probes", name="coverage")
+        if result.strict_probes:
+            n_fail += 1
+            ET.SubElement(case, "failure", message=result.probe_warning)
+        else:
+            ET.SubElement(case, "system-err").text = f"WARNING: {result.probe_warning}"
     suite.set("tests", str(len(suite)))
     suite.set("failures", str(n_fail))
     suite.set("errors", "0")
@@ -204,6 +231,7 @@ tr.fail td:nth-child(3) {{ color: #b00020; font-weight: bold; }}
 <p class="verdict">{verdict}: {esc(result.summary())}</p>
 <p>bundle {esc(str(result.bundle_dir))}; {result.probes} golden probes;
 {result.seconds:.1f} s</p>
+<p class="probes">{esc(probe_line(result))}</p>
 <table><thead><tr>{heads}</tr></thead><tbody>
 {"".join(rows)}
 </tbody></table>

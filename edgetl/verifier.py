@@ -1,13 +1,19 @@
 """`edgetl verify`: prove every artifact of a bundle agrees with the model it came from.
 
-Order of work: the manifest, then the sha256 of every file (a tampered file is refused before
-anything runs), then the golden probes. The reference is the Keras model's outputs recorded at
-export (probes/expected.bin); where TensorFlow is installed the bundle's source model is run
-again and checked against them too. Each available runtime then runs all of its artifacts on
-the probe batch (one start per runtime: Node and Chromium are costly to start), and every
-(artifact, runtime) pair goes through the one comparator in edgetl.parity. Runtimes that cannot
-run here are listed with their reason and never count as a pass; --require turns a missing one
-into a failure. Exit 0 only if every pair that ran passed.
+Three steps, each its own function:
+
+1. run:      every available runtime runs its artifacts on the probe batch (and --data images),
+             one start per runtime (Node and Chromium are costly to start), runtimes overlapping.
+2. judge:    every (artifact, runtime) pair goes through the one comparator (edgetl.compare)
+             against the golden outputs recorded at export, with the tolerance that
+             edgetl.tolerances gives the pair (scaled by the bundle's own float32 noise floor).
+3. localize: a failing pair is traced layer by layer to the first Keras layer it gets wrong.
+
+Before any of it: the manifest, and the sha256 of every file (a tampered file is refused before
+anything runs). The Keras source model is re-run too, where TensorFlow is installed, and checked
+against the golden outputs. Runtimes that cannot run here are listed with their reason and never
+count as a pass; --require turns a missing one into a failure. Exit 0 only if every pair that ran
+passed (and, under --strict-probes, the probes can tell a broken artifact from a good one).
 """
 
 from __future__ import annotations
@@ -23,96 +29,35 @@ from pathlib import Path
 
 import numpy as np
 
-from edgetl.errors import ParityError, UserError
-from edgetl.manifest import Manifest, check_integrity, read_probes
-from edgetl.parity import (
+from edgetl.compare import compare, judge_accuracy
+from edgetl.errors import UserError
+from edgetl.localize import localize
+from edgetl.manifest import Manifest, ProbeSet, check_integrity, read_probes
+from edgetl.results import (
+    ERROR,
     FAIL,
-    FLOAT32_CPU,
+    SOURCE_ARTIFACT,
     PairResult,
+    RuntimeStatus,
+    VerifyResult,
+)
+from edgetl.tolerances import (
     ToleranceOverride,
     apply_overrides,
-    compare,
     default_tolerance,
-    judge_accuracy,
-    localize,
     parse_override,
+    reference_tolerance,
 )
 
-ERROR = "error"  # a pair whose runtime raised instead of giving outputs (counts as a failure)
 KERAS = "keras"
-SOURCE_ARTIFACT = "source_model"  # pseudo-artifact id of the Keras re-run vs the golden probes
+# --data: every image goes through the fast runtimes; a slow runtime (TF.js' pure-JS cpu
+# backend, software WebGL) sees a stratified sample of this many, and the report says so.
+# Measured (MobileNetV2 1.0/160, 2 cores): tfjs cpu had not finished 1,000 images in 15 min.
 DATA_LIMIT = 1000
+SLOW_RUNTIME_DATA = 64
 # Runtimes run concurrently (measured: MobileNetV2 1.0/224, every format, all CPU runtimes
-# incl. Chromium: 64 s one after another on 2 shared cores); these stay on the calling thread.
+# incl. Chromium: 64 s one after another on 2 shared cores).
 PARALLEL_RUNTIMES = 3
-SAME_THREAD_PREFIXES = ("tfjs-browser",)  # --data images used at most (interleaved across classes)
-
-
-@dataclass
-class RuntimeStatus:
-    name: str
-    available: bool
-    reason: str | None = None  # why not available
-    gpu: bool = False
-    artifacts: list[str] = field(default_factory=list)  # what it ran
-    seconds: float = 0.0
-    required: bool = False
-
-    def to_dict(self) -> dict:
-        return dict(self.__dict__)
-
-
-@dataclass
-class VerifyResult:
-    bundle_dir: Path
-    name: str
-    pairs: list[PairResult]
-    runtimes: list[RuntimeStatus]
-    probes: int
-    data: dict | None = None  # {"dir", "images", "classes"} with --data
-    seconds: float = 0.0
-
-    @property
-    def missing_required(self) -> list[RuntimeStatus]:
-        return [r for r in self.runtimes if r.required and not r.available]
-
-    @property
-    def failed(self) -> list[PairResult]:
-        return [p for p in self.pairs if not p.passed]
-
-    @property
-    def ok(self) -> bool:
-        """Every pair that ran passed, at least one ran, and no required runtime is missing."""
-        ran = [p for p in self.pairs if p.artifact != SOURCE_ARTIFACT]
-        return bool(ran) and not self.failed and not self.missing_required
-
-    def summary(self) -> str:
-        n_fail = len(self.failed)
-        parts = [f"{len(self.pairs) - n_fail}/{len(self.pairs)} pairs passed"]
-        if n_fail:
-            parts.append("FAILED: " + ", ".join(f"{p.artifact}@{p.runtime}" for p in self.failed))
-        if self.missing_required:
-            parts.append(
-                "required runtime(s) unavailable: "
-                + ", ".join(f"{r.name} ({r.reason})" for r in self.missing_required)
-            )
-        if not [p for p in self.pairs if p.artifact != SOURCE_ARTIFACT]:
-            parts.append("no artifact was run by any available runtime: nothing is proven")
-        return "; ".join(parts)
-
-    def table(self) -> str:
-        from edgetl.report import format_table
-
-        return format_table(self)
-
-    def raise_for_status(self) -> None:
-        if not self.ok:
-            raise ParityError(f"{self.bundle_dir}: {self.summary()}\n{self.table()}")
-
-    def to_dict(self) -> dict:
-        from edgetl.report import to_json_dict
-
-        return to_json_dict(self)
 
 
 def _load_runtime_modules() -> dict[str, str]:
@@ -156,6 +101,200 @@ def load_labelled_data(data_dir: Path, manifest: Manifest, limit: int = DATA_LIM
     return images, np.asarray([labels[i] for i in keep], dtype=np.int64)
 
 
+def stratified_subset(labels: np.ndarray, limit: int) -> np.ndarray:
+    """Indices of at most `limit` items, round-robin across classes (order kept within each)."""
+    if len(labels) <= limit:
+        return np.arange(len(labels))
+    by_class = [list(np.flatnonzero(labels == c)) for c in np.unique(labels)]
+    picked: list[int] = []
+    while len(picked) < limit:
+        for idx in by_class:
+            if idx and len(picked) < limit:
+                picked.append(idx.pop(0))
+    return np.sort(np.asarray(picked))
+
+
+# ---------------------------------------------------------------- the plan
+
+
+@dataclass
+class Job:
+    """One runtime, the artifacts it accepts, and which rows of the batch it runs."""
+
+    status: RuntimeStatus
+    runtime: object  # edgetl.runtimes.base.Runtime
+    artifacts: list  # [Artifact]
+    rows: np.ndarray  # indices into the input batch (probes first, then --data images)
+    outputs: dict = field(default_factory=dict)  # artifact id -> {name: array} | Exception
+    info: dict = field(default_factory=dict)  # artifact id -> what the runtime reported
+
+
+@dataclass
+class Batch:
+    """The inputs of a run: the golden probes, then --data images with their true labels."""
+
+    probes: ProbeSet
+    inputs: np.ndarray
+    data_labels: np.ndarray | None = None
+
+    @property
+    def k(self) -> int:
+        return len(self.probes.inputs)
+
+
+def make_batch(manifest: Manifest, probes: ProbeSet, data: Path | None, say) -> Batch:
+    if data is None:
+        return Batch(probes, probes.inputs)
+    images, labels = load_labelled_data(Path(data), manifest)
+    say(f"--data: {len(images)} labelled images")
+    inputs = np.concatenate([probes.inputs, images]).astype(np.float32)
+    return Batch(probes, inputs, labels)
+
+
+def plan_jobs(names, required, records, root: Path, batch: Batch) -> list[Job]:
+    from edgetl.runtimes.base import RUNTIMES, Artifact
+
+    jobs = []
+    all_rows = np.arange(len(batch.inputs))
+    for name in names:
+        rt = RUNTIMES.get(name)
+        arts = [a for a in (Artifact(r, root) for r in records) if rt.accepts(a)]
+        status = RuntimeStatus(
+            name, False, rt.unavailable_reason(), gpu=rt.gpu, required=name in required
+        )
+        rows = all_rows
+        if batch.data_labels is not None and rt.slow:
+            sub = stratified_subset(batch.data_labels, SLOW_RUNTIME_DATA)
+            rows = np.concatenate([np.arange(batch.k), batch.k + sub])
+        status.images = int(len(rows) - batch.k) if batch.data_labels is not None else None
+        jobs.append(Job(status, rt, arts, rows))
+    return jobs
+
+
+# ---------------------------------------------------------------- 1. run
+
+
+def run_jobs(jobs: list[Job], root: Path, batch: Batch, say) -> None:
+    """Fill each available job's outputs. Runtimes are independent processes or thread-safe
+    libraries, so they overlap; same_thread runtimes (Playwright) stay on this thread."""
+
+    def execute(job: Job) -> None:
+        rt, t = job.runtime, time.perf_counter()
+        x = batch.inputs[job.rows]
+        try:
+            if job.status.name == KERAS:
+                job.outputs = {SOURCE_ARTIFACT: rt.run_source(root, x)}
+            else:
+                job.outputs = rt.run_many(job.artifacts, x) if job.artifacts else {}
+        except Exception as e:  # run_many reports per artifact; this is a runtime-wide failure
+            ids = [SOURCE_ARTIFACT] if job.status.name == KERAS else [a.id for a in job.artifacts]
+            job.outputs = dict.fromkeys(ids, e)
+        job.info = dict(rt.last_info or {})
+        job.status.seconds = time.perf_counter() - t
+        if job.outputs:
+            say(f"{job.status.name}: {len(job.outputs)} model(s) in {job.status.seconds:.1f} s")
+
+    runnable = [j for j in jobs if j.status.reason is None]
+    here = [j for j in runnable if j.runtime.same_thread]
+    pooled = [j for j in runnable if not j.runtime.same_thread]
+    with ThreadPoolExecutor(max_workers=PARALLEL_RUNTIMES) as pool:
+        futures = [pool.submit(execute, j) for j in pooled]
+        for j in here:
+            execute(j)
+        for f in futures:
+            f.result()
+
+
+# ---------------------------------------------------------------- 2. judge
+
+
+def _accuracy(y: np.ndarray, batch: Batch, rows: np.ndarray) -> float:
+    data_rows = rows[rows >= batch.k]
+    return float((y[rows >= batch.k].argmax(1) == batch.data_labels[data_rows - batch.k]).mean())
+
+
+def judge_jobs(
+    jobs: list[Job], batch: Batch, manifest: Manifest, overrides: list[ToleranceOverride]
+) -> tuple[list[PairResult], np.ndarray | None]:
+    """Every pair against the golden outputs; returns the pairs and Keras' outputs (if run)."""
+    from edgetl.runtimes.base import RuntimeUnavailable
+
+    k, noise = batch.k, manifest.probes.get("noise")
+    pairs: list[PairResult] = []
+    keras_out: np.ndarray | None = None  # Keras' outputs on every row (the accuracy reference)
+    for job in sorted(jobs, key=lambda j: j.status.name != KERAS):
+        st = job.status
+        if st.reason is not None:
+            continue
+        unavailable = [o for o in job.outputs.values() if isinstance(o, RuntimeUnavailable)]
+        if unavailable and len(unavailable) == len(job.outputs):
+            st.reason = str(unavailable[0])
+            continue
+        st.available = True
+        if st.name == KERAS:
+            out = job.outputs[SOURCE_ARTIFACT]
+            if isinstance(out, Exception):
+                pairs.append(_error_pair(SOURCE_ARTIFACT, KERAS, out, reference_tolerance(noise)))
+                continue
+            keras_out = out["probabilities"]
+            st.artifacts = [SOURCE_ARTIFACT]
+            tol = apply_overrides(reference_tolerance(noise), overrides, SOURCE_ARTIFACT, KERAS)
+            pr = compare(
+                batch.probes.expected, keras_out[:k], tol, artifact=SOURCE_ARTIFACT, runtime=KERAS
+            )
+            if not pr.passed:
+                pr.reasons.insert(0, "the source model no longer reproduces the golden probes")
+            pr.seconds = st.seconds
+            pairs.append(pr)
+            continue
+        for a in job.artifacts:
+            out = job.outputs.get(a.id, RuntimeError("the runtime returned nothing for it"))
+            st.artifacts.append(a.id)
+            info = dict(job.info.get(a.id, {}))
+            tol = default_tolerance(a.record, gpu=job.runtime.gpu, info=info, noise=noise)
+            tol = apply_overrides(tol, overrides, a.id, st.name)
+            share = st.seconds / len(job.artifacts)  # the artifact's share of its runtime's time
+            if isinstance(out, Exception):
+                pairs.append(_error_pair(a.id, st.name, out, tol, info, share))
+                continue
+            y = np.asarray(out.get("probabilities", next(iter(out.values()))), np.float32)
+            pr = compare(batch.probes.expected, y[:k], tol, artifact=a.id, runtime=st.name)
+            pr.info, pr.seconds = info, share
+            if batch.data_labels is not None and len(y) == len(job.rows):
+                pr.images = int((job.rows >= k).sum())
+                acc = _accuracy(y, batch, job.rows)
+                if keras_out is None:
+                    pr.accuracy = acc
+                else:
+                    judge_accuracy(pr, acc, _accuracy(keras_out[job.rows], batch, job.rows))
+            pairs.append(pr)
+    return pairs, keras_out
+
+
+def _error_pair(artifact, runtime, error, tol, info=None, seconds=None) -> PairResult:
+    reason = f"{type(error).__name__}: {error}"
+    return PairResult(
+        artifact, runtime, "golden", ERROR, [reason], tol, info=info or {}, seconds=seconds
+    )
+
+
+# ---------------------------------------------------------------- 3. localize
+
+
+def localize_failed_pairs(pairs: list[PairResult], jobs: list[Job], root: Path, batch: Batch, say):
+    by_runtime = {j.status.name: j for j in jobs}
+    for pr in pairs:
+        if pr.status != FAIL or pr.artifact == SOURCE_ARTIFACT:
+            continue
+        job = by_runtime[pr.runtime]
+        art = next(a for a in job.artifacts if a.id == pr.artifact)
+        say(f"{pr.artifact}@{pr.runtime} failed; localizing ...")
+        pr.localization = localize(root, art.record, job.runtime, batch.probes.inputs)
+
+
+# ---------------------------------------------------------------- verify
+
+
 def verify(
     bundle_dir: str | Path,
     runtimes: Sequence[str] | str | None = None,
@@ -165,32 +304,30 @@ def verify(
     require: Sequence[str] | str | None = None,
     tolerances: Sequence[str | ToleranceOverride] | None = None,
     localize_failures: bool = True,
+    strict_probes: bool = False,
     log: Callable[[str], None] | None = None,
 ) -> VerifyResult:
     """Verify a bundle; returns the result (call .raise_for_status() or check .ok).
 
     runtimes: names (default: every registered one, "keras" as the reference); artifacts: ids
     (default all); require: runtimes that must be available; tolerances: overrides such as
-    "max_abs=1e-4" or "tflite_float16:max_abs=1e-2" (selector: artifact, runtime or a@r)."""
-    from edgetl.runtimes.base import RUNTIMES, Artifact, RuntimeUnavailable
+    "max_abs=1e-4" or "tflite_float16:max_abs=1e-2" (selector: artifact, runtime or a@r);
+    strict_probes: fail when the bundle's probes cannot tell a broken artifact from a good one."""
+    from edgetl.runtimes.base import RUNTIMES
 
     t0 = time.perf_counter()
     say = log or (lambda _msg: None)
     root = Path(bundle_dir)
     manifest = Manifest.load(root)
-    wanted_artifacts = _split(artifacts)
-    if wanted_artifacts is not None:
-        for a in wanted_artifacts:
-            manifest.artifact(a)  # BundleError listing the bundle's ids
-    records = [
-        a for a in manifest.artifacts if wanted_artifacts is None or a.id in wanted_artifacts
-    ]
+    wanted = _split(artifacts)
+    for a in wanted or []:
+        manifest.artifact(a)  # BundleError listing the bundle's ids
+    records = [a for a in manifest.artifacts if wanted is None or a.id in wanted]
     check_integrity(root, manifest, [a.id for a in records])
     probes = read_probes(root, manifest)
     overrides = [
         o if isinstance(o, ToleranceOverride) else parse_override(o) for o in tolerances or []
     ]
-
     broken = _load_runtime_modules()
     if runtimes is not None:  # asked-for names must exist; a broken module is then no excuse
         broken = {}
@@ -200,117 +337,33 @@ def verify(
         RUNTIMES.check(n)
     names = list(dict.fromkeys([*names, *required]))
 
-    inputs = probes.inputs
-    data_labels = None
-    data_info = None
-    if data is not None:
-        images, data_labels = load_labelled_data(Path(data), manifest)
-        inputs = np.concatenate([probes.inputs, images]).astype(np.float32)
-        data_info = {"dir": str(data), "images": len(images)}
-        say(f"--data: {len(images)} labelled images")
-    k = len(probes.inputs)
+    batch = make_batch(manifest, probes, Path(data) if data is not None else None, say)
+    jobs = plan_jobs(names, required, records, root, batch)
+    run_jobs(jobs, root, batch, say)
+    pairs, keras_out = judge_jobs(jobs, batch, manifest, overrides)
+    if localize_failures:
+        localize_failed_pairs(pairs, jobs, root, batch, say)
 
-    pairs: list[PairResult] = []
-    statuses: list[RuntimeStatus] = []
-    keras_out: np.ndarray | None = None
-
-    # Phase 1: every runtime runs its artifacts. Runtimes are independent processes or thread-safe
-    # libraries, so they overlap (Node and Chromium wait on their own processes); the browser
-    # runtimes stay on this thread, which Playwright's sync API is bound to.
-    jobs: list[tuple[RuntimeStatus, object, list[Artifact]]] = []
-    for name in names:
-        rt = RUNTIMES.get(name)
-        arts = [a for a in (Artifact(r, root) for r in records) if rt.accepts(a)]
-        st = RuntimeStatus(
-            name, False, rt.unavailable_reason(), gpu=rt.gpu, required=name in required
-        )
-        statuses.append(st)
-        if st.reason is None:
-            jobs.append((st, rt, arts))
-
-    def execute(job) -> tuple[dict, dict]:
-        st, rt, arts = job
-        t = time.perf_counter()
-        try:
-            if st.name == KERAS:
-                outputs: dict = {SOURCE_ARTIFACT: rt.run_source(root, inputs)}
-            else:
-                outputs = rt.run_many(arts, inputs) if arts else {}
-        except Exception as e:  # run_many reports per artifact; this is a runtime-wide failure
-            outputs = {
-                a: e for a in ([SOURCE_ARTIFACT] if st.name == KERAS else [x.id for x in arts])
-            }
-        st.seconds = time.perf_counter() - t
-        if outputs:
-            say(f"{st.name}: {len(outputs)} model(s) in {st.seconds:.1f} s")
-        return outputs, dict(getattr(rt, "last_info", {}) or {})
-
-    here = [j for j in jobs if j[0].name.startswith(SAME_THREAD_PREFIXES)]
-    pooled = [j for j in jobs if j not in here]
-    with ThreadPoolExecutor(max_workers=PARALLEL_RUNTIMES) as pool:
-        futures = [pool.submit(execute, j) for j in pooled]
-        done_here = [execute(j) for j in here]
-        results = dict(zip([id(j) for j in pooled], [f.result() for f in futures], strict=True))
-        results.update(zip([id(j) for j in here], done_here, strict=True))
-
-    # Phase 2: compare every pair (and localize failures) in a fixed order, Keras first (its
-    # outputs are the reference accuracy for --data).
-    for job in sorted(jobs, key=lambda j: j[0].name != KERAS):
-        st, rt, arts = job
-        outputs, infos = results[id(job)]
-        unavailable = [o for o in outputs.values() if isinstance(o, RuntimeUnavailable)]
-        if unavailable and len(unavailable) == len(outputs):
-            st.reason = str(unavailable[0])
-            continue
-        st.available = True
-        if st.name == KERAS:
-            keras_out = outputs[SOURCE_ARTIFACT]["probabilities"]
-            st.artifacts = [SOURCE_ARTIFACT]
-            tol = apply_overrides(FLOAT32_CPU, overrides, SOURCE_ARTIFACT, KERAS)
-            pr = compare(
-                probes.expected, keras_out[:k], tol, artifact=SOURCE_ARTIFACT, runtime=KERAS
-            )
-            if not pr.passed:
-                pr.reasons.insert(0, "the source model no longer reproduces the golden probes")
-            pr.seconds = st.seconds
-            pairs.append(pr)
-            continue
-        for a in arts:
-            out = outputs.get(a.id, RuntimeError("the runtime returned nothing for it"))
-            st.artifacts.append(a.id)
-            info = dict(infos.get(a.id, {}))
-            tol = default_tolerance(a.format, a.record.precision, st.name, gpu=rt.gpu, info=info)
-            tol = apply_overrides(tol, overrides, a.id, st.name)
-            share = st.seconds / len(arts)  # the artifact's share of its runtime's time
-            if isinstance(out, Exception):
-                reason = f"{type(out).__name__}: {out}"
-                pairs.append(
-                    PairResult(
-                        a.id, st.name, "golden", ERROR, [reason], tol, info=info, seconds=share
-                    )
-                )
-                continue
-            y = np.asarray(out.get("probabilities", next(iter(out.values()))), np.float32)
-            pr = compare(probes.expected, y[:k], tol, artifact=a.id, runtime=st.name)
-            pr.info, pr.seconds = info, share
-            pairs.append(pr)
-            if data_labels is not None and len(y) == len(inputs):
-                acc = float((y[k:].argmax(1) == data_labels).mean())
-                if keras_out is None:
-                    pr.accuracy = acc
-                else:
-                    judge_accuracy(pr, acc, float((keras_out[k:].argmax(1) == data_labels).mean()))
-            if pr.status == FAIL and localize_failures:
-                say(f"{a.id}@{st.name} failed; localizing ...")
-                pr.localization = localize(root, a.record, rt, probes.inputs)
-
+    statuses = [j.status for j in jobs]
     for mod, why in broken.items():
         short = mod.rsplit(".", 1)[-1]
         statuses.append(RuntimeStatus(short, False, f"module {mod} failed to import ({why})"))
-    if data_info is not None and keras_out is not None:
-        data_info["keras_accuracy"] = float((keras_out[k:].argmax(1) == data_labels).mean())
+    data_info = None
+    if batch.data_labels is not None:
+        data_info = {"dir": str(data), "images": len(batch.data_labels)}
+        if keras_out is not None:
+            rows = np.arange(len(batch.inputs))
+            data_info["keras_accuracy"] = _accuracy(keras_out, batch, rows)
     return VerifyResult(
-        root, manifest.name, pairs, statuses, k, data_info, time.perf_counter() - t0
+        root,
+        manifest.name,
+        pairs,
+        statuses,
+        batch.k,
+        data_info,
+        time.perf_counter() - t0,
+        probe_coverage=manifest.probes.get("coverage"),
+        strict_probes=strict_probes,
     )
 
 
@@ -357,6 +410,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--no-localize", action="store_true", help="do not look for the first failing layer"
     )
+    p.add_argument(
+        "--strict-probes",
+        action="store_true",
+        help="fail when the bundle's probes cannot tell a broken artifact from a good one "
+        "(outputs that do not depend on the input, or most embedding features never switched "
+        "on); without it this is a warning",
+    )
     p.add_argument("--json", type=Path, metavar="FILE", help="write the full result as JSON")
     p.add_argument("--junit", type=Path, metavar="FILE", help="write JUnit XML (one test per pair)")
     p.add_argument(
@@ -380,6 +440,7 @@ def run(args: argparse.Namespace) -> int:
         require=args.require,
         tolerances=args.tolerance,
         localize_failures=not args.no_localize,
+        strict_probes=args.strict_probes,
         log=lambda m: print(m, file=sys.stderr),
     )
     print(report.format_table(result))

@@ -12,9 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgetl import parity
+import edgetl.compare as comparator
+import edgetl.localize as localization
+from edgetl import tolerances
+from edgetl.compare import compare
 from edgetl.errors import UserError
-from edgetl.parity import (
+from edgetl.manifest import ArtifactRecord
+from edgetl.results import Localization
+from edgetl.tolerances import (
     FLOAT32_CPU,
     FLOAT32_GPU,
     TFLITE_FLOAT16,
@@ -22,7 +27,6 @@ from edgetl.parity import (
     WEBGL_FLOAT16,
     WEBGL_FLOAT32,
     Tolerance,
-    compare,
     default_tolerance,
 )
 
@@ -38,7 +42,7 @@ def test_identical_outputs_pass_with_zero_error():
     r = compare(REF, REF.copy(), FLOAT32_CPU)
     assert r.passed and r.reasons == []
     s = r.stats
-    assert s.max_abs == s.mean_abs == s.p99_abs == s.max_rel == 0.0
+    assert s.max_abs == s.mean_abs == s.p99_abs == 0.0
     assert s.cosine == pytest.approx(1.0)
     assert s.top1_agreement == s.top5_agreement == 1.0
     assert (s.nan, s.inf, s.count) == (0, 0, 3)
@@ -111,7 +115,7 @@ def test_top5_agreement_counts_candidate_top1_in_reference_top5():
     cand = ref.copy()
     cand[0, 4] = 0.9  # 5th best in the reference: inside the top-5
     cand[1, 6] = 0.9  # 7th: outside
-    s = parity.compute_stats(ref, cand)
+    s = comparator.compute_stats(ref, cand)
     assert s.top1_agreement == 0.0
     assert s.top5_agreement == 0.5
 
@@ -137,41 +141,68 @@ def test_p99_and_cosine_limits():
         ("tflite", "float16", "litert", {}, TFLITE_FLOAT16),
         ("tflite", "int8", "litert", {}, TFLITE_INT8),
         ("tfjs_layers", "float32", "tfjs-browser-wasm", {}, FLOAT32_CPU),
-        ("tfjs_layers", "float32", "tfjs-browser-webgl", {}, WEBGL_FLOAT16),
         (
             "tfjs_layers",
             "float32",
             "tfjs-browser-webgl",
-            {"info": {"webgl_precision": "float32"}},
+            {"info": {"backend": "webgl"}},
+            WEBGL_FLOAT16,
+        ),
+        (
+            "tfjs_layers",
+            "float32",
+            "tfjs-browser-webgl",
+            {"info": {"backend": "webgl", "webgl_precision": "float32"}},
             WEBGL_FLOAT32,
         ),
     ],
 )
 def test_default_tolerances(fmt, precision, runtime, kw, expected):
-    assert default_tolerance(fmt, precision, runtime, **kw) is expected
+    """Without recorded noise floors (bundles of older edgetl) the fixed limits apply."""
+    record = ArtifactRecord(id=fmt, format=fmt, precision=precision, path="x")
+    assert default_tolerance(record, **kw) is expected
+
+
+def test_float_limits_scale_with_the_bundles_noise_floor():
+    record = ArtifactRecord(id="onnx", format="onnx", precision="float32", path="model.onnx")
+    f16 = ArtifactRecord(id="t16", format="tflite", precision="float16", path="m.tflite")
+    quiet = {"float32": 1e-9, "float16": 1e-6}
+    loud = {"float32": 2e-5, "float16": 1e-2}
+    assert default_tolerance(record, noise=quiet).max_abs == tolerances.FLOAT32_MIN_ABS
+    limit = default_tolerance(record, noise=loud).max_abs
+    assert limit == pytest.approx(tolerances.FLOAT32_NOISE_MULTIPLE * 2e-5)
+    assert "noise floor" in default_tolerance(record, noise=loud).basis
+    assert default_tolerance(record, noise=loud, gpu=True).max_abs > limit
+    assert default_tolerance(f16, noise=quiet).max_abs == tolerances.FLOAT16_MIN_ABS
+    assert default_tolerance(f16, noise=loud).max_abs == pytest.approx(
+        tolerances.FLOAT16_NOISE_MULTIPLE * 1e-2
+    )
+    # a floor that could not be measured (float64 kernels missing): the fixed limit
+    assert default_tolerance(record, noise={"float32": None}) is FLOAT32_CPU
 
 
 def test_default_tolerances_are_documented():
     for tol in (FLOAT32_CPU, FLOAT32_GPU, TFLITE_FLOAT16, WEBGL_FLOAT32, WEBGL_FLOAT16):
         assert tol.basis and tol.max_abs is not None
-    for tol in (parity.TFLITE_DYNAMIC, TFLITE_INT8):  # judged by top-1, not element error
+    for tol in (tolerances.TFLITE_DYNAMIC, TFLITE_INT8):  # judged by top-1, not element error
         assert tol.max_abs is None and tol.min_top1 and tol.top1_margin > 0
-    assert FLOAT32_CPU.max_abs < FLOAT32_GPU.max_abs < WEBGL_FLOAT32.max_abs < WEBGL_FLOAT16.max_abs
+    assert FLOAT32_CPU.max_abs < FLOAT32_GPU.max_abs
+    assert WEBGL_FLOAT32.max_abs < WEBGL_FLOAT16.max_abs
 
 
 def test_overrides_apply_by_selector():
     o = [
-        parity.parse_override("max_abs=1e-4"),
-        parity.parse_override("tflite_float16:max_abs=0.05"),
-        parity.parse_override("onnx@onnxruntime-cpu:min_top1=1"),
-        parity.parse_override("litert:p99_abs=none"),
+        tolerances.parse_override("max_abs=1e-4"),
+        tolerances.parse_override("tflite_float16:max_abs=0.05"),
+        tolerances.parse_override("onnx@onnxruntime-cpu:min_top1=1"),
+        tolerances.parse_override("litert:p99_abs=none"),
     ]
-    t = parity.apply_overrides(FLOAT32_CPU, o, "onnx", "onnxruntime-cpu")
+    t = tolerances.apply_overrides(FLOAT32_CPU, o, "onnx", "onnxruntime-cpu")
     assert (t.max_abs, t.min_top1) == (1e-4, 1.0)
     assert t.name == "FLOAT32_CPU+override"
-    t = parity.apply_overrides(TFLITE_FLOAT16, o, "tflite_float16", "litert")
-    assert t.max_abs == 0.05 and t.p99_abs is None and t.min_top1 is None
-    assert parity.apply_overrides(FLOAT32_CPU, [], "onnx", "x") is FLOAT32_CPU
+    t = tolerances.apply_overrides(TFLITE_FLOAT16, o, "tflite_float16", "litert")
+    assert t.max_abs == 0.05 and t.p99_abs is None and t.min_top1 == 0.9
+    assert tolerances.apply_overrides(FLOAT32_CPU, [], "onnx", "x") is FLOAT32_CPU
 
 
 @pytest.mark.parametrize(
@@ -179,21 +210,21 @@ def test_overrides_apply_by_selector():
 )
 def test_bad_override_is_a_user_error(text):
     with pytest.raises(UserError):
-        parity.parse_override(text)
+        tolerances.parse_override(text)
 
 
 def test_accuracy_drop_is_judged_against_keras():
     r = compare(REF, REF, TFLITE_INT8)
-    parity.judge_accuracy(r, 0.90, 0.94)
+    comparator.judge_accuracy(r, 0.90, 0.94)
     assert r.passed  # 4 points <= 5
-    parity.judge_accuracy(r, 0.85, 0.94)
+    comparator.judge_accuracy(r, 0.85, 0.94)
     assert not r.passed and "drop 9.0%" in r.reasons[0]
 
 
 def test_histogram_counts_every_element():
     cand = REF.copy()
     cand[0, 0] += 1e-3
-    h = parity.error_histogram(REF, cand)
+    h = comparator.error_histogram(REF, cand)
     assert sum(h["counts"]) + h["zeros"] + h["nonfinite"] == REF.size
     assert h["zeros"] == REF.size - 1
 
@@ -234,7 +265,7 @@ ORDER = {
     ],
 )
 def test_layer_of_name(name, layer):
-    assert parity.layer_of_name(name, ORDER) == layer
+    assert localization.layer_of_name(name, ORDER) == layer
 
 
 def test_first_divergence_names_first_bad_layer_and_handles_nchw():
@@ -249,29 +280,72 @@ def test_first_divergence_names_first_bad_layer_and_handles_nchw():
         "b": keras_out["b"].transpose(0, 3, 1, 2) + 1e-7,
         "c": keras_out["c"] + 1.0,
     }
-    loc = parity.first_divergence(keras_out, cand, 1e-3, "test")
+    loc = localization.first_divergence(keras_out, cand, 1e-3, "test")
     assert loc.layer == "c" and loc.layers_compared == 3
     cand["c"] = keras_out["c"]
-    loc = parity.first_divergence(keras_out, cand, 1e-3, "test")
+    loc = localization.first_divergence(keras_out, cand, 1e-3, "test")
     assert loc.layer is None and "no single layer departs" in loc.reason
-    loc = parity.first_divergence(keras_out, {"zz": cand["c"]}, 1e-3, "test")
+    loc = localization.first_divergence(keras_out, {"zz": cand["c"]}, 1e-3, "test")
     assert not loc.localized and "matched" in loc.describe()
 
 
 def _crafted_result(tmp_path: Path):
-    from edgetl.verifier import RuntimeStatus, VerifyResult
+    from edgetl.results import RuntimeStatus, VerifyResult
 
     good = compare(REF, REF, FLOAT32_CPU, artifact="onnx", runtime="onnxruntime-cpu")
     bad_out = REF.copy()
     bad_out[0] = [0.125, 0.75, 0.125]
     bad = compare(REF, bad_out, FLOAT32_CPU, artifact="tflite_float32", runtime="litert")
-    bad.localization = parity.Localization("block_3_expand_relu", "crafted", 12)
+    bad.localization = Localization("block_3_expand_relu", "crafted", 12)
     runtimes = [
         RuntimeStatus("onnxruntime-cpu", True, artifacts=["onnx"]),
         RuntimeStatus("litert", True, artifacts=["tflite_float32"]),
         RuntimeStatus("onnxruntime-cuda", False, "no CUDA here", gpu=True, required=True),
     ]
-    return VerifyResult(tmp_path, "crafted", [good, bad], runtimes, probes=3)
+    coverage = {"informative": True, "output_spread": 0.3, "problems": []}
+    return VerifyResult(
+        tmp_path, "crafted", [good, bad], runtimes, probes=3, probe_coverage=coverage
+    )
+
+
+DEAD = {
+    "informative": False,
+    "output_spread": 2e-8,
+    "features": 1280,
+    "features_active": 1232,
+    "features_share": 0.9625,
+    "problems": ["the model's outputs barely depend on its input"],
+}
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_uninformative_probes_warn_and_fail_when_strict(tmp_path, strict):
+    """Probes that cannot show a broken artifact are said in every report; --strict-probes
+    turns that into a failure of an otherwise passing run."""
+    from edgetl import report
+    from edgetl.results import RuntimeStatus, VerifyResult
+
+    good = compare(REF, REF, FLOAT32_CPU, artifact="onnx", runtime="onnxruntime-cpu")
+    st = [RuntimeStatus("onnxruntime-cpu", True, artifacts=["onnx"])]
+    result = VerifyResult(
+        tmp_path, "dead", [good], st, probes=3, probe_coverage=DEAD, strict_probes=strict
+    )
+    assert result.ok is not strict
+    assert "probes cannot prove parity" in result.summary()
+    table = report.format_table(result)
+    assert "WARNING" in table and "1232/1280 embedding features" in table
+    report.write_json(result, tmp_path / "r.json")
+    d = json.loads((tmp_path / "r.json").read_text())
+    assert d["probe_coverage"]["informative"] is False and d["probe_warning"]
+    report.write_junit(result, tmp_path / "r.xml")
+    suite = ET.parse(tmp_path / "r.xml").getroot()
+    assert suite.get("failures") == ("1" if strict else "0")
+    assert "outputs barely depend" in (tmp_path / "r.xml").read_text()
+    report.write_html(result, tmp_path / "r.html")
+    assert "probes cannot prove parity" in (tmp_path / "r.html").read_text()
+    # a bundle made before coverage was recorded is told to re-export
+    old = VerifyResult(tmp_path, "old", [good], st, probes=3, probe_coverage=None)
+    assert "re-export" in old.summary() and old.ok
 
 
 def test_reports_from_a_crafted_result(tmp_path):
@@ -307,7 +381,7 @@ def test_raise_for_status_carries_the_table(tmp_path):
 
 def test_plugin_and_verify_import_cheaply():
     code = (
-        "import sys, edgetl.pytest_plugin, edgetl.verifier, edgetl.report, edgetl.parity; "
+        "import sys, edgetl.pytest_plugin, edgetl.verifier, edgetl.report, edgetl.compare, edgetl.tolerances, edgetl.localize, edgetl.probes; "
         "heavy = [m for m in ('tensorflow', 'keras', 'onnxruntime', 'onnx', 'ai_edge_litert', "
         "'playwright') if m in sys.modules]; assert not heavy, heavy"
     )

@@ -143,7 +143,7 @@ def test_backbone_loads_in_tfjs_and_agrees_with_keras(backbone, tfjs_exports):
 @pytest.mark.slow
 @pytest.mark.parametrize("backbone", ["mobilenet_v2", "mobilenet_v3_small"])
 def test_layer_names_survive_and_layer_outputs_match(backbone, tfjs_exports):
-    from edgetl.parity import keras_layer_outputs
+    from edgetl.localize import keras_layer_outputs
 
     model, folder, x, _ = tfjs_exports(backbone)
     names = LAYER_PROBES[backbone] + _rewritten_layers(model)
@@ -345,7 +345,7 @@ def test_rewrites_compute_what_keras_computes(tmp_path):
     import keras
     from edgetl.converters.tfjs import export_tfjs, read_model_json
 
-    from edgetl.parity import keras_layer_outputs
+    from edgetl.localize import keras_layer_outputs
 
     keras.utils.set_random_seed(1)
     inp = keras.Input((6, 6, 3), name="image")

@@ -41,9 +41,22 @@ class RuntimeUnavailable(RuntimeError):
 
 
 class Runtime(ABC):
+    """A backend. Capabilities are declared here as flags, never guessed from the name:
+
+    gpu            runs on a GPU (judged by the GPU float32 tolerance)
+    same_thread    must be called from the thread that created it (Playwright's sync API)
+    slow           pure-JS or otherwise slow: with --data it sees a stated sample, not all images
+    has_layer_outputs  implements layer_outputs() (per-layer values, for localization)
+    last_info      after run_many(), per artifact id, what really ran (backend, precision, timings)
+    """
+
     name: str = ""  # registry name, e.g. "onnxruntime-cpu", "tfjs-node-wasm"
     formats: frozenset[str] = frozenset()  # ArtifactRecord.format values it can run
     gpu: bool = False
+    same_thread: bool = False
+    slow: bool = False
+    has_layer_outputs: bool = False
+    last_info: dict[str, dict] = {}  # noqa: RUF012 (replaced per run by runtimes that fill it)
 
     @abstractmethod
     def unavailable_reason(self) -> str | None:
@@ -68,6 +81,12 @@ class Runtime(ABC):
 
     def accepts(self, artifact: Artifact) -> bool:
         return artifact.format in self.formats
+
+    def layer_outputs(
+        self, artifact: Artifact, inputs: np.ndarray, names: list[str]
+    ) -> dict[str, np.ndarray]:
+        """Named Keras layers' outputs for `inputs` (only where has_layer_outputs is True)."""
+        raise NotImplementedError(f"{self.name} gives no per-layer outputs")
 
 
 RUNTIMES: Registry[Runtime] = Registry("runtime")

@@ -197,6 +197,8 @@ class TfjsBrowserRuntime(Runtime):
             raise ValueError(f"unknown TF.js browser backend {backend!r}")
         self.backend = backend
         self.name = f"tfjs-browser-{backend}"
+        self.same_thread = True  # Playwright's sync API is bound to its thread
+        self.slow = backend in ("cpu", "webgl")  # pure JS / software WebGL (SwiftShader) here
         # artifact id -> {"backend", "webgl_precision", "webgl_renderer", "wasm_simd",
         #                 "wasm_threads", "timings": {load_ms, fetch_ms, infer_ms}, ...}
         self.last_info: dict[str, dict] = {}
@@ -248,10 +250,7 @@ class TfjsBrowserRuntime(Runtime):
         info: dict,
         log: list[str],
     ) -> dict[str, np.ndarray] | Exception:
-        from edgetl.manifest import Manifest
-
         try:
-            contract = Manifest.load(artifact.bundle_dir).input.to_dict()
             base = session.mount_bundle(artifact.bundle_dir)
             reply = page.evaluate(
                 "(o) => window.edgetlHarness.run(o)",
@@ -260,7 +259,6 @@ class TfjsBrowserRuntime(Runtime):
                     "format": artifact.format,
                     "inputsUrl": inputs_url,
                     "inputShape": list(inputs.shape),
-                    "contract": contract,
                 },
             )
         except Exception as e:

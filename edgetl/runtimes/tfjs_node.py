@@ -140,12 +140,14 @@ def _read(path: Path, shape: list[int]) -> np.ndarray:
 class TfjsNodeRuntime(Runtime):
     formats = frozenset({"tfjs_layers", "tfjs_graph"})
     gpu = False
+    has_layer_outputs = True
 
     def __init__(self, backend: str) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"unknown TF.js Node backend {backend!r}; use {BACKENDS}")
         self.backend = backend
         self.name = f"tfjs-node-{backend}"
+        self.slow = backend == "cpu"  # pure-JS kernels: minutes for 1,000 images at 160 px
         # artifact id -> {"backend", "tfjs_version", "node", "timings": {load_ms, infer_ms}}
         self.last_info: dict[str, dict] = {}
 

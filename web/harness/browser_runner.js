@@ -2,10 +2,12 @@
 //
 // window.edgetlHarness:
 //   init({backend, numThreads})   -> backend info (throws if the backend cannot start)
-//   run({modelUrl, format, inputsUrl, inputShape, contract})
+//   run({modelUrl, format, inputsUrl, inputShape})
 //        -> {outputs: [{name, shape, data: base64 little-endian float32}], info, timings}
-//      inputsUrl is raw little-endian float32 bytes (probes/inputs.bin); they go through the same
-//      preprocess() as the app (a no-op resize when already at the contract size).
+//      inputsUrl is raw little-endian float32 bytes (probes/inputs.bin). They are the model's own
+//      input (the probes are stored in the contract's size and value range), so they are fed as
+//      they are, exactly as Python and Node feed them. The page's preprocess() is checked on its
+//      own: preprocessRaw below, and the app's top-1 on real images in the browser tests.
 //   benchmark({modelUrl, format, contract, runs, warmup}) -> batch-1 latency statistics (ms)
 //   preprocessRaw({data, shape, contract}) -> the shared preprocess() applied to raw pixels
 // window.edgetlHarnessReady is true once this module has loaded.
@@ -71,13 +73,13 @@ async function init({backend, numThreads} = {}) {
   return initBackend(backend, numThreads ? {numThreads} : {});
 }
 
-async function run({modelUrl, format, inputsUrl, inputShape, contract}) {
+async function run({modelUrl, format, inputsUrl, inputShape}) {
   const t0 = performance.now();
   const model = await loadModel(modelUrl, format);
   const t1 = performance.now();
   const raw = await fetchFloat32(inputsUrl, inputShape);
   const t2 = performance.now();
-  const x = preprocess(tf.tensor(raw, inputShape, 'float32'), contract);
+  const x = tf.tensor(raw, inputShape, 'float32');
   let ys;
   try {
     ys = predict(model, x);

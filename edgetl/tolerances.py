@@ -1,0 +1,238 @@
+"""Tolerances: what each (artifact, runtime) pair may differ from its reference by, with the
+measurement behind every number, and the --tolerance overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+from edgetl.errors import UserError
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """What a candidate may differ from its reference by; None = that statistic is not judged."""
+
+    max_abs: float | None = 1e-5
+    p99_abs: float | None = None
+    min_cosine: float | None = None
+    min_top1: float | None = None  # fraction of decisive probes whose top-1 must agree
+    # A probe is decisive when the reference's top-1 beats its runner-up by at least this much;
+    # near-ties may flip under any rounding and say nothing about the artifact.
+    top1_margin: float = 0.0
+    max_accuracy_drop: float | None = None  # with --data: accuracy points (0..1) lost vs Keras
+    name: str = "custom"  # the module constant it came from, for reports
+    basis: str = ""  # why this value (measurement / source)
+
+    def replace(self, **changes) -> Tolerance:
+        return dataclasses.replace(self, **changes)
+
+    def describe(self) -> str:
+        parts = []
+        if self.max_abs is not None:
+            parts.append(f"abs<={self.max_abs:g}")
+        if self.p99_abs is not None:
+            parts.append(f"p99<={self.p99_abs:g}")
+        if self.min_cosine is not None:
+            parts.append(f"cos>={self.min_cosine:g}")
+        if self.min_top1 is not None:
+            margin = f" (margin {self.top1_margin:g})" if self.top1_margin else ""
+            parts.append(f"top1>={self.min_top1:g}{margin}")
+        if self.max_accuracy_drop is not None:
+            parts.append(f"acc drop<={self.max_accuracy_drop:g}")
+        return ", ".join(parts) or "none"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------- default tolerances
+#
+# Float artifacts are judged against a limit scaled by the bundle's own noise floors, measured
+# at export on its probes (edgetl.probes.noise_floors, recorded in manifest.json):
+#
+#   float32 limit = max(FLOAT32_MIN_ABS, FLOAT32_NOISE_MULTIPLE * float32 floor)
+#   float16 limit = max(FLOAT16_MIN_ABS, FLOAT16_NOISE_MULTIPLE * float16 floor)
+#
+# where the float32 floor is max |Keras float32 - Keras float64| and the float16 floor is
+# max |Keras with float16-rounded weights - Keras float32|. An honest artifact differs from
+# Keras by its own rounding plus Keras' (a few floors); a corrupted one by what the corruption
+# does, which does not shrink with the floor. Measured (FLOAT32_SWEEP below): honest float32
+# errors reached RATIO_SEEN x the floor, so the multiple leaves NOISE_HEADROOM x on top.
+# Bundles made before the floors were recorded get the fixed LEGACY limits.
+
+# The sweep behind the numbers (bench: `python -m edgetl.bench parity`; the raw sweep is the
+# same code): 4 backbones (V1 0.25/128, V2 0.35/96, V3-Small/Large 0.75/96, and all four at
+# 1.0/224), seeds 0 and 1, data-fitted and random weights, a decisive head; onnxruntime with 1
+# and 2 threads, graph optimizations on and off, batch 1 and 12; LiteRT float32 with 1 and 2
+# threads, batch 1 and 12; TF_ENABLE_ONEDNN_OPTS=0 and 1 for the Keras reference.
+# Measured (AMD EPYC, AVX-512): float32 floors 1.4e-6 .. 2.6e-5; honest float32 errors 1.2x ..
+# 3.0x their floor (worst: MobileNetV2 0.35/96, ONNX 4.4e-5 on a 1.5e-5 floor). float16-weight
+# floors 3.7e-3 .. 9.8e-2; honest TFLite float16 errors 0.44x .. 3.9x their floor: one random
+# rounding against another, so the float16 limit also has a fixed floor and ceiling, and a
+# top-1 rule on decisive probes. A dead model's floor is ~3e-9: FLOAT32_MIN_ABS keeps 80x over
+# the <= 1.2e-7 such models show (field notes).
+FLOAT32_NOISE_MULTIPLE = 20.0  # >= 6.6x over the worst ratio seen (3.0)
+FLOAT32_MIN_ABS = 1e-5
+FLOAT16_NOISE_MULTIPLE = 20.0  # >= 5x over the worst ratio seen (3.9)
+FLOAT16_MIN_ABS = 2e-2
+FLOAT16_MAX_ABS = 0.25  # past this a probability error says little; top-1 still judges
+# GPU float32 (onnxruntime CUDA/TensorRT with TF32 off): other kernels (cuDNN algorithm choice,
+# fused ops). Not measured on a GPU yet: 4x the CPU limit, at least Optimum's MobileNet 1e-4.
+# With TF32 left on, ~1e-3 differences are expected (field notes), which this refuses.
+GPU_FACTOR = 4.0
+FLOAT32_GPU_MIN_ABS = 1e-4
+# Bundles without recorded floors. 1e-5 gave a false alarm on an AMD EPYC (1.10e-5 on the
+# tiny test bundle); decisive heads measured up to 4.4e-5 (float32) and 4.3e-2 (float16) here.
+LEGACY_FLOAT32_ABS = 5e-4
+LEGACY_FLOAT16_ABS = 0.1
+
+FLOAT32_CPU = Tolerance(
+    max_abs=LEGACY_FLOAT32_ABS,
+    name="FLOAT32_CPU",
+    basis="float32 CPU kernels, no recorded noise floor (fixed limit)",
+)
+FLOAT32_GPU = Tolerance(
+    max_abs=max(GPU_FACTOR * LEGACY_FLOAT32_ABS, FLOAT32_GPU_MIN_ABS),
+    name="FLOAT32_GPU",
+    basis="float32 GPU (TF32 off), no recorded noise floor (fixed limit)",
+)
+TFLITE_FLOAT16 = Tolerance(
+    max_abs=LEGACY_FLOAT16_ABS,
+    min_top1=0.9,
+    top1_margin=0.2,
+    name="TFLITE_FLOAT16",
+    basis="float16 weights, no recorded noise floor (fixed limit); top-1 on decisive probes",
+)
+# TF.js WebGL storing float32 textures (WEBGL_RENDER_FLOAT32_CAPABLE): tfjs' own tests use 1e-3.
+WEBGL_FLOAT32 = Tolerance(
+    max_abs=1e-3, name="WEBGL_FLOAT32", basis="tfjs test suite: 1e-3 on float32 backends"
+)
+# WebGL with float16 textures (many mobile GPUs): tfjs' own tests use 1e-1.
+WEBGL_FLOAT16 = Tolerance(
+    max_abs=1e-1, name="WEBGL_FLOAT16", basis="tfjs test suite: 1e-1 where WebGL is float16"
+)
+# Quantized TFLite: element error says little (measured max |error| 3e-2..5e-2 dynamic-range,
+# 0.19 int8 on the trained 0.35/96 model, with identical predictions on confident probes), so
+# they are judged by top-1 agreement on decisive probes and, with --data, by accuracy lost
+# against Keras (field notes: int8 MobileNetV2 loses ~1 point of top-1 on ImageNet).
+TFLITE_DYNAMIC = Tolerance(
+    max_abs=None,
+    min_top1=0.9,
+    top1_margin=0.1,
+    max_accuracy_drop=0.03,
+    name="TFLITE_DYNAMIC",
+    basis="dynamic-range int8 weights: judged by top-1 on decisive probes (margin >= 0.1)",
+)
+TFLITE_INT8 = Tolerance(
+    max_abs=None,
+    min_top1=0.9,
+    top1_margin=0.2,
+    max_accuracy_drop=0.05,
+    name="TFLITE_INT8",
+    basis="full int8: judged by top-1 on decisive probes (margin >= 0.2) and accuracy drop",
+)
+
+
+def float32_tolerance(noise: dict | None, *, gpu: bool = False) -> Tolerance:
+    """The float32 limit for a bundle with these noise floors (None: the fixed legacy one)."""
+    floor = (noise or {}).get("float32")
+    if floor is None:
+        return FLOAT32_GPU if gpu else FLOAT32_CPU
+    limit = max(FLOAT32_MIN_ABS, FLOAT32_NOISE_MULTIPLE * floor)
+    basis = (
+        f"{FLOAT32_NOISE_MULTIPLE:g} x this bundle's float32 noise floor {floor:.2g} "
+        f"(min {FLOAT32_MIN_ABS:g})"
+    )
+    if gpu:
+        limit = max(GPU_FACTOR * limit, FLOAT32_GPU_MIN_ABS)
+        return Tolerance(max_abs=limit, name="FLOAT32_GPU", basis=f"{GPU_FACTOR:g} x ({basis})")
+    return Tolerance(max_abs=limit, name="FLOAT32_CPU", basis=basis)
+
+
+def float16_tolerance(noise: dict | None) -> Tolerance:
+    floor = (noise or {}).get("float16")
+    if floor is None:
+        return TFLITE_FLOAT16
+    limit = min(max(FLOAT16_MIN_ABS, FLOAT16_NOISE_MULTIPLE * floor), FLOAT16_MAX_ABS)
+    return TFLITE_FLOAT16.replace(
+        max_abs=limit,
+        basis=f"{FLOAT16_NOISE_MULTIPLE:g} x this bundle's float16-weight floor {floor:.2g} "
+        f"(within {FLOAT16_MIN_ABS:g}..{FLOAT16_MAX_ABS:g}); top-1 on decisive probes",
+    )
+
+
+def reference_tolerance(noise: dict | None) -> Tolerance:
+    """The Keras source model re-run here against the golden outputs: float32 on a CPU."""
+    return float32_tolerance(noise)
+
+
+def default_tolerance(
+    record, *, gpu: bool = False, info: dict | None = None, noise: dict | None = None
+) -> Tolerance:
+    """The tolerance for one (artifact, runtime) pair. `record` is the ArtifactRecord, `info`
+    what the runtime reported about the run (WebGL's precision, when it ran WebGL: assumed
+    float16 unless it says float32), `noise` the bundle's recorded noise floors."""
+    if record.precision == "dynamic":
+        return TFLITE_DYNAMIC
+    if record.precision == "int8":
+        return TFLITE_INT8
+    if record.precision == "float16":
+        return float16_tolerance(noise)
+    webgl = (info or {}).get("webgl_precision")
+    if (info or {}).get("backend") == "webgl" or webgl:
+        base = WEBGL_FLOAT32 if webgl == "float32" else WEBGL_FLOAT16
+        f32 = float32_tolerance(noise).max_abs or 0.0
+        return base if base.max_abs >= f32 else base.replace(max_abs=f32)
+    return float32_tolerance(noise, gpu=gpu)
+
+
+# ---------------------------------------------------------------- overrides
+
+_TOL_FIELDS = {"max_abs", "p99_abs", "min_cosine", "min_top1", "top1_margin", "max_accuracy_drop"}
+
+
+@dataclass(frozen=True)
+class ToleranceOverride:
+    """`[SELECTOR:]FIELD=VALUE`; SELECTOR is an artifact id, a runtime name or artifact@runtime."""
+
+    field: str
+    value: float | None
+    selector: str | None = None
+
+    def applies(self, artifact_id: str, runtime_name: str) -> bool:
+        s = self.selector
+        return s is None or s in (artifact_id, runtime_name, f"{artifact_id}@{runtime_name}")
+
+
+def parse_override(text: str) -> ToleranceOverride:
+    selector, _, assignment = text.rpartition(":") if ":" in text else (None, "", text)
+    key, eq, raw = assignment.partition("=")
+    key = key.strip()
+    if not eq or key not in _TOL_FIELDS:
+        raise UserError(
+            f"bad tolerance {text!r}: expected [ARTIFACT|RUNTIME|ARTIFACT@RUNTIME:]FIELD=VALUE "
+            f"with FIELD one of {', '.join(sorted(_TOL_FIELDS))} (VALUE 'none' = not judged)"
+        )
+    raw = raw.strip()
+    if raw.lower() in ("none", "off"):
+        if key == "top1_margin":
+            raise UserError("top1_margin needs a number")
+        return ToleranceOverride(key, None, selector or None)
+    try:
+        value = float(raw)
+    except ValueError:
+        raise UserError(f"bad tolerance {text!r}: {raw!r} is not a number") from None
+    if value < 0 or math.isnan(value):
+        raise UserError(f"bad tolerance {text!r}: must be >= 0")
+    return ToleranceOverride(key, value, selector or None)
+
+
+def apply_overrides(
+    tol: Tolerance, overrides: list[ToleranceOverride], artifact_id: str, runtime_name: str
+) -> Tolerance:
+    changes = {o.field: o.value for o in overrides if o.applies(artifact_id, runtime_name)}
+    if not changes:
+        return tol
+    return tol.replace(**changes, name=f"{tol.name}+override")
