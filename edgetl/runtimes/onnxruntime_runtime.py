@@ -18,6 +18,7 @@ from edgetl.runtimes.base import RUNTIMES, Artifact, Runtime, RuntimeUnavailable
 
 OUTPUT_NAME = "probabilities"
 CPU = "CPUExecutionProvider"
+RUN_BATCH = 32  # images per session.run: bounded memory with --data (intermediates scale with it)
 
 
 class OnnxRuntime(Runtime):
@@ -39,7 +40,7 @@ class OnnxRuntime(Runtime):
 
     def unavailable_reason(self) -> str | None:
         if importlib.util.find_spec("onnxruntime") is None:
-            return "onnxruntime is not installed"
+            return 'onnxruntime is not installed (pip install "edgetl[cpu]", or "edgetl[gpu]")'
         import onnxruntime as ort
 
         have = ort.get_available_providers()
@@ -62,6 +63,9 @@ class OnnxRuntime(Runtime):
         import onnxruntime as ort
 
         os.environ.update(self.env)  # must precede session creation (NVIDIA_TF32_OVERRIDE)
+        # A GPU provider that cannot start logs red errors through ORT's default logger before
+        # the session falls back; the fallback is reported below in edgetl's own words.
+        ort.set_default_logger_severity(4 if self.gpu else 3)
         so = ort.SessionOptions()
         so.log_severity_level = 3
         sess = ort.InferenceSession(model, sess_options=so, providers=self.providers())
@@ -88,9 +92,10 @@ def run_session(
     sess, x: np.ndarray, output_names: list[str] | None = None
 ) -> dict[str, np.ndarray]:
     """Feed the single image input; a single output is returned as "probabilities"."""
-    feed = {sess.get_inputs()[0].name: x}
+    name = sess.get_inputs()[0].name
     names = output_names or [o.name for o in sess.get_outputs()]
-    outs = sess.run(names, feed)
+    chunks = [sess.run(names, {name: x[i : i + RUN_BATCH]}) for i in range(0, len(x), RUN_BATCH)]
+    outs = chunks[0] if len(chunks) == 1 else [np.concatenate(p) for p in zip(*chunks, strict=True)]
     if output_names is None and len(names) == 1:
         return {OUTPUT_NAME: np.asarray(outs[0], dtype=np.float32)}
     return {n: np.asarray(o) for n, o in zip(names, outs, strict=True)}

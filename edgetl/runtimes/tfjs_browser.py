@@ -198,7 +198,7 @@ class TfjsBrowserRuntime(Runtime):
         self.backend = backend
         self.name = f"tfjs-browser-{backend}"
         self.same_thread = True  # Playwright's sync API is bound to its thread
-        self.slow = backend in ("cpu", "webgl")  # pure JS / software WebGL (SwiftShader) here
+        self.slow = True  # wasm 64 s for 1,000 images at 160 px; cpu, SwiftShader WebGL: slower
         # artifact id -> {"backend", "webgl_precision", "webgl_renderer", "wasm_simd",
         #                 "wasm_threads", "timings": {load_ms, fetch_ms, infer_ms}, ...}
         self.last_info: dict[str, dict] = {}

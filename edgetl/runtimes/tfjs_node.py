@@ -147,7 +147,7 @@ class TfjsNodeRuntime(Runtime):
             raise ValueError(f"unknown TF.js Node backend {backend!r}; use {BACKENDS}")
         self.backend = backend
         self.name = f"tfjs-node-{backend}"
-        self.slow = backend == "cpu"  # pure-JS kernels: minutes for 1,000 images at 160 px
+        self.slow = True  # wasm: 137 s for 1,000 images at 160 px; cpu (pure JS): > 15 min
         # artifact id -> {"backend", "tfjs_version", "node", "timings": {load_ms, infer_ms}}
         self.last_info: dict[str, dict] = {}
 
