@@ -379,3 +379,57 @@ def test_verify_is_callable_from_the_package_after_the_cli_imported_its_module()
     import edgetl.verifier
 
     assert edgetl.verify is edgetl.verifier.verify
+
+
+@pytest.fixture(scope="session")
+def dead_bundle(tmp_path_factory, sample_data) -> Path:
+    """A model whose backbone is dead (random init: BatchNorm statistics 0/1 make the features
+    vanish, as `train --weights none --epochs 1` does): its outputs ignore the input."""
+    from edgetl.models.base import build_backbone
+
+    from edgetl.bundle import export_bundle, sample_images
+    from edgetl.classifier import build_classifier
+    from edgetl.contract import InputContract
+
+    model = build_classifier(build_backbone("mobilenet_v2", 0.35, 96, None), 3)
+    contract = InputContract(96, 96)
+    labels = ["checks", "dots", "stripes"]
+    images, y, names = sample_images(sample_data, contract, labels, limit=12)
+    out = tmp_path_factory.mktemp("dead") / "bundle"
+    export_bundle(
+        model,
+        out,
+        labels=labels,
+        contract=contract,
+        formats=["onnx"],
+        probe_images=images,
+        probe_labels=y,
+        probe_names=names,
+        log=lambda *_: None,
+    )
+    return out
+
+
+@pytest.mark.slow
+def test_dead_backbone_probes_are_reported_as_unable_to_prove_parity(dead_bundle, tmp_path, capsys):
+    """A conv kernel scaled by 1.1 cannot show on such probes: verify passes the pairs but says
+    the probes prove nothing, and --strict-probes fails the run."""
+    import onnx
+    from onnx import numpy_helper
+
+    bundle = tmp_path / "b"
+    shutil.copytree(dead_bundle, bundle)
+    model = onnx.load(bundle / "model.onnx")
+    convs = [i for i in model.graph.initializer if len(i.dims) == 4]
+    big = max(convs, key=lambda i: int(np.prod(i.dims)))
+    big.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(big) * 1.1, big.name))
+    onnx.save(model, bundle / "model.onnx")
+    _rehash(bundle, ["onnx"])
+
+    base = ["verify", str(bundle), "--runtimes", "onnxruntime-cpu", "--no-localize"]
+    assert main(base) == 0
+    out = capsys.readouterr().out
+    assert "probes cannot prove parity" in out and "barely depend on its input" in out
+    assert main([*base, "--strict-probes", "--json", str(tmp_path / "r.json")]) == 1
+    d = json.loads((tmp_path / "r.json").read_text())
+    assert d["ok"] is False and d["probe_coverage"]["informative"] is False
