@@ -12,7 +12,9 @@ def _fmt(v: float) -> str:
     return f"{v:g}"
 
 
-def bounded(kind: type, lo: float | None = None, hi: float | None = None, *, lo_open=False, hi_open=False):
+def bounded(
+    kind: type, lo: float | None = None, hi: float | None = None, *, lo_open=False, hi_open=False
+):
     """An argparse `type` accepting `kind` (int or float) values in [lo, hi] (open where asked);
     NaN and infinities are refused. The returned callable's `range_text` is for --help."""
 
@@ -44,7 +46,17 @@ def bounded(kind: type, lo: float | None = None, hi: float | None = None, *, lo_
     return parse
 
 
-def add_number(p: argparse.ArgumentParser, *flags: str, kind: type, lo=None, hi=None, help: str = "", lo_open=False, hi_open=False, **kw) -> None:
+def add_number(
+    p: argparse.ArgumentParser,
+    *flags: str,
+    kind: type,
+    lo=None,
+    hi=None,
+    help: str = "",
+    lo_open=False,
+    hi_open=False,
+    **kw,
+) -> None:
     """add_argument for a number with its allowed range and default written into --help."""
     t = bounded(kind, lo, hi, lo_open=lo_open, hi_open=hi_open)
     text = f"{help} " if help else ""
@@ -56,7 +68,9 @@ def add_number(p: argparse.ArgumentParser, *flags: str, kind: type, lo=None, hi=
 # "-1,1", "-0.5,0.5", "-1e-3,2": a comma-separated list of numbers that starts with a minus sign,
 # which argparse would otherwise take for an option (its own negative-number rule only covers
 # a single number).
-_NEGATIVE_LIST = re.compile(r"^-\d*\.?\d+(?:[eE][-+]?\d+)?(?:\s*,\s*[-+]?\d*\.?\d+(?:[eE][-+]?\d+)?)+$")
+_NEGATIVE_LIST = re.compile(
+    r"^-\d*\.?\d+(?:[eE][-+]?\d+)?(?:\s*,\s*[-+]?\d*\.?\d+(?:[eE][-+]?\d+)?)+$"
+)
 
 
 def join_negative_lists(argv: list[str]) -> list[str]:
