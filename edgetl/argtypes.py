@@ -27,6 +27,9 @@ def bounded(
             return f"{'<' if hi_open else '<='} {_fmt(hi)}"
         return "any finite number"
 
+    def _in() -> str:
+        return f"in {describe()}" if lo is not None and hi is not None else describe()
+
     def parse(text: str):
         try:
             value = kind(text)
@@ -34,11 +37,11 @@ def bounded(
             what = "an integer" if kind is int else "a number"
             raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
         if isinstance(value, float) and not math.isfinite(value):
-            raise argparse.ArgumentTypeError(f"must be a finite number {describe()}, got {text!r}")
+            raise argparse.ArgumentTypeError(f"must be a finite number {_in()}, got {text!r}")
         too_low = lo is not None and (value <= lo if lo_open else value < lo)
         too_high = hi is not None and (value >= hi if hi_open else value > hi)
         if too_low or too_high:
-            raise argparse.ArgumentTypeError(f"must be {describe()}, got {text}")
+            raise argparse.ArgumentTypeError(f"must be {_in()}, got {text}")
         return value
 
     parse.__name__ = kind.__name__

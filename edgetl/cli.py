@@ -11,8 +11,10 @@ and exit 2; SIGTERM (and SIGHUP) are handled like Ctrl-C, so partial outputs are
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
+import re
 import signal
 import sys
 
@@ -32,7 +34,7 @@ COMMANDS = {
     "serve": ("edgetl.serve", "serve the web app and a bundle on localhost"),
     "demo": ("edgetl.demo", "run the whole job on the bundled sample data set"),
 }
-# Commands that load TensorFlow: it is imported up front for them, quietly.
+# Commands that load TensorFlow: their stderr goes through StderrFilter.
 TF_COMMANDS = {"train", "export", "verify", "demo"}
 
 
@@ -73,44 +75,87 @@ def build_parser(command: str | None) -> argparse.ArgumentParser:
     return parser
 
 
-def quiet_tensorflow() -> None:
-    """Set TensorFlow's log level (unless the user did) and import it with fd 2 silenced: its
-    C++ start-up lines are written before any Python setting can apply. What an import error
-    wrote is replayed."""
-    user_level = "TF_CPP_MIN_LOG_LEVEL" in os.environ
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
-    if user_level or "tensorflow" in sys.modules:
-        return
-    import tempfile
+# Lines TensorFlow, XLA, absl and the TFLite converter write to fd 2 that tell a user nothing:
+# C++ INFO/WARNING records, the known start-up errors of CUDA plugin registration on a machine
+# without a GPU, absl's pre-init notice and the int8 calibrator's settings line.
+NOISE = re.compile(
+    r"^(?:"
+    r"[IW]\d{4} \d\d:\d\d:[\d.]+\s+\d+ [\w./-]+:\d+\] .*"
+    r"|E\d{4} \d\d:\d\d:[\d.]+\s+\d+ [\w./-]+:\d+\] (?:Unable to register|failed call to cuInit).*"
+    r"|\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: [IW] .*"
+    r"|\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: E \S+\] (?:Unable to register|failed call to cuInit).*"
+    r"|WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
+    r"|fully_quantize: \d+, inference_type: .*"
+    r")$"
+)
+# A line that may still turn out to be noise is held until it ends; anything else (our words,
+# progress bars on a terminal) passes at once.
+_MAYBE_NOISE = re.compile(r"^(?:[IWE]\d|\d{4}-|WARNING: All|fully_q)")
 
-    try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError):
-        return
-    with tempfile.TemporaryFile() as capture:
-        os.dup2(capture.fileno(), 2)
+
+class StderrFilter:
+    """While active, fd 2 goes through a pipe and a thread that drops NOISE lines and passes the
+    rest on. Works for C++ libraries and child processes as well as Python. Off when the user
+    set TF_CPP_MIN_LOG_LEVEL (they asked for TensorFlow's logs)."""
+
+    def __init__(self) -> None:
+        self.saved: int | None = None
+        self.thread = None
+
+    def __enter__(self):
+        from edgetl import USER_TF_LOG_LEVEL, data
+
+        data.STDERR_IS_TTY = data.show_progress()  # decided on the real stderr, not the pipe
+        if USER_TF_LOG_LEVEL:
+            return self
         try:
-            import tensorflow  # noqa: F401
-        except BaseException:
-            os.dup2(saved, 2)
-            capture.seek(0)
-            sys.stderr.write(capture.read().decode(errors="replace"))
-            raise
+            sys.stderr.flush()
+            self.saved = os.dup(2)
+            r, w = os.pipe()
+            os.dup2(w, 2)
+            os.close(w)
+        except (OSError, ValueError, AttributeError):
+            self.saved = None
+            return self
+        import threading
+
+        self.thread = threading.Thread(target=self._pump, args=(r, self.saved), daemon=True)
+        self.thread.start()
+        return self
+
+    @staticmethod
+    def _pump(r: int, out: int) -> None:
+        buf = b""
+        try:
+            while True:
+                chunk = os.read(r, 65536)
+                if not chunk:
+                    break
+                buf += chunk
+                *lines, buf = buf.split(b"\n")
+                keep = [ln + b"\n" for ln in lines if not NOISE.match(ln.decode(errors="replace"))]
+                if buf and not _MAYBE_NOISE.match(buf.decode(errors="replace")):
+                    keep.append(buf)
+                    buf = b""
+                if keep:
+                    os.write(out, b"".join(keep))
+            if buf and not NOISE.match(buf.decode(errors="replace")):
+                os.write(out, buf)
+        except OSError:
+            pass
         finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-    import logging
+            os.close(r)
 
-    for name in ("tensorflow", "absl", "tf2onnx", "h5py"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    try:
-        from absl import logging as absl_logging
-
-        absl_logging.set_verbosity(absl_logging.ERROR)
-    except ImportError:
-        pass
+    def __exit__(self, *exc) -> None:
+        if self.saved is None:
+            return
+        with contextlib.suppress(OSError, ValueError):
+            sys.stderr.flush()
+        os.dup2(self.saved, 2)  # closes the pipe's last write end held by this process
+        if self.thread is not None:
+            self.thread.join(timeout=5)
+        os.close(self.saved)
+        self.saved = None
 
 
 def _raise_terminated(signum, _frame):
@@ -140,9 +185,10 @@ def main(argv: list[str] | None = None) -> int:
         for sig in (signal.SIGTERM, signal.SIGHUP):
             handlers[sig] = signal.signal(sig, _raise_terminated)
     try:
-        if args.command in TF_COMMANDS:
-            quiet_tensorflow()
-        return int(importlib.import_module(COMMANDS[args.command][0]).run(args) or 0)
+        if args.command not in TF_COMMANDS:
+            return int(importlib.import_module(COMMANDS[args.command][0]).run(args) or 0)
+        with StderrFilter():
+            return int(importlib.import_module(COMMANDS[args.command][0]).run(args) or 0)
     except (UserError, BundleError, UnknownNameError, BackboneConfigError) as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2

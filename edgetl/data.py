@@ -234,10 +234,15 @@ def load_images(paths: list[Path], height: int, width: int, progress: bool = Fal
     return out
 
 
+STDERR_IS_TTY: bool | None = None  # set by the CLI before it routes stderr through a filter
+
+
 def show_progress() -> bool:
     """Progress bars only on a terminal: in a log file they are hundreds of \\r frames."""
     import sys
 
+    if STDERR_IS_TTY is not None:
+        return STDERR_IS_TTY
     try:
         return sys.stderr.isatty()
     except (AttributeError, ValueError):

@@ -72,7 +72,23 @@ def check_out_dir(
                 f"{out} already exists and is not empty; choose another {flag} or pass --force "
                 "to replace it"
             )
+    check_writable(out)
     return target
+
+
+def check_writable(out: Path) -> None:
+    """Refuse, before any work, an --out whose nearest existing folder cannot take a new entry
+    (read-only file system, immutable folder, no permission). Leaves nothing behind."""
+    p = Path(os.path.abspath(Path(out).expanduser())).parent
+    while not p.exists():
+        p = p.parent
+    if not p.is_dir():
+        raise UserError(f"cannot write {out}: {p} is a file, not a folder")
+    try:
+        probe = tempfile.mkdtemp(prefix=".edgetl-write-test-", dir=p)
+        os.rmdir(probe)
+    except OSError as e:
+        raise _os_error(out, e) from None
 
 
 def _pid_alive(pid: int) -> bool:
@@ -177,6 +193,9 @@ class Staging:
                 )
             )
             (self.tmp / MARKER).write_text(f"{os.getpid()} {socket.gethostname()}\n")
+            umask = os.umask(0)
+            os.umask(umask)
+            self.tmp.chmod(0o777 & ~umask)  # mkdtemp makes it 0700; the output is a normal folder
             if self.capture_tempfiles:
                 (self.tmp / TMP_SUBDIR).mkdir()
         except OSError as e:
