@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -261,7 +262,7 @@ def train(
     bb, alpha, size = resolve(config.backbone, config.alpha, config.size)  # refuse early
     run_dir = Path(run_dir)
     check_out_dir(run_dir, force=overwrite, data_dirs={"data folder": Path(data_dir)})
-    check_weights_file(config.weights)
+    check_weights_file(config.weights, bb.name, alpha)
     folder = scan_image_folder(data_dir)
     for path, why in folder.skipped:
         print(f"  skipped {path}: {why}")
@@ -276,7 +277,15 @@ def train(
 
     keras.utils.set_random_seed(config.seed)
     try:
-        features = build_backbone(bb.name, alpha, size, config.weights)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            features = build_backbone(bb.name, alpha, size, config.weights)
+        partial = [w for w in caught if "freshly-initialized" in str(w.message)]
+        for w in caught:
+            if w not in partial:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        if partial:  # Keras loaded only some layers: the rest would stay random, silently
+            raise ValueError(f"{len(partial)} layer group(s) found no weights in the file")
     except (UserError, BackboneConfigError):
         raise
     except Exception as e:
@@ -634,12 +643,12 @@ def run(args: argparse.Namespace) -> int:
     from edgetl.weightsfile import check_weights_file
 
     config = config_from_args(args)
-    resolve(config.backbone, config.alpha, config.size)
+    bb, alpha, _ = resolve(config.backbone, config.alpha, config.size)
     # The cheap refusals first, before TensorFlow is imported.
     if not args.data_dir.is_dir():
         raise UserError(f"data folder {str(args.data_dir)!r} does not exist or is not a folder")
     check_out_dir(args.out, force=args.force, data_dirs={"data folder": args.data_dir})
-    check_weights_file(config.weights)
+    check_weights_file(config.weights, bb.name, alpha)
     result = train(args.data_dir, args.out, config, progress=True, overwrite=args.force)
     m = result.metrics
     print(f"\n{m['split']} accuracy: {m['accuracy']:.3f} on {m['count']} images")

@@ -35,8 +35,9 @@ def _is_file_weights(weights) -> bool:
     return weights is not None and str(weights).lower() not in ("", "none", "imagenet")
 
 
-def check_weights_file(weights) -> None:
-    """A local weights file must exist and be a readable HDF5 file (Keras' weights format)."""
+def check_weights_file(weights, backbone: str | None = None, alpha: float | None = None) -> None:
+    """A local weights file must exist and be a readable HDF5 file (Keras' weights format);
+    with backbone/alpha, a file recognised as another backbone's is refused before building."""
     if not _is_file_weights(weights):
         return
     p = Path(weights).expanduser()
@@ -57,6 +58,14 @@ def check_weights_file(weights) -> None:
             f"--weights {weights}: not a readable Keras weights file (HDF5): the file is "
             f"corrupt, truncated or of another format ({str(e).splitlines()[0][:200]})"
         ) from None
+    if backbone is not None and alpha is not None:
+        want = f"{backbone} alpha {float(alpha):g}"
+        found = identify(p)
+        if found and want not in found:
+            raise UserError(
+                f"--weights {weights}: these weights are for {' or '.join(found)}, not {want}. "
+                "Pass the matching --backbone/--alpha, or weights made for this backbone."
+            )
 
 
 def fingerprint(path: Path) -> tuple[int, int]:
