@@ -43,7 +43,7 @@ def check_weights_file(weights, backbone: str | None = None, alpha: float | None
     p = Path(weights).expanduser()
     if not p.exists():
         raise UserError(
-            f"--weights {weights}: no such file; use 'imagenet', 'none' or a path to a "
+            f"--weights {weights}: the file does not exist; use 'imagenet', 'none' or a path to a "
             ".h5 / .weights.h5 file"
         )
     if not p.is_file():
