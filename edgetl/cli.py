@@ -162,6 +162,28 @@ def _raise_terminated(signum, _frame):
     raise Terminated(signum)
 
 
+def _redeliver_swallowed_interrupts(previous):
+    """A signal's exception raised inside a __del__ or a callback is swallowed by Python
+    ("Exception ignored in ...") and the work would go on; send the signal again instead, so it
+    lands in ordinary code and the run stops (and cleans up) as asked."""
+
+    import threading
+
+    def hook(unraisable) -> None:
+        exc = unraisable.exc_value
+        if isinstance(exc, KeyboardInterrupt):
+            signum = exc.signum if isinstance(exc, Terminated) else signal.SIGINT
+            # From another thread, a moment later: not inside this hook, where it would be
+            # swallowed again.
+            timer = threading.Timer(0.05, os.kill, (os.getpid(), signum))
+            timer.daemon = True
+            timer.start()
+        else:
+            previous(unraisable)
+
+    return hook
+
+
 def main(argv: list[str] | None = None) -> int:
     from edgetl.argtypes import join_negative_lists
 
@@ -181,9 +203,11 @@ def main(argv: list[str] | None = None) -> int:
 
     prog = f"edgetl {args.command}"
     handlers = {}
+    previous_hook = sys.unraisablehook
     if threading_main():
         for sig in (signal.SIGTERM, signal.SIGHUP):
             handlers[sig] = signal.signal(sig, _raise_terminated)
+        sys.unraisablehook = _redeliver_swallowed_interrupts(previous_hook)
     try:
         if args.command not in TF_COMMANDS:
             return int(importlib.import_module(COMMANDS[args.command][0]).run(args) or 0)
@@ -205,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for sig, old in handlers.items():
             signal.signal(sig, old)
+        sys.unraisablehook = previous_hook
 
 
 def threading_main() -> bool:

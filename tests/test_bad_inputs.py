@@ -610,12 +610,14 @@ def test_killed_exports_leave_nothing_and_next_export_sweeps(tmp_path, small_mod
     env.pop("TF_CPP_MIN_LOG_LEVEL", None)
     out = tmp_path / "bundles" / "b"
     out.parent.mkdir()
+    # Several TFLite variants keep the process busy converting long enough to be killed in it.
     args = [small_model, "--out", out, "--labels", "a,b,c", "--formats", "onnx,tflite"]
+    busy = ["--quantize", "float16,dynamic"]
 
     # SIGTERM while converting: handled like Ctrl-C, everything removed at once.
-    p = _export_proc(args, env)
+    p = _export_proc([*args, *busy], env)
     _wait_for(p, "exporting tflite")
-    time.sleep(1.0)
+    time.sleep(0.5)
     p.send_signal(signal.SIGTERM)
     _, err = p.communicate(timeout=120)
     assert p.returncode == 128 + signal.SIGTERM, err
@@ -625,7 +627,7 @@ def test_killed_exports_leave_nothing_and_next_export_sweeps(tmp_path, small_mod
 
     # kill -9 at two points: the partial folder stays (nothing can run), the next run sweeps it.
     for point, delay in (("exporting onnx", 0.0), ("exporting tflite", 0.3)):
-        p = _export_proc(args, env)
+        p = _export_proc([*args, *busy], env)
         _wait_for(p, point)
         time.sleep(delay)
         p.kill()
