@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import shutil
 import sys
-import tempfile
 from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
@@ -26,7 +24,8 @@ from edgetl.manifest import (
     sha256_file,
     write_probes,
 )
-from edgetl.probes import make_probes
+from edgetl.outdir import Staging, check_out_dir
+from edgetl.probes import PROBE_SEED, make_probes
 
 SOURCE_MODEL = "source/model.keras"
 MAX_CALIBRATION_IMAGES = 100
@@ -87,14 +86,14 @@ def export_bundle(
             f"{len(labels)} labels for a model with {model.outputs[0].shape[-1]} outputs"
         )
     out_dir = Path(out_dir)
-    if out_dir.exists() and not overwrite and (out_dir.is_file() or any(out_dir.iterdir())):
-        raise UserError(
-            f"{out_dir} already exists and is not empty; choose another --out or pass "
-            "--force to replace it"
-        )
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
-    try:
+    check_out_dir(
+        out_dir,
+        force=overwrite,
+        reads={"source model": Path(source_path)} if source_path else None,
+    )
+    check_outputs_finite(model, contract)
+    staging = Staging(out_dir, log=log)
+    with staging as tmp:
         manifest = _write_bundle(
             model,
             tmp,
@@ -114,22 +113,27 @@ def export_bundle(
             tfjs_graph=tfjs_graph,
             log=log,
         )
-        _replace_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        staging.commit()  # rename into place (an old bundle is moved aside, removed after)
     return manifest
 
 
-def _replace_dir(new: Path, target: Path) -> None:
-    """Rename `new` onto `target`; an old bundle is moved aside first and removed only after."""
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{new.name[-8:]}")
-        target.rename(old)
-    new.rename(target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
+def check_outputs_finite(model, contract: InputContract) -> None:
+    """Refuse a model whose outputs are NaN/Inf on ordinary inputs (a diverged training run):
+    its golden probes would be NaN and every artifact would 'agree' with nothing."""
+    lo, hi = contract.value_range
+    x = np.stack(
+        [
+            np.full((contract.height, contract.width, 3), (lo + hi) / 2, np.float32),
+            np.random.default_rng(PROBE_SEED).uniform(lo, hi, (contract.height, contract.width, 3)),
+        ]
+    ).astype(np.float32)
+    y = np.asarray(model.predict(x, verbose=0))
+    if not np.all(np.isfinite(y)):
+        raise UserError(
+            "the model outputs NaN or Inf on plain inputs (its weights hold NaN/Inf, e.g. from a "
+            "training run that diverged); nothing was exported. Retrain with a lower learning "
+            "rate."
+        )
 
 
 def _write_bundle(
@@ -316,14 +320,21 @@ def images_in_range(images: np.ndarray, contract: InputContract) -> np.ndarray:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from edgetl.argtypes import add_number
     from edgetl.converters import FORMATS, QUANTIZATIONS
 
     p.add_argument("model", help="an edgetl run directory, or a Keras .keras / .h5 classifier")
-    p.add_argument("--out", required=True, type=Path, help="bundle directory to create")
+    p.add_argument(
+        "--out",
+        required=True,
+        type=Path,
+        help="bundle directory to create (refused if it exists and is not empty, unless "
+        "--force; never the source run or a data folder)",
+    )
     p.add_argument(
         "--formats",
         default=",".join(FORMATS.names()),
-        help=f"comma-separated formats (default: all): {', '.join(FORMATS.names())}",
+        help=f"comma-separated formats: {', '.join(FORMATS.names())}",
     )
     p.add_argument(
         "--quantize",
@@ -334,7 +345,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--calibration",
         type=Path,
-        help="image folder (one sub-folder per class) for int8 calibration and probes; "
+        help="image folder for int8 calibration and probes (any folder of images; its "
+        "sub-folder names are used as labels only where they match the model's); "
         "default: the training data recorded with a run directory",
     )
     p.add_argument("--labels", help="labels file (.json list or one per line) or a,b,c list")
@@ -343,7 +355,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="value range the model input expects, e.g. 0,255 "
         "(default, preprocessing inside the model) or -1,1",
     )
-    p.add_argument("--opset", type=int, help="ONNX opset (13..18, default 15)")
+    add_number(p, "--opset", kind=int, lo=13, hi=18, help="ONNX opset (default 15)")
     p.add_argument("--nchw", action="store_true", help="ONNX input as NCHW instead of NHWC")
     p.add_argument(
         "--int8-io",
@@ -353,6 +365,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--tfjs-graph", action="store_true", help="also write a TF.js graph model (inference only)"
+    )
+    p.add_argument(
+        "--add-softmax",
+        action="store_true",
+        help="the model outputs logits (a linear last layer): append a Softmax layer so the "
+        "bundle outputs probabilities",
     )
     p.add_argument("--force", action="store_true", help="replace an existing bundle directory")
 
@@ -372,14 +390,25 @@ def run(args: argparse.Namespace) -> int:
             )
     if args.calibration is not None and not args.calibration.is_dir():
         raise UserError(f"--calibration {args.calibration}: not a directory")
+    if quantizations and "tflite" not in formats:
+        raise UserError("--quantize applies to TFLite; add tflite to --formats")
+    given_labels = parse_labels(args.labels) if args.labels else None
+    input_range = parse_range(args.input_range) if args.input_range else None
+    model_path = Path(args.model)
+    if not model_path.exists():
+        raise UserError(f"model not found: {model_path}")
+    reads = {"source model": model_path}
+    data_dirs = {"calibration folder": args.calibration} if args.calibration else {}
+    check_out_dir(args.out, force=args.force, reads=reads, data_dirs=data_dirs)  # before any work
     loaded = load_model_source(
-        args.model,
-        labels=parse_labels(args.labels) if args.labels else None,
-        input_range=parse_range(args.input_range) if args.input_range else None,
+        args.model, labels=given_labels, input_range=input_range, add_softmax=args.add_softmax
     )
     for note in loaded.notes:
         print(f"note: {note}")
     data_dir = args.calibration or loaded.data_dir
+    if data_dir is not None:
+        data_dirs["training data"] = data_dir
+    check_out_dir(args.out, force=args.force, reads=reads, data_dirs=data_dirs)
     images = labels = names = None
     if data_dir is not None:
         images, labels, names = sample_images(data_dir, loaded.contract, loaded.labels)
@@ -416,10 +445,11 @@ def sample_images(
     limit: int = MAX_CALIBRATION_IMAGES,
 ):
     """Up to `limit` images from a class folder, interleaved across classes (so the first few,
-    used as probes, cover every class); labels mapped to the model's when names match."""
+    used as probes, cover every class); labels mapped to the model's when names match (None
+    where they do not). A folder of images without sub-folders counts as one class."""
     from edgetl.data import load_images, scan_image_folder
 
-    folder = scan_image_folder(data_dir, min_classes=1)
+    folder = scan_image_folder(data_dir, min_classes=1, allow_flat=True)
     by_class = [list(np.flatnonzero(folder.labels == c)) for c in range(len(folder.classes))]
     picked: list[int] = []
     while len(picked) < limit and any(by_class):
@@ -432,5 +462,5 @@ def sample_images(
     )
     index = {name: i for i, name in enumerate(model_labels)}
     labels = [index.get(folder.classes[folder.labels[i]]) for i in picked]
-    names = [f"image:{Path(p).relative_to(data_dir).as_posix()}" for p in paths]
+    names = [f"image:{Path(p).relative_to(folder.root).as_posix()}" for p in paths]
     return images, labels, names

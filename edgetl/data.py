@@ -9,6 +9,7 @@ the browser feed the model the same pixels.
 from __future__ import annotations
 
 import hashlib
+import os
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,19 +39,41 @@ def _class_sort_key(name: str) -> str:
 
 
 def scan_image_folder(
-    root: str | Path, *, check_decodable: bool = True, min_classes: int = 2
+    root: str | Path,
+    *,
+    check_decodable: bool = True,
+    min_classes: int = 2,
+    allow_flat: bool = False,
 ) -> ImageFolder:
     """List images per class; refuse empty classes and single-class folders with a clear message.
 
     Non-image files and images that do not decode (corrupt, truncated) are skipped and listed.
+    Only regular files are read (a FIFO or device named x.png would block or never end), and
+    symbolic links are not followed, in either direction: a link out of the folder reads
+    what the user did not give, a link back into it duplicates images or whole classes. Both are
+    skipped and listed. allow_flat: a folder of images without sub-folders is one class ("").
     """
     root = Path(root).expanduser()
     if not root.is_dir():
         raise UserError(f"data folder {str(root)!r} does not exist or is not a folder")
-    class_dirs = sorted(
-        (p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")),
-        key=lambda p: _class_sort_key(p.name),
-    )
+    skipped: list[tuple[Path, str]] = []
+    class_dirs = []
+    try:
+        entries = sorted(root.iterdir(), key=lambda p: _class_sort_key(p.name))
+    except OSError as e:
+        raise UserError(f"cannot read data folder {root}: {e.strerror or e}") from None
+    for p in entries:
+        if p.name.startswith("."):
+            continue
+        if p.is_symlink():
+            if p.is_dir():
+                skipped.append((p, "symbolic link to a folder (not followed)"))
+            continue  # linked files at the top level are neither classes nor images of one
+        if p.is_dir():
+            class_dirs.append(p)
+    flat = False
+    if not class_dirs and allow_flat:
+        class_dirs, flat = [root], True
     if len(class_dirs) < min_classes:
         found = ", ".join(p.name for p in class_dirs) or "none"
         raise UserError(
@@ -59,13 +82,10 @@ def scan_image_folder(
         )
     files: list[Path] = []
     labels: list[int] = []
-    skipped: list[tuple[Path, str]] = []
     empty: list[str] = []
     for idx, d in enumerate(class_dirs):
         n_before = len(files)
-        for p in sorted(d.rglob("*"), key=lambda p: str(p)):
-            if p.is_dir() or p.name.startswith("."):
-                continue
+        for p in _walk_files(d, skipped, recursive=not flat):
             if p.suffix.lower() not in IMAGE_SUFFIXES:
                 skipped.append((p, "not an image file"))
                 continue
@@ -85,11 +105,38 @@ def scan_image_folder(
         )
     return ImageFolder(
         root,
-        [_class_sort_key(d.name) for d in class_dirs],
+        [""] if flat else [_class_sort_key(d.name) for d in class_dirs],
         files,
         np.asarray(labels, dtype=np.int64),
         skipped,
     )
+
+
+def _walk_files(top: Path, skipped: list[tuple[Path, str]], recursive: bool = True) -> list[Path]:
+    """Regular files under `top` (sorted, hidden names left out), without following links."""
+    out: list[Path] = []
+    stack = [top]
+    while stack:
+        d = stack.pop()
+        try:
+            entries = list(os.scandir(d))
+        except OSError as e:
+            skipped.append((d, f"unreadable folder ({e.strerror or e})"))
+            continue
+        for e in entries:
+            if e.name.startswith("."):
+                continue
+            p = Path(e.path)
+            if e.is_symlink():
+                skipped.append((p, "symbolic link (not followed)"))
+            elif e.is_dir(follow_symlinks=False):
+                if recursive:
+                    stack.append(p)
+            elif e.is_file(follow_symlinks=False):
+                out.append(p)
+            else:
+                skipped.append((p, "not a regular file (FIFO, socket or device)"))
+    return sorted(out, key=lambda p: str(p))
 
 
 def _skipped_hint(skipped: list[tuple[Path, str]]) -> str:
@@ -110,17 +157,41 @@ def _decode_problem(path: Path) -> str | None:
 
 
 def read_rgb(path: Path) -> np.ndarray:
-    """Decode any image (grayscale, RGBA, palette, 16-bit) to uint8 RGB (H, W, 3)."""
+    """Decode any image (grayscale, RGBA, palette, 16-bit) to uint8 RGB (H, W, 3).
+
+    16-bit and 32-bit images are scaled to 0..255 (65535 -> 255), not clipped: PIL's own
+    convert("RGB") clips an I;16 image, which turns most 16-bit photos almost white."""
     from PIL import Image, ImageOps
 
     with Image.open(path) as im:
         im = ImageOps.exif_transpose(im)
+        if im.mode.startswith("I") or im.mode == "F":
+            return _high_depth_to_rgb(im)
         if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
             # Composite on white: transparent pixels have arbitrary RGB otherwise.
             im = im.convert("RGBA")
             bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
             im = Image.alpha_composite(bg, im)
         return np.asarray(im.convert("RGB"), dtype=np.uint8)
+
+
+def _high_depth_to_rgb(im) -> np.ndarray:
+    """Grayscale I;16 / I (32-bit int) / F (float) -> uint8 RGB, scaled by the format's range."""
+    a = np.asarray(im)
+    if a.dtype.kind == "f":
+        a = a.astype(np.float64)
+        finite = a[np.isfinite(a)]
+        peak = float(finite.max()) if finite.size else 0.0
+        # Float images are 0..1 by convention; larger values are taken as 0..255 or 0..65535.
+        scale = 255.0 if peak <= 1.0 else (1.0 if peak <= 255.0 else 255.0 / 65535.0)
+        a = np.nan_to_num(a) * scale
+    elif im.mode.startswith("I;16") or a.dtype.itemsize == 2:
+        a = a.astype(np.float64) * (255.0 / 65535.0)
+    else:  # "I": 32-bit container; PNG/TIFF 16-bit data when values exceed 8 bits
+        a = a.astype(np.float64)
+        a = a * (255.0 / 65535.0) if a.max(initial=0) > 255 else a
+    g = np.clip(np.rint(a), 0, 255).astype(np.uint8)
+    return np.repeat(g[..., None], 3, axis=-1) if g.ndim == 2 else g[..., :3]
 
 
 def resize_bilinear(image: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -153,7 +224,7 @@ def load_image(path: Path, height: int, width: int) -> np.ndarray:
 
 def load_images(paths: list[Path], height: int, width: int, progress: bool = False) -> np.ndarray:
     it = paths
-    if progress and len(paths) > 50:
+    if progress and len(paths) > 50 and show_progress():
         from tqdm import tqdm
 
         it = tqdm(paths, desc="decoding images", unit="img", leave=False)
@@ -161,6 +232,21 @@ def load_images(paths: list[Path], height: int, width: int, progress: bool = Fal
     for i, p in enumerate(it):
         out[i] = load_image(p, height, width)
     return out
+
+
+STDERR_IS_TTY: bool | None = None  # set by the CLI before it routes stderr through a filter
+
+
+def show_progress() -> bool:
+    """Progress bars only on a terminal: in a log file they are hundreds of \\r frames."""
+    import sys
+
+    if STDERR_IS_TTY is not None:
+        return STDERR_IS_TTY
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
 
 
 def file_sha256(path: Path) -> str:

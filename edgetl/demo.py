@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     config = TrainConfig(
         backbone=bb.name, alpha=alpha, size=size, weights=weights, epochs=args.epochs
     )
-    result = train(data, run_dir, config)
+    result = train(data, run_dir, config, overwrite=True)  # a re-run replaces its run
     print(f"      validation accuracy {result.metrics['accuracy']:.3f}")
 
     bundle = out / "bundle"

@@ -87,7 +87,7 @@ class EmbeddingCache:
         """Embeddings for image files (decoded and resized exactly as at inference)."""
         import time
 
-        from edgetl.data import file_sha256, load_images
+        from edgetl.data import file_sha256, load_images, show_progress
 
         t0 = time.perf_counter()
         dim = int(self.model.output_shape[-1])
@@ -108,7 +108,7 @@ class EmbeddingCache:
             missing.append(i)
         if missing:
             bar = None
-            if progress and len(missing) > self.batch_size:
+            if progress and len(missing) > self.batch_size and show_progress():
                 from tqdm import tqdm
 
                 bar = tqdm(total=len(missing), desc="embedding images", unit="img", leave=False)

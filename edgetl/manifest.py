@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import numpy as np
 
@@ -32,6 +32,46 @@ PROBES_DIR = "probes"
 
 class BundleError(ValueError):
     """A bundle that is missing, malformed or tampered with."""
+
+
+def inside(bundle_dir: Path, rel: object, what: str) -> Path:
+    """The path `rel` names inside the bundle, refused (BundleError) unless it stays there: a
+    bundle is untrusted input, so absolute paths, `..` and symbolic links that lead out of the
+    folder are refused before anything is opened."""
+    if not isinstance(rel, str) or not rel:
+        raise BundleError(f"{what}: path must be a non-empty relative path, got {rel!r}")
+    if "\x00" in rel or "\\" in rel:
+        raise BundleError(f"{what}: path {rel!r} has a forbidden character")
+    pure = PurePosixPath(rel)
+    if pure.is_absolute() or PureWindowsPath(rel).drive or ".." in pure.parts:
+        raise BundleError(
+            f"{what}: path {rel!r} points outside the bundle (absolute or '..'); refused"
+        )
+    root = Path(bundle_dir).resolve()
+    full = root.joinpath(*pure.parts)
+    if not full.resolve().is_relative_to(root):
+        raise BundleError(
+            f"{what}: {rel!r} is a symbolic link that leads outside the bundle; refused"
+        )
+    return full
+
+
+def check_paths(bundle_dir: Path, manifest: Manifest) -> None:
+    """Every path the manifest names (artifacts, their files, probes, source model) must stay
+    inside the bundle; each artifact's main file must be one of its hashed files."""
+    for a in manifest.artifacts:
+        inside(bundle_dir, a.path, f"artifact {a.id}")
+        for f in a.files:
+            inside(bundle_dir, f.path, f"artifact {a.id}")
+        if a.path not in {f.path for f in a.files}:
+            raise BundleError(
+                f"artifact {a.id}: its path {a.path!r} is not among its hashed files; refused"
+            )
+    for key in ("inputs", "expected"):
+        inside(bundle_dir, manifest.probes.get(key), f"probes {key}")
+    src = (manifest.source_model or {}).get("file")
+    if src is not None:
+        inside(bundle_dir, src, "source model")
 
 
 def sha256_file(path: Path) -> str:
@@ -136,9 +176,12 @@ class Manifest:
         p = Path(bundle_dir) / MANIFEST_FILE
         if not p.is_file():
             raise BundleError(f"{bundle_dir}: not a bundle (no {MANIFEST_FILE})")
+        inside(bundle_dir, MANIFEST_FILE, "manifest")
         try:
             d = json.loads(p.read_text(encoding="utf-8"))
-            return cls(
+            if not isinstance(d.get("probes"), dict):
+                raise BundleError(f"{p}: malformed manifest (no probes record)")
+            manifest = cls(
                 name=d["name"],
                 labels=list(d["labels"]),
                 input=InputContract.from_dict(d["input"]),
@@ -150,8 +193,12 @@ class Manifest:
                 created=d.get("created", ""),
                 manifest_version=d.get("manifest_version", MANIFEST_VERSION),
             )
-        except (KeyError, TypeError, ValueError) as e:
+        except BundleError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise BundleError(f"{p}: malformed manifest ({type(e).__name__}: {e})") from None
+        check_paths(bundle_dir, manifest)
+        return manifest
 
 
 def record_files(bundle_dir: Path, rel_paths: list[str]) -> list[FileRecord]:
@@ -164,20 +211,25 @@ def check_integrity(
 ) -> None:
     """Refuse any artifact (or probe file) whose bytes differ from what the manifest recorded."""
     root = Path(bundle_dir)
+    check_paths(root, manifest)
     problems = []
     for a in manifest.artifacts:
         if artifact_ids is not None and a.id not in artifact_ids:
             continue
         for f in a.files:
-            p = root / f.path
+            p = inside(root, f.path, f"artifact {a.id}")
             if not p.is_file():
                 problems.append(f"{a.id}: {f.path} is missing")
             elif p.stat().st_size != f.size or sha256_file(p) != f.sha256:
                 problems.append(f"{a.id}: {f.path} does not match its sha256 in the manifest")
     for key in ("inputs", "expected"):
         rel = manifest.probes.get(key)
-        want = manifest.probes.get("sha256", {}).get(key)
-        if rel and want and (not (root / rel).is_file() or sha256_file(root / rel) != want):
+        want = (manifest.probes.get("sha256") or {}).get(key)
+        if not want:
+            problems.append(f"probes: no sha256 recorded for {rel}")
+            continue
+        p = inside(root, rel, f"probes {key}")
+        if not p.is_file() or sha256_file(p) != want:
             problems.append(f"probes: {rel} is missing or does not match its sha256")
     if problems:
         raise BundleError("bundle integrity check failed:\n  " + "\n  ".join(problems))
@@ -213,9 +265,13 @@ def read_probes(bundle_dir: Path, manifest: Manifest) -> ProbeSet:
     root = Path(bundle_dir)
     p = manifest.probes
     try:
-        inputs = np.fromfile(root / p["inputs"], dtype="<f4").reshape(p["input_shape"])
-        expected = np.fromfile(root / p["expected"], dtype="<f4").reshape(p["output_shape"])
-    except (OSError, ValueError, KeyError) as e:
+        inputs = np.fromfile(inside(root, p["inputs"], "probes inputs"), dtype="<f4")
+        inputs = inputs.reshape(p["input_shape"])
+        expected = np.fromfile(inside(root, p["expected"], "probes expected"), dtype="<f4")
+        expected = expected.reshape(p["output_shape"])
+    except BundleError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError) as e:
         raise BundleError(f"{bundle_dir}: unreadable golden probes ({e})") from None
     return ProbeSet(
         names=list(p["names"]),

@@ -42,12 +42,48 @@ def parse_range(text: str) -> tuple[float, float]:
 
 def parse_labels(text: str) -> list[str]:
     """A labels.json / labels.txt file (one per line) or a comma-separated list."""
-    p = Path(text)
+    p = Path(text).expanduser()
+    looks_like_file = p.suffix.lower() in (".json", ".txt") or "/" in text or "\\" in text
+    if p.exists() and not p.is_file():
+        raise UserError(f"--labels {text}: not a file")
     if p.is_file():
-        if p.suffix == ".json":
-            return load_labels(p)
-        return [line.strip() for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return [s.strip() for s in text.split(",") if s.strip()]
+        try:
+            if p.suffix.lower() == ".json":
+                labels = load_labels(p)
+            else:
+                text_lines = p.read_text(encoding="utf-8").splitlines()
+                labels = [line.strip() for line in text_lines if line.strip()]
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            raise UserError(f"--labels {text}: cannot read the labels file ({e})") from None
+    elif looks_like_file and "," not in text:
+        raise UserError(
+            f"--labels {text}: no such file; give a labels file (.json list or one name per "
+            "line) or the names themselves, comma-separated (a,b,c)"
+        )
+    else:
+        labels = [s.strip() for s in text.split(",") if s.strip()]
+    return check_labels(labels, f"--labels {text}")
+
+
+def check_labels(labels: list[str], where: str) -> list[str]:
+    """Refuse empty, blank or duplicate class names (two outputs with one name cannot be told
+    apart in a report, a browser or a confusion matrix)."""
+    if not labels:
+        raise UserError(f"{where}: no labels")
+    if any(not str(x).strip() for x in labels):
+        raise UserError(f"{where}: blank label names")
+    seen: dict[str, int] = {}
+    dups = []
+    for x in labels:
+        seen[x] = seen.get(x, 0) + 1
+        if seen[x] == 2:
+            dups.append(x)
+    if dups:
+        raise UserError(
+            f"{where}: duplicate label(s) {', '.join(repr(d) for d in dups)}; every class "
+            "needs its own name"
+        )
+    return labels
 
 
 def load_model_source(
@@ -55,6 +91,7 @@ def load_model_source(
     *,
     labels: list[str] | None = None,
     input_range: tuple[float, float] | None = None,
+    add_softmax: bool = False,
 ) -> LoadedModel:
     """Resolve `source` (run dir or model file), load it, and check it is an image classifier."""
     source = Path(source)
@@ -76,19 +113,30 @@ def load_model_source(
     side = model_path.parent
     model = _load_keras(model_path)
     notes: list[str] = []
+    model = check_classifier_output(model, model_path, add_softmax=add_softmax, notes=notes)
 
     shape = _input_shape(model, model_path)
     n_classes = _num_classes(model, model_path)
     if labels is None and (side / LABELS_FILE).is_file():
-        labels = load_labels(side / LABELS_FILE)
+        try:
+            labels = load_labels(side / LABELS_FILE)
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            raise UserError(f"{side / LABELS_FILE}: unreadable labels file ({e})") from None
+        check_labels(labels, str(side / LABELS_FILE))
     if labels is None:
         labels = [f"class_{i}" for i in range(n_classes)]
         notes.append(f"no {LABELS_FILE} beside the model and no --labels: using {labels[0]}..")
     if len(labels) != n_classes:
-        raise UserError(f"{len(labels)} labels given but the model outputs {n_classes} classes")
+        raise UserError(
+            f"{len(labels)} label(s) given ({', '.join(labels[:5])}"
+            f"{', ...' if len(labels) > 5 else ''}) but the model outputs {n_classes} classes"
+        )
 
     if (side / CONTRACT_FILE).is_file():
-        contract = InputContract.load(side / CONTRACT_FILE)
+        try:
+            contract = InputContract.load(side / CONTRACT_FILE)
+        except (OSError, ValueError, TypeError) as e:
+            raise UserError(f"{side / CONTRACT_FILE}: unreadable input contract ({e})") from None
         if input_range is not None:
             contract = InputContract.from_dict({**contract.to_dict(), "value_range": input_range})
     else:
@@ -108,7 +156,10 @@ def load_model_source(
     data_dir = None
     info = side / TRAIN_INFO_FILE
     if info.is_file():
-        recorded = json.loads(info.read_text(encoding="utf-8")).get("data_dir")
+        try:
+            recorded = json.loads(info.read_text(encoding="utf-8")).get("data_dir")
+        except (OSError, ValueError, AttributeError):
+            recorded = None
         if recorded and Path(recorded).is_dir():
             data_dir = Path(recorded)
     name = source.name if source.is_dir() else model_path.stem
@@ -207,3 +258,88 @@ def _num_classes(model, path: Path) -> int:
     if len(model.outputs) != 1 or len(model.outputs[0].shape) != 2:
         raise UserError(f"{path}: expected one output of shape (batch, classes)")
     return int(model.outputs[0].shape[-1])
+
+
+# Output activations that give one probability distribution per row.
+SOFTMAX = "softmax"
+
+
+def output_activation(model) -> str | None:
+    """The activation that produces the model's output, read from the layer graph: "softmax",
+    "linear", "sigmoid", ...; None when it cannot be told (a custom or functional op)."""
+    import keras
+
+    layer = model
+    for _ in range(100):  # descend into nested models
+        if not isinstance(layer, keras.Model) or not layer.outputs:
+            break
+        history = getattr(layer.outputs[0], "_keras_history", None)
+        if history is None:
+            return None
+        layer = history[0]
+    if isinstance(layer, keras.layers.Softmax):
+        return SOFTMAX
+    if isinstance(layer, keras.layers.Activation | keras.layers.Dense | keras.layers.Conv2D):
+        act = layer.get_config().get("activation")
+        if isinstance(act, dict):  # a serialized activation object
+            act = act.get("config", {}).get("name") or act.get("class_name")
+        return str(act).lower() if act else "linear"
+    return None
+
+
+def check_classifier_output(model, path: Path, *, add_softmax: bool = False, notes=None):
+    """edgetl bundles hold classifiers whose output is a probability distribution (softmax):
+    verify judges probabilities (top-1 agreement, tolerances on values in [0, 1]) and the web
+    app shows them. A regression or single-output model, a sigmoid (multi-label) model, or a
+    model that outputs logits is refused with the reason; logits can be turned into
+    probabilities with --add-softmax. Returns the model (wrapped when add_softmax)."""
+    import keras
+
+    if len(model.outputs) != 1 or len(model.outputs[0].shape) != 2:
+        raise UserError(f"{path}: expected one output of shape (batch, classes)")
+    n = model.outputs[0].shape[-1]
+    if n is None or int(n) < 2:
+        raise UserError(
+            f"{path}: the model has {n} output unit(s): a regression or single-sigmoid model, "
+            "not a classifier over >= 2 classes. edgetl exports softmax classifiers only "
+            "(verify compares class probabilities); give a binary model two softmax outputs."
+        )
+    act = output_activation(model)
+    if act is None:
+        act = _probe_activation(model)
+    if act == SOFTMAX:
+        if add_softmax:
+            raise UserError(f"{path}: the model already ends in softmax; drop --add-softmax")
+        return model
+    if act == "linear" and add_softmax:
+        inp = keras.Input(batch_shape=tuple(model.inputs[0].shape), name="image")
+        out = keras.layers.Softmax(name="probabilities")(model(inp))
+        wrapped = keras.Model(inp, out, name=model.name)
+        if notes is not None:
+            notes.append("--add-softmax: a Softmax layer was appended to the model's logits")
+        return wrapped
+    hint = (
+        " Its outputs look like logits: pass --add-softmax to append a Softmax layer."
+        if act == "linear"
+        else ""
+    )
+    raise UserError(
+        f"{path}: the model's output activation is {act!r}, not softmax. edgetl exports "
+        "classifiers that output class probabilities (one softmax over the classes): verify "
+        f"judges probabilities and the web app shows them.{hint}"
+    )
+
+
+def _probe_activation(model) -> str:
+    """When the graph does not say: run two inputs and look at the rows."""
+    import numpy as np
+
+    shape = [int(d) for d in model.inputs[0].shape[1:]]
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, (2, *shape)).astype(np.float32)
+    y = np.asarray(model.predict(x, verbose=0), dtype=np.float64)
+    if np.all(np.isfinite(y)) and np.all(y >= -1e-6) and np.allclose(y.sum(1), 1, atol=1e-3):
+        return SOFTMAX
+    if np.all(np.isfinite(y)) and np.all(y >= 0) and np.all(y <= 1):
+        return "sigmoid-like (each output in [0, 1], rows not summing to 1)"
+    return "unknown (outputs are not probabilities summing to 1)"

@@ -234,7 +234,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)"
     )
-    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    from edgetl.argtypes import add_number
+
+    add_number(
+        p, "--port", kind=int, lo=0, hi=65535, default=8000, help="port (0 picks a free one)"
+    )
     p.add_argument("--verbose", action="store_true", help="log every request")
 
 

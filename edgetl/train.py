@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -18,6 +19,12 @@ import numpy as np
 from edgetl.errors import UserError
 
 METRICS_FILE = "metrics.json"
+
+
+class TrainingDiverged(UserError):
+    """The loss became NaN or infinite: the run stops and writes no model."""
+
+
 CURVES_PNG = "training_curves.png"
 CONFUSION_PNG = "confusion_matrix.png"
 
@@ -149,6 +156,12 @@ def fit(
             correct += float((p.numpy().argmax(1) == y[idx].argmax(1)).sum())
         history["loss"].append(total_loss / len(x))
         history["accuracy"].append(correct / len(x))
+        if not np.isfinite(history["loss"][-1]):
+            raise TrainingDiverged(
+                f"training diverged: the {desc or 'training'} loss is {history['loss'][-1]} at "
+                f"epoch {epoch + 1} (learning rate {learning_rate:g}); nothing was written. "
+                "Try a lower learning rate (--lr, --fine-tune-lr)."
+            )
         line = f"loss {history['loss'][-1]:.4f}, accuracy {history['accuracy'][-1]:.4f}"
         if val is not None:
             vl, va = evaluate_split(*val)
@@ -219,8 +232,12 @@ def train(
     run_dir: str | Path,
     config: TrainConfig | None = None,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> TrainResult:
-    """The whole job: scan, split, embed (cached), train head, optional fine-tune, write RUN_DIR."""
+    """The whole job: scan, split, embed (cached), train head, optional fine-tune, write RUN_DIR.
+
+    RUN_DIR follows edgetl's one output rule (edgetl.outdir): refused if it exists and is not
+    empty unless `overwrite`, never inside the data folder, and written complete or not at all."""
     config = config or TrainConfig()
     import keras
 
@@ -236,16 +253,19 @@ def train(
     from edgetl.data import load_images, scan_image_folder, stratified_split
     from edgetl.embeddings import EmbeddingCache, default_cache_dir
     from edgetl.modelio import MODEL_FILE, TRAIN_INFO_FILE
-    from edgetl.models.base import build_backbone, resolve
+    from edgetl.models.base import BackboneConfigError, build_backbone, resolve
+    from edgetl.outdir import Staging, check_out_dir
+    from edgetl.weightsfile import check_weights_file, explain_weights_error
 
     timings: dict[str, float] = {}
     t_all = time.perf_counter()
     bb, alpha, size = resolve(config.backbone, config.alpha, config.size)  # refuse early
+    run_dir = Path(run_dir)
+    check_out_dir(run_dir, force=overwrite, data_dirs={"data folder": Path(data_dir)})
+    check_weights_file(config.weights, bb.name, alpha)
     folder = scan_image_folder(data_dir)
     for path, why in folder.skipped:
         print(f"  skipped {path}: {why}")
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     classes, labels = folder.classes, folder.labels
     n = len(classes)
     print(
@@ -256,7 +276,20 @@ def train(
     has_val = len(val_idx) > 0
 
     keras.utils.set_random_seed(config.seed)
-    features = build_backbone(bb.name, alpha, size, config.weights)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            features = build_backbone(bb.name, alpha, size, config.weights)
+        partial = [w for w in caught if "freshly-initialized" in str(w.message)]
+        for w in caught:
+            if w not in partial:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        if partial:  # Keras loaded only some layers: the rest would stay random, silently
+            raise ValueError(f"{len(partial)} layer group(s) found no weights in the file")
+    except (UserError, BackboneConfigError):
+        raise
+    except Exception as e:
+        raise UserError(explain_weights_error(config.weights, bb.name, alpha, e)) from None
     head_cfg = HeadConfig(config.hidden_units, config.dropout, config.seed)
     model = build_classifier(features, n, head_cfg)
     base = find_base(model)
@@ -382,24 +415,31 @@ def train(
     timings["total_s"] = time.perf_counter() - t_all
     metrics["timings"] = timings
 
-    model.save(run_dir / MODEL_FILE)
-    save_labels(run_dir / LABELS_FILE, classes)
-    InputContract(height=size, width=size, internal_preprocessing=bb.internal_preprocessing).save(
-        run_dir / CONTRACT_FILE
-    )
-    (run_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
-    info = {
-        "data_dir": str(Path(data_dir).resolve()),
-        "backbone": bb.name,
-        "alpha": alpha,
-        "size": size,
-        "config": asdict(config),
-        "embeddings": emb_stats,
-        "skipped": [[str(p), why] for p, why in folder.skipped],
-    }
-    (run_dir / TRAIN_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
-    plot_curves(history, run_dir / CURVES_PNG)
-    plot_confusion(metrics, run_dir / CONFUSION_PNG)
+    if not all(np.all(np.isfinite(w)) for w in model.get_weights()):
+        raise TrainingDiverged(
+            "training produced NaN/Inf weights; nothing was written. Try a lower learning rate."
+        )
+    staging = Staging(run_dir)
+    with staging as tmp:
+        model.save(tmp / MODEL_FILE)
+        save_labels(tmp / LABELS_FILE, classes)
+        InputContract(
+            height=size, width=size, internal_preprocessing=bb.internal_preprocessing
+        ).save(tmp / CONTRACT_FILE)
+        (tmp / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
+        info = {
+            "data_dir": str(Path(data_dir).resolve()),
+            "backbone": bb.name,
+            "alpha": alpha,
+            "size": size,
+            "config": asdict(config),
+            "embeddings": emb_stats,
+            "skipped": [[str(p), why] for p, why in folder.skipped],
+        }
+        (tmp / TRAIN_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+        plot_curves(history, tmp / CURVES_PNG)
+        plot_confusion(metrics, tmp / CONFUSION_PNG)
+        staging.commit()
     return TrainResult(
         run_dir=run_dir,
         labels=classes,
@@ -470,38 +510,80 @@ def plot_confusion(metrics: dict, path: Path) -> None:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from edgetl.argtypes import add_number
+
     d = TrainConfig()
     p.add_argument("data_dir", type=Path, help="folder with one sub-folder of images per class")
-    p.add_argument("--out", required=True, type=Path, help="run directory to write")
+    p.add_argument(
+        "--out",
+        required=True,
+        type=Path,
+        help="run directory to write (refused if it exists and is not empty, unless --force; "
+        "never inside the data folder)",
+    )
+    p.add_argument(
+        "--force", action="store_true", help="replace an existing, non-empty run directory"
+    )
     p.add_argument(
         "--backbone",
         default=d.backbone,
         help="mobilenet_v1, mobilenet_v2, mobilenet_v3_small, mobilenet_v3_large",
     )
-    p.add_argument("--alpha", type=float, help="width multiplier (default: the backbone's)")
-    p.add_argument("--size", type=int, help="input size in pixels (default: 224)")
+    add_number(
+        p,
+        "--alpha",
+        kind=float,
+        lo=0,
+        lo_open=True,
+        help="width multiplier (default: the backbone's)",
+    )
+    add_number(p, "--size", kind=int, lo=1, help="input size in pixels (default: the backbone's)")
     p.add_argument(
         "--weights",
         default=d.weights,
         help="'imagenet' (Keras download/cache), a local weights file, or 'none'",
     )
-    p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--lr", type=float, default=d.learning_rate, dest="learning_rate")
-    p.add_argument("--val-split", type=float, default=d.val_split)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--hidden-units", type=int, default=d.hidden_units)
-    p.add_argument("--dropout", type=float, default=d.dropout)
-    p.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
+    add_number(p, "--epochs", kind=int, lo=1, hi=100_000, default=d.epochs)
+    add_number(p, "--batch-size", kind=int, lo=1, hi=65_536, default=d.batch_size)
+    add_number(
+        p,
+        "--lr",
+        kind=float,
+        lo=0,
+        hi=10,
+        lo_open=True,
+        default=d.learning_rate,
+        dest="learning_rate",
+        help="learning rate of stage 1",
+    )
+    add_number(
+        p,
+        "--val-split",
+        kind=float,
+        lo=0,
+        hi=1,
+        hi_open=True,
+        default=d.val_split,
+        help="fraction of each class held out for validation",
+    )
+    add_number(p, "--seed", kind=int, lo=0, hi=2**32 - 1, default=d.seed)
+    add_number(p, "--hidden-units", kind=int, lo=1, hi=65_536, default=d.hidden_units)
+    add_number(p, "--dropout", kind=float, lo=0, hi=1, hi_open=True, default=d.dropout)
+    add_number(
+        p, "--label-smoothing", kind=float, lo=0, hi=1, hi_open=True, default=d.label_smoothing
+    )
     p.add_argument(
         "--no-class-weights",
         action="store_false",
         dest="class_weights",
         help="do not weight classes by inverse frequency",
     )
-    p.add_argument(
+    add_number(
+        p,
         "--patience",
-        type=int,
+        kind=int,
+        lo=0,
+        hi=100_000,
         default=d.patience,
         help="early stopping patience on validation loss (0: off)",
     )
@@ -511,16 +593,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="per-epoch augmentation (flip, rotation, zoom, contrast); needs full "
         "forward passes, so the embedding cache is not used",
     )
-    p.add_argument(
+    add_number(
+        p,
         "--fine-tune-layers",
-        type=float,
+        kind=float,
+        lo=0,
         default=0,
-        help="stage 2: unfreeze the top N backbone layers (or a fraction < 1)",
+        help="stage 2: unfreeze the top N backbone layers (or a fraction < 1; 0: no stage 2)",
     )
-    p.add_argument("--fine-tune-epochs", type=int, default=d.fine_tune_epochs)
-    p.add_argument(
+    add_number(p, "--fine-tune-epochs", kind=int, lo=1, hi=100_000, default=d.fine_tune_epochs)
+    add_number(
+        p,
         "--fine-tune-lr",
-        type=float,
+        kind=float,
+        lo=0,
+        hi=10,
+        lo_open=True,
         default=d.fine_tune_learning_rate,
         dest="fine_tune_learning_rate",
     )
@@ -550,8 +638,18 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def run(args: argparse.Namespace) -> int:
+    from edgetl.models.base import resolve
+    from edgetl.outdir import check_out_dir
+    from edgetl.weightsfile import check_weights_file
+
     config = config_from_args(args)
-    result = train(args.data_dir, args.out, config)
+    bb, alpha, _ = resolve(config.backbone, config.alpha, config.size)
+    # The cheap refusals first, before TensorFlow is imported.
+    if not args.data_dir.is_dir():
+        raise UserError(f"data folder {str(args.data_dir)!r} does not exist or is not a folder")
+    check_out_dir(args.out, force=args.force, data_dirs={"data folder": args.data_dir})
+    check_weights_file(config.weights, bb.name, alpha)
+    result = train(args.data_dir, args.out, config, progress=True, overwrite=args.force)
     m = result.metrics
     print(f"\n{m['split']} accuracy: {m['accuracy']:.3f} on {m['count']} images")
     for c, s in m["per_class"].items():

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -429,11 +430,80 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
+def check_output_files(args: argparse.Namespace) -> None:
+    """--json / --junit / --html: refuse, before any work, a path that cannot be written."""
+    seen: dict[Path, str] = {}
+    for flag in ("json", "junit", "html"):
+        path = getattr(args, flag, None)
+        if path is None:
+            continue
+        path = Path(path)
+        where = f"--{flag} {path}"
+        if path.is_dir():
+            raise UserError(
+                f"{where} is a folder; give a file name, e.g. {path / ('report.' + flag)}"
+            )
+        parent = path.parent
+        if not parent.is_dir():
+            raise UserError(
+                f"{where}: the folder {parent} does not exist; create it first or choose "
+                "another path"
+            )
+        if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+            raise UserError(f"{where}: {parent} is not writable")
+        key = Path(os.path.abspath(path))
+        if key in seen:
+            raise UserError(f"{where}: the same file as --{seen[key]}")
+        seen[key] = flag
+
+
+def check_source_model(bundle: Path, runtimes) -> None:
+    """Load the bundle's Keras source model before the run (it is cached for verify): a model
+    that Keras refuses (a Lambda layer, which would run code from the bundle; a corrupt file)
+    is one clear message instead of a failure deep in the comparison."""
+    from edgetl.manifest import BundleError
+
+    names = _split(runtimes)
+    if names is not None and KERAS not in names:
+        return
+    try:
+        from edgetl.runtimes.base import RUNTIMES, RuntimeUnavailable
+        from edgetl.runtimes.keras_runtime import source_model_path
+
+        rt = RUNTIMES.get(KERAS)
+    except Exception:  # no Keras runtime here: verify reports it
+        return
+    if rt.unavailable_reason() is not None:
+        return
+    try:
+        rt.load(source_model_path(bundle))
+    except (BundleError, RuntimeUnavailable):
+        raise
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        why = (
+            "it contains a Lambda layer (arbitrary Python code), which edgetl never runs"
+            if "lambda" in str(e).lower()
+            else f"{type(e).__name__}: {first}"
+        )
+        raise BundleError(f"{bundle}: the bundle's source model is refused: {why}") from None
+
+
 def run(args: argparse.Namespace) -> int:
     from edgetl import report
+    from edgetl.manifest import Manifest
 
     if not args.bundle.is_dir():
         raise UserError(f"{args.bundle}: no such bundle directory")
+    check_output_files(args)
+    if args.data is not None and not Path(args.data).is_dir():
+        raise UserError(f"--data {args.data}: not a folder")
+    manifest = Manifest.load(args.bundle)  # refuses paths that leave the bundle
+    ids = _split(args.artifacts)
+    for a in ids or []:
+        manifest.artifact(a)  # BundleError listing the bundle's ids
+    check_integrity(args.bundle, manifest, ids)
+    check_source_model(args.bundle, args.runtimes)
     result = verify(
         args.bundle,
         runtimes=args.runtimes,

@@ -98,8 +98,9 @@ def test_stratified_split_is_seeded_and_keeps_every_class():
 
 
 def test_cli_reports_bad_data_without_traceback(tmp_path, capsys):
-    _img(tmp_path / "only" / "a.png")
-    code = main(["train", str(tmp_path), "--out", str(tmp_path / "run"), "--weights", "none"])
+    _img(tmp_path / "data" / "only" / "a.png")
+    data, out = str(tmp_path / "data"), str(tmp_path / "run")  # --out inside data is refused
+    code = main(["train", data, "--out", out, "--weights", "none"])
     err = capsys.readouterr().err
     assert code == 2
     assert "at least 2 classes" in err and "Traceback" not in err

@@ -1,0 +1,258 @@
+"""One rule for every folder edgetl writes (`train --out`, `export --out`).
+
+* An existing, non-empty --out is refused unless --force; with --force it is replaced as a whole.
+* --out may not be, or contain, anything the command reads (the source run or model, a data or
+  calibration folder), and may not lie inside a data folder (the next run would read it).
+* The output is built in a hidden sibling `.NAME.partial-PID-XXXX` and renamed into place at
+  the end, so it appears complete or not at all. Temporary files of the libraries underneath
+  (SavedModels, converter scratch) go inside that partial folder, not into $TMPDIR.
+* A run that is killed (SIGKILL, power loss) leaves its partial folder behind; the next run for
+  the same --out removes partials whose process is gone (PID in the name, host in a marker).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import shutil
+import socket
+import tempfile
+import time
+from pathlib import Path
+
+from edgetl.errors import UserError
+
+MARKER = ".edgetl-partial"
+TMP_SUBDIR = ".tmp"
+# Partials of edgetl versions that did not record a PID: removed once this old.
+LEGACY_STALE_S = 3600
+
+
+def _resolve(p: Path) -> Path:
+    return Path(os.path.abspath(Path(p).expanduser())).resolve()
+
+
+def check_out_dir(
+    out: Path,
+    *,
+    force: bool,
+    reads: dict[str, Path] | None = None,
+    data_dirs: dict[str, Path] | None = None,
+    flag: str = "--out",
+) -> Path:
+    """Refuse an --out that would lose or corrupt something; returns the resolved path.
+
+    reads: what the command reads (label -> path); --out may not equal or contain any of them.
+    data_dirs: image folders; --out may not equal, contain or lie inside any of them."""
+    target = _resolve(out)
+    for label, path in {**(reads or {}), **(data_dirs or {})}.items():
+        src = _resolve(path)
+        if target == src or src.is_relative_to(target):
+            raise UserError(
+                f"{flag} {out} {'is' if target == src else 'contains'} the {label} ({path}); "
+                f"writing there would replace what this command reads. Choose another {flag}."
+            )
+    for label, path in (data_dirs or {}).items():
+        src = _resolve(path)
+        if target.is_relative_to(src):
+            raise UserError(
+                f"{flag} {out} is inside the {label} ({path}): the next run would read the "
+                f"output as data. Choose an {flag} outside it."
+            )
+    if out.exists() or out.is_symlink():
+        if not out.is_dir():
+            if not force:
+                raise UserError(
+                    f"{flag} {out} is an existing file, not a folder; choose another {flag} or "
+                    "pass --force to replace it"
+                )
+        elif any(out.iterdir()) and not force:
+            raise UserError(
+                f"{out} already exists and is not empty; choose another {flag} or pass --force "
+                "to replace it"
+            )
+    check_writable(out)
+    return target
+
+
+def check_writable(out: Path) -> None:
+    """Refuse, before any work, an --out whose nearest existing folder cannot take a new entry
+    (read-only file system, immutable folder, no permission). Leaves nothing behind."""
+    p = Path(os.path.abspath(Path(out).expanduser())).parent
+    while not p.exists():
+        p = p.parent
+    if not p.is_dir():
+        raise UserError(f"cannot write {out}: {p} is a file, not a folder")
+    try:
+        probe = tempfile.mkdtemp(prefix=".edgetl-write-test-", dir=p)
+        os.rmdir(probe)
+    except OSError as e:
+        raise _os_error(out, e) from None
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
+
+
+def _stale(entry: Path, pid: int | None) -> bool:
+    try:
+        host = (entry / MARKER).read_text().split()[1] if (entry / MARKER).is_file() else None
+    except (OSError, IndexError):
+        host = None
+    if pid is None:  # legacy name: only by age
+        try:
+            return time.time() - entry.stat().st_mtime > LEGACY_STALE_S
+        except OSError:
+            return False
+    if host is not None and host != socket.gethostname():
+        return False  # a shared folder: that process may be alive on another machine
+    return not _pid_alive(pid)
+
+
+def sweep_stale(out: Path, log=None) -> list[Path]:
+    """Remove `.NAME.partial-*` folders of dead edgetl processes next to `out`; restore a
+    `.NAME.old-*` (a replaced output whose replacement was cut short) when `out` is missing."""
+    out = Path(out)
+    parent = out.parent
+    if not parent.is_dir():
+        return []
+    pat = re.compile(rf"^\.{re.escape(out.name)}\.(partial|old)-(?:(\d+)-)?[^/]*$")
+    removed: list[Path] = []
+    try:
+        entries = sorted(parent.iterdir())
+    except OSError:
+        return []
+    for entry in entries:
+        m = pat.match(entry.name)
+        if not m or entry.is_symlink() or not entry.is_dir():
+            continue
+        pid = int(m.group(2)) if m.group(2) else None
+        if not _stale(entry, pid):
+            continue
+        if m.group(1) == "old" and not out.exists():
+            entry.rename(out)  # the previous output was moved aside and never replaced
+            if log:
+                log(f"restored {out} from an interrupted replacement ({entry.name})")
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+        removed.append(entry)
+        if log:
+            log(f"removed {entry}, left by an interrupted edgetl run (process {pid} is gone)")
+    return removed
+
+
+def _os_error(out: Path, e: OSError) -> UserError:
+    why = e.strerror or str(e)
+    hint = ""
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        hint = " (read-only, immutable or not yours); choose another --out"
+    elif e.errno == errno.ENOSPC:
+        hint = "; free some space or choose another --out"
+    return UserError(f"cannot write {out}: {why}: {e.filename or out}{hint}")
+
+
+class Staging:
+    """`with Staging(out) as tmp: ...write into tmp...; staging.commit()`.
+
+    On any exception (KeyboardInterrupt and SIGTERM included: the CLI turns SIGTERM into one)
+    the partial folder and any parent folders it created are removed; nothing is left behind.
+    With capture_tempfiles, Python's tempfile module writes into the partial folder meanwhile."""
+
+    def __init__(self, out: Path, *, capture_tempfiles: bool = True, log=None) -> None:
+        self.out = Path(out)
+        self.capture_tempfiles = capture_tempfiles
+        self.log = log
+        self.tmp: Path | None = None
+        self._created: list[Path] = []
+        self._saved_tempdir: str | None = None
+        self._committed = False
+
+    def __enter__(self) -> Path:
+        sweep_stale(self.out, self.log)
+        try:
+            missing = []
+            p = self.out.parent
+            while not p.exists():
+                missing.append(p)
+                p = p.parent
+            for d in reversed(missing):
+                d.mkdir()
+                self._created.append(d)
+            self.tmp = Path(
+                tempfile.mkdtemp(
+                    prefix=f".{self.out.name}.partial-{os.getpid()}-", dir=self.out.parent
+                )
+            )
+            (self.tmp / MARKER).write_text(f"{os.getpid()} {socket.gethostname()}\n")
+            umask = os.umask(0)
+            os.umask(umask)
+            self.tmp.chmod(0o777 & ~umask)  # mkdtemp makes it 0700; the output is a normal folder
+            if self.capture_tempfiles:
+                (self.tmp / TMP_SUBDIR).mkdir()
+        except OSError as e:
+            self._cleanup()
+            raise _os_error(self.out, e) from None
+        if self.capture_tempfiles:
+            self._saved_tempdir = tempfile.tempdir
+            tempfile.tempdir = str(self.tmp / TMP_SUBDIR)
+        return self.tmp
+
+    def commit(self) -> None:
+        assert self.tmp is not None
+        self._restore_tempdir()
+        shutil.rmtree(self.tmp / TMP_SUBDIR, ignore_errors=True)
+        (self.tmp / MARKER).unlink(missing_ok=True)
+        try:
+            replace_dir(self.tmp, self.out)
+        except OSError as e:
+            raise _os_error(self.out, e) from None
+        self._committed = True
+
+    def _restore_tempdir(self) -> None:
+        if self.capture_tempfiles and tempfile.tempdir == str(self.tmp / TMP_SUBDIR):
+            tempfile.tempdir = self._saved_tempdir
+
+    def _cleanup(self) -> None:
+        self._restore_tempdir()
+        if self.tmp is not None and not self._committed:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+        for d in reversed(self._created):
+            try:
+                d.rmdir()
+            except OSError:
+                break
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if not self._committed:
+            self._cleanup()
+        else:
+            self._restore_tempdir()
+
+
+def replace_dir(new: Path, target: Path) -> None:
+    """Rename `new` onto `target`; an old output is moved aside first and removed only after
+    (to `.NAME.old-PID-XXXX`, which sweep_stale restores if this is cut short)."""
+    old = None
+    if target.exists() or target.is_symlink():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}-{new.name[-8:]}")
+        target.rename(old)
+    try:
+        new.rename(target)
+    except BaseException:
+        if old is not None and not target.exists():
+            old.rename(target)
+        raise
+    if old is not None:
+        if old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink()
