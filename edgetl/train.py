@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -17,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from edgetl.errors import UserError
+from edgetl.probes import MIN_OUTPUT_SPREAD
 
 METRICS_FILE = "metrics.json"
 
@@ -412,6 +414,17 @@ def train(
     metrics["split"] = "validation" if has_val else "train (no validation split)"
     metrics["train_count"], metrics["val_count"] = len(train_idx), len(val_idx)
     metrics["history"] = history
+    # A model whose outputs do not depend on its input (a dead backbone: `--weights none` and a
+    # short run) trains "fine" and exports fine, but no parity check can see anything in it.
+    spread = float(probs.std(axis=0).max()) if len(probs) > 1 else 0.0
+    metrics["output_spread"] = spread
+    if spread < MIN_OUTPUT_SPREAD:
+        print(
+            f"warning: the model's outputs barely depend on its input (largest spread across "
+            f"{len(probs)} images {spread:.2g}): the backbone gives no usable features. Use "
+            "pretrained --weights (imagenet or a file); verify cannot prove parity on it.",
+            file=sys.stderr,
+        )
     timings["total_s"] = time.perf_counter() - t_all
     metrics["timings"] = timings
 

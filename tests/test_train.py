@@ -291,3 +291,22 @@ def test_keras2_h5_with_nested_mobilenet_is_accepted(tmp_path):
     loaded = load_model_source(tmp_path / "tfk.h5", labels=["a", "b"])
     y = loaded.model.predict(np.load(tmp_path / "x.npy"), verbose=0)
     np.testing.assert_allclose(y, np.load(tmp_path / "y.npy"), atol=1e-6)
+
+
+@pytest.mark.slow
+def test_train_warns_when_outputs_do_not_depend_on_the_input(
+    tmp_path, sample_data, cache_dir, monkeypatch, capsys
+):
+    """`--weights none` gives a dead backbone: the run finishes but says verify cannot prove
+    parity on such a model."""
+    import json
+
+    from edgetl.cli import main
+
+    monkeypatch.setenv("EDGETL_CACHE", str(cache_dir))
+    out = tmp_path / "dead"
+    args = ["train", str(sample_data), "--out", str(out), "--backbone", "mobilenet_v2"]
+    args += ["--alpha", "0.35", "--size", "96", "--weights", "none", "--epochs", "1"]
+    assert main(args) == 0
+    assert "outputs barely depend on its input" in capsys.readouterr().err
+    assert json.loads((out / "metrics.json").read_text())["output_spread"] < 1e-3
