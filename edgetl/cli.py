@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import logging
 import os
 import re
 import signal
@@ -86,11 +87,12 @@ NOISE = re.compile(
     r"|\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: E \S+\] (?:Unable to register|failed call to cuInit).*"
     r"|WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
     r"|fully_quantize: \d+, inference_type: .*"
+    r"|INFO: Created TensorFlow Lite XNNPACK delegate for CPU\."
     r")$"
 )
 # A line that may still turn out to be noise is held until it ends; anything else (our words,
 # progress bars on a terminal) passes at once.
-_MAYBE_NOISE = re.compile(r"^(?:[IWE]\d|\d{4}-|WARNING: All|fully_q)")
+_MAYBE_NOISE = re.compile(r"^(?:[IWE]\d|\d{4}-|WARNING: All|fully_q|INFO: Cr)")
 
 
 class StderrFilter:
@@ -211,6 +213,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command not in TF_COMMANDS:
             return int(importlib.import_module(COMMANDS[args.command][0]).run(args) or 0)
+        # TensorFlow's Python logger warns about tf.function retracing on every repeated
+        # predict(); edgetl's own messages say what matters.
+        logging.getLogger("tensorflow").setLevel(logging.ERROR)
         with StderrFilter():
             return int(importlib.import_module(COMMANDS[args.command][0]).run(args) or 0)
     except (UserError, BundleError, UnknownNameError, BackboneConfigError) as e:
