@@ -414,7 +414,7 @@ def _with_input_layers(model, new_layers: list) -> object:
                     hist[0], hist[1], hist[2] = dst, 0, 0
             for v in node.values():
                 retarget(v, src, dst)
-        elif isinstance(node, list):
+        elif isinstance(node, (list, tuple)):  # get_config gives args as a tuple
             for v in node:
                 retarget(v, src, dst)
 
@@ -454,7 +454,7 @@ def _with_bn_epsilon(model, factor: float):
                 node["config"]["epsilon"] = float(node["config"]["epsilon"]) * factor
             for v in node.values():
                 walk(v)
-        elif isinstance(node, list):
+        elif isinstance(node, (list, tuple)):  # get_config gives args as a tuple
             for v in node:
                 walk(v)
 
@@ -613,15 +613,30 @@ def _model_fault(build: Callable, detail: str):
     return run
 
 
-def _wrong_calibration(ctx: Context, records):
-    """int8 re-exported from the honest model, calibrated on uniform noise instead of images."""
-    m = ctx.manifest
-    lo, hi = m.input.value_range
-    rng = np.random.default_rng(0)
-    n = int(records[0].options.get("calibration_images", 24)) if records else 24
-    noise = rng.uniform(lo, hi, (min(n, 100), m.input.height, m.input.width, 3)).astype("f4")
-    reexport(ctx, records, ctx.model, calibration=_probe_calibration(noise))
-    return {r.id: f"int8 calibrated on {len(noise)} uniform-noise images" for r in records}
+def _calibrated_on(kind: str):
+    """int8 re-exported from the honest model, calibrated on the wrong data: "noise" (uniform
+    noise over the input range) or "unit" (the probes' real images scaled to 0..1, as when the
+    representative dataset is preprocessed differently from the contract)."""
+
+    def run(ctx: Context, records):
+        m = ctx.manifest
+        lo, hi = m.input.value_range
+        if kind == "noise":
+            rng = np.random.default_rng(0)
+            shape = (48, m.input.height, m.input.width, 3)
+            images = rng.uniform(lo, hi, shape).astype(np.float32)
+            what = f"{len(images)} uniform-noise images"
+        else:
+            probes = ctx.probes
+            real = [i for i, n in enumerate(probes.names) if n.startswith("image:")]
+            if not real:
+                raise NotApplicable("no real-image probes to calibrate on")
+            images = ((probes.inputs[real] - lo) / (hi - lo)).astype(np.float32)
+            what = f"{len(images)} real images scaled to 0..1 instead of {lo:g}..{hi:g}"
+        reexport(ctx, records, ctx.model, calibration=_probe_calibration(images))
+        return {r.id: f"int8 calibrated on {what}" for r in records}
+
+    return run
 
 
 def _antialias_inputs(ctx: Context, records):
@@ -722,9 +737,15 @@ CORRUPTIONS: list[Corruption] = [
         "inputs", ALL_FORMATS, ALL_PRECISIONS, True, _antialias_inputs,
     ),
     Corruption(
-        "int8_wrong_calibration",
-        "int8 calibrated on the wrong data: uniform noise instead of images",
-        "model", ("tflite",), ("int8",), False, _wrong_calibration,
+        "int8_calib_noise",
+        "int8 calibrated on the wrong data: uniform noise over the input range",
+        "model", ("tflite",), ("int8",), False, _calibrated_on("noise"),
+    ),
+    Corruption(
+        "int8_calib_0to1",
+        "int8 calibrated on the wrong data: real images scaled to 0..1 (representative dataset "
+        "preprocessed unlike the contract's 0..255)",
+        "model", ("tflite",), ("int8",), False, _calibrated_on("unit"),
     ),
 ]  # fmt: skip
 BY_NAME = {c.name: c for c in CORRUPTIONS}
