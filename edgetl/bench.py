@@ -576,6 +576,13 @@ def sweep_bundle(bundle: Path, refs: dict, runtimes: list[str]) -> list[tuple[st
                 out.append((rec.id, cond, _judge(rec, "litert", golden, y)))
                 if (threads, xnn, batch) == (2, True, len(x)):
                     default[rec.id] = (y, "litert")
+        elif rec.format == "tfjs_layers" and "tfjs-node-wasm" in runtimes:
+            from edgetl.runtimes.base import RUNTIMES, Artifact
+
+            rt = RUNTIMES.get("tfjs-node-wasm")
+            if rt.unavailable_reason() is None:
+                y = rt.run(Artifact(rec, bundle), x)["probabilities"]
+                default[rec.id] = (y, "tfjs-node-wasm")
     for (b, cond), ref in refs.items():
         if b != str(bundle):
             continue
