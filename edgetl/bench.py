@@ -496,7 +496,9 @@ def keras_references(bundles: list[Path], work: Path) -> dict[tuple[str, str], n
         out = work / f"keras_ref_onednn{onednn}.npz"
         env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": onednn, "TF_CPP_MIN_LOG_LEVEL": "3"}
         cmd = [sys.executable, "-c", _KERAS_REFERENCE, str(out), *map(str, bundles)]
-        subprocess.run(cmd, env=env, check=True, capture_output=True)
+        proc = subprocess.run(cmd, env=env, check=False, capture_output=True, text=True)
+        if proc.returncode:
+            raise RuntimeError(f"Keras reference (oneDNN={onednn}) failed:\n{proc.stderr[-2000:]}")
         data = np.load(out)
         for i, key in enumerate(data["keys"]):
             b, batch = str(key).rsplit("|", 1)
