@@ -704,7 +704,9 @@ CORRUPTIONS: list[Corruption] = [
     Corruption(
         "bn_epsilon_x100",
         "every BatchNormalization epsilon x100 (1e-3 -> 0.1): a converter using the wrong "
-        "epsilon; Keras clone with the changed epsilon, re-exported (ONNX/TFLite fold it)",
+        "epsilon. A Keras clone with the changed epsilon is re-exported: ONNX and TFLite fold BN "
+        "into the conv, so the file carries scale gamma/sqrt(var + eps') and bias beta - mean * "
+        "scale, what a converter misreading epsilon writes; TF.js keeps it in model.json",
         "model", ALL_FORMATS, F32, True, _model_fault(lambda m: _with_bn_epsilon(m, 100.0),
                                                       "all BN epsilon x100, re-exported"),
     ),
