@@ -394,7 +394,7 @@ def _cell(pair) -> str:
     if pair is None:
         return "-"
     if pair.status not in ("pass", "fail"):
-        return f"ERROR ({pair.reasons[0][:40]})" if pair.reasons else "ERROR"
+        return "ERROR (listed below)"
     err = pair.stats.max_abs if pair.stats is not None else float("nan")
     top1 = pair.stats.top1_agreement if pair.stats is not None else float("nan")
     return f"{'pass' if pair.passed else 'FAIL'} {err:.1e} t1 {top1:.0%}"
@@ -413,6 +413,7 @@ def detection_table(
     rows: list[list[str]] = []
     score: dict[str, list[int]] = {}
     missed: list[str] = []
+    errors: list[str] = []
     header: list[str] = []
     for name, weights in configs:
         alpha, size = SMALLEST[name]
@@ -441,12 +442,20 @@ def detection_table(
                 copy, runtimes=runtimes, artifacts=list(details), localize_failures=False
             )
             by = {(p.artifact, p.runtime): p for p in result.pairs}
+            down = {st.name: st.reason for st in result.runtimes if not st.available}
             cells = []
             for k in keys:
                 p = by.get(k)
                 cell = _cell(p).replace("FAIL", "caught").replace("pass", "MISSED")
                 cells.append(cell)
-                if p is None or not c.counted or k[0] not in FLOAT32_IDS:
+                if k[0] not in details:
+                    continue  # the corruption does not apply to this artifact
+                if p is None or p.status not in ("pass", "fail"):
+                    # No verdict from parity (runtime error or unavailable): not a detection.
+                    why = "; ".join(p.reasons) if p is not None else down.get(k[1], "no result")
+                    errors.append(f"{label}: {c.name} on {k[0]}@{k[1]}: {why[:300]}")
+                    continue
+                if not c.counted or k[0] not in FLOAT32_IDS:
                     continue
                 tally = score.setdefault(weights, [0, 0])
                 tally[1] += 1
@@ -465,6 +474,10 @@ def detection_table(
         "outputs, top-1 agreement (t1)\n"
         + _table([r + [""] * (len(header) - len(r)) for r in rows], header)
     )
+    if errors:
+        text += "\n\nNo verdict (runtime error or unavailable; not counted):\n  " + "\n  ".join(
+            errors
+        )
     return text, {w: (c, n) for w, (c, n) in score.items()}, missed
 
 
