@@ -10,16 +10,24 @@ process on the same data, and prints the ratio.
 * export: per backbone and artifact, file size, batch-1 latency in its own runtime, and the
           largest error against Keras on the golden probes.
 * verify: wall time of `edgetl verify` on a MobileNetV2 1.0/224 bundle with every format.
+* parity: detection power and false alarms of `edgetl verify`. Every corruption of
+          edgetl.corrupt applied to every artifact it applies to (each re-hashed), verified on
+          the real runtimes: caught or MISSED, with the error seen and the limit. Then honest
+          bundles under what other machines vary (threads, graph optimizations, XNNPACK,
+          oneDNN, batch size, seeds, sizes, random vs data-fitted weights, all 4 backbones):
+          the worst honest error per format and the false alarms (target 0).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import shutil
 import statistics
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -34,18 +42,23 @@ ALL_224 = [
 
 
 def _weights_for(
-    name: str, alpha: float, size: int, images: np.ndarray, work: Path
+    name: str, alpha: float, size: int, images: np.ndarray, work: Path, seed: int = 0
 ) -> tuple[str, str]:
     """ImageNet weights when Keras has them; else locally made ones (said in the table)."""
+    import contextlib
+    import io
+
     from edgetl.models.base import BackboneConfigError, build_backbone, make_local_weights
 
     try:
-        build_backbone(name, alpha, size, "imagenet")
+        with contextlib.redirect_stdout(io.StringIO()):  # keras' "Downloading data from ..."
+            build_backbone(name, alpha, size, "imagenet")
         return "imagenet", "imagenet"
     except BackboneConfigError:
-        path = work / f"{name}_{alpha}_{size}.weights.h5"
+        suffix = f"_seed{seed}" if seed else ""
+        path = work / f"{name}_{alpha}_{size}{suffix}.weights.h5"
         if not path.exists():
-            make_local_weights(name, alpha, size, images, path)
+            make_local_weights(name, alpha, size, images, path, seed=seed)
         return str(path), "local (ImageNet unavailable offline)"
 
 
@@ -292,15 +305,461 @@ def bench_verify(bundle: Path) -> str:
     )
 
 
+# ---------------------------------------------------------------- parity: detection power
+
+PARITY_RUNTIMES = ["onnxruntime-cpu", "litert", "tfjs-node-wasm"]
+BROWSER_RUNTIMES = ["tfjs-browser-wasm"]
+# Tiny sizes for speed: the smallest alpha of each backbone at its smallest size.
+SMALLEST = {
+    "mobilenet_v1": (0.25, 128),
+    "mobilenet_v2": (0.35, 96),
+    "mobilenet_v3_small": (0.75, 96),
+    "mobilenet_v3_large": (0.75, 96),
+}
+DETECTION_QUICK = [("mobilenet_v2", "fitted")]
+# random = untrained backbone (BN statistics at init): its features vanish and the outputs barely
+# depend on the input, the issue's "dead backbone"; shown apart, not in the headline figure.
+DETECTION_FULL = [
+    ("mobilenet_v2", "fitted"),
+    ("mobilenet_v3_small", "fitted"),
+    ("mobilenet_v2", "random"),
+]
+FLOAT32_IDS = ("onnx", "tflite_float32", "tfjs_layers", "tfjs_graph")
+
+
+def parity_bundle(
+    work: Path,
+    name: str,
+    alpha: float,
+    size: int,
+    *,
+    weights: str = "fitted",
+    seed: int = 0,
+    quantizations: tuple[str, ...] = ("float16", "int8"),
+) -> tuple[Path, Path]:
+    """An honest bundle for the parity bench: locally made (data-fitted) or random backbone
+    weights, a head fitted on the sample data's embeddings, probes and calibration from sample
+    images drawn at twice the model size (so a resize fault has something to shrink).
+    Returns (bundle, data_dir)."""
+    import keras
+
+    from edgetl.bundle import export_bundle, sample_images
+    from edgetl.classifier import (
+        HeadConfig,
+        build_classifier,
+        build_head_model,
+        copy_head_weights,
+        embedding_model,
+    )
+    from edgetl.contract import InputContract
+    from edgetl.models.base import build_backbone
+    from edgetl.sample_data import SAMPLE_CLASSES, make_sample_dataset
+
+    data = work / f"data{2 * size}"
+    if not data.is_dir():
+        make_sample_dataset(data, per_class=16, size=2 * size)
+    contract = InputContract(size, size)
+    classes = sorted(SAMPLE_CLASSES)
+    images, labels, names = sample_images(data, contract, classes, limit=48)
+    w = None
+    if weights == "fitted":
+        w, _ = _weights_for(name, alpha, size, images[::2], work, seed=seed)
+    keras.utils.set_random_seed(seed)
+    head = HeadConfig(seed=seed)
+    model = build_classifier(build_backbone(name, alpha, size, w), len(classes), head)
+    emb = embedding_model(model).predict(images, batch_size=16, verbose=0)
+    head_model = build_head_model(emb.shape[1], len(classes), head)
+    head_model.compile(keras.optimizers.Adam(3e-3), "sparse_categorical_crossentropy")
+    head_model.fit(emb, np.asarray(labels), epochs=60, batch_size=16, verbose=0)
+    copy_head_weights(head_model, model)
+    bundle = work / f"bundle_{name}_{alpha}_{size}_{weights}_s{seed}"
+    shutil.rmtree(bundle, ignore_errors=True)
+    export_bundle(
+        model,
+        bundle,
+        labels=classes,
+        contract=contract,
+        quantizations=list(quantizations),
+        calibration_images=images,
+        probe_images=images,
+        probe_labels=labels,
+        probe_names=names,
+        model_name=f"{name}_{alpha}_{size}_{weights}_s{seed}",
+        log=lambda *_: None,
+    )
+    return bundle, data
+
+
+def _cell(pair) -> str:
+    if pair is None:
+        return "-"
+    if pair.status not in ("pass", "fail"):
+        return "ERROR (listed below)"
+    err = pair.stats.max_abs if pair.stats is not None else float("nan")
+    top1 = pair.stats.top1_agreement if pair.stats is not None else float("nan")
+    return f"{'pass' if pair.passed else 'FAIL'} {err:.1e} t1 {top1:.0%}"
+
+
+def detection_table(
+    work: Path, configs: list[tuple[str, str]], runtimes: list[str]
+) -> tuple[str, dict[str, tuple[int, int]], list[str]]:
+    """Every corruption on every artifact it applies to, for each (backbone, weights) config.
+    Returns (table, weights kind -> (caught, counted), missed descriptions)."""
+    import keras
+
+    from edgetl import corrupt
+    from edgetl.verifier import verify
+
+    rows: list[list[str]] = []
+    score: dict[str, list[int]] = {}
+    missed: list[str] = []
+    errors: list[str] = []
+    header: list[str] = []
+    for name, weights in configs:
+        alpha, size = SMALLEST[name]
+        bundle, data = parity_bundle(work, name, alpha, size, weights=weights)
+        honest = verify(bundle, runtimes=runtimes, localize_failures=False)
+        keys = [(p.artifact, p.runtime) for p in honest.pairs if p.artifact != "source_model"]
+        header = ["backbone", "corruption", *[f"{a}@{r}" for a, r in keys]]
+        label = f"{name} {alpha}/{size} {weights}"
+        rows.append([label, "limit", *[p.tolerance.describe() for p in honest.pairs]])
+        honest_by = {(p.artifact, p.runtime): p for p in honest.pairs}
+        rows.append(
+            [label, "honest (no fault)"]
+            + [_cell(honest_by[k]).replace("FAIL", "FALSE ALARM") for k in keys]
+        )
+        model = keras.models.load_model(bundle / "source" / "model.keras", compile=False)
+        for c in corrupt.CORRUPTIONS:
+            copy = work / f"corrupt_{c.name}"
+            shutil.rmtree(copy, ignore_errors=True)
+            shutil.copytree(bundle, copy)
+            try:
+                details = corrupt.apply(c.name, copy, data_dir=data, model=model)
+            except corrupt.NotApplicable as e:
+                rows.append([label, c.name, f"n/a: {e}"] + [""] * (len(keys) - 1))
+                continue
+            result = verify(
+                copy, runtimes=runtimes, artifacts=list(details), localize_failures=False
+            )
+            by = {(p.artifact, p.runtime): p for p in result.pairs}
+            down = {st.name: st.reason for st in result.runtimes if not st.available}
+            cells = []
+            for k in keys:
+                p = by.get(k)
+                cell = _cell(p).replace("FAIL", "caught").replace("pass", "MISSED")
+                cells.append(cell)
+                if k[0] not in details:
+                    continue  # the corruption does not apply to this artifact
+                if p is None or p.status not in ("pass", "fail"):
+                    # No verdict from parity (runtime error or unavailable): not a detection.
+                    why = "; ".join(p.reasons) if p is not None else down.get(k[1], "no result")
+                    errors.append(f"{label}: {c.name} on {k[0]}@{k[1]}: {why[:300]}")
+                    continue
+                if not c.counted or k[0] not in FLOAT32_IDS:
+                    continue
+                tally = score.setdefault(weights, [0, 0])
+                tally[1] += 1
+                if not p.passed:
+                    tally[0] += 1
+                else:
+                    err = p.stats.max_abs if p.stats else float("nan")
+                    missed.append(
+                        f"{label}: {c.name} on {k[0]}@{k[1]}: max |err| {err:.1e} "
+                        f"vs {p.tolerance.describe()}"
+                    )
+            rows.append([label, c.name, *cells])
+            shutil.rmtree(copy, ignore_errors=True)
+    text = (
+        "Detection: corruption x artifact@runtime -> caught / MISSED, max |error| vs the golden "
+        "outputs, top-1 agreement (t1)\n"
+        + _table([r + [""] * (len(header) - len(r)) for r in rows], header)
+    )
+    if errors:
+        text += "\n\nNo verdict (runtime error or unavailable; not counted):\n  " + "\n  ".join(
+            errors
+        )
+    return text, {w: (c, n) for w, (c, n) in score.items()}, missed
+
+
+# ---------------------------------------------------------------- parity: false alarms
+
+_KERAS_REFERENCE = """
+import os, sys, numpy as np, keras
+from edgetl.manifest import Manifest, read_probes
+out = {}
+for b in sys.argv[2:]:
+    m = Manifest.load(b)
+    x = read_probes(b, m).inputs
+    model = keras.models.load_model(os.path.join(b, m.source_model["file"]), compile=False)
+    out[b + "|N"] = model.predict(x, batch_size=16, verbose=0)
+    out[b + "|1"] = np.concatenate([model.predict(x[i:i + 1], verbose=0) for i in range(len(x))])
+np.savez(sys.argv[1], **{str(i): v for i, v in enumerate(out.values())}, keys=np.array(list(out)))
+"""
+
+
+def keras_references(bundles: list[Path], work: Path) -> dict[tuple[str, str], np.ndarray]:
+    """The source models re-run in fresh processes with TF_ENABLE_ONEDNN_OPTS=0 and =1, at batch
+    16 and batch 1: (bundle, "onednn=0 batch N") -> outputs. What the golden outputs would have
+    been had the bundle been exported on a machine with (or without) oneDNN's kernels."""
+    import subprocess
+    import sys
+
+    refs = {}
+    for onednn in ("0", "1"):
+        out = work / f"keras_ref_onednn{onednn}.npz"
+        env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": onednn, "TF_CPP_MIN_LOG_LEVEL": "3"}
+        cmd = [sys.executable, "-c", _KERAS_REFERENCE, str(out), *map(str, bundles)]
+        proc = subprocess.run(cmd, env=env, check=False, capture_output=True, text=True)
+        if proc.returncode:
+            raise RuntimeError(f"Keras reference (oneDNN={onednn}) failed:\n{proc.stderr[-2000:]}")
+        data = np.load(out)
+        for i, key in enumerate(data["keys"]):
+            b, batch = str(key).rsplit("|", 1)
+            refs[(b, f"keras onednn={onednn} batch {batch}")] = data[str(i)]
+    return refs
+
+
+def _batched(fn, x: np.ndarray, batch: int) -> np.ndarray:
+    if batch >= len(x):
+        return fn(x)
+    return np.concatenate([fn(x[i : i + batch]) for i in range(0, len(x), batch)])
+
+
+def ort_outputs(path: Path, layout: str, x: np.ndarray, threads: int, optimize: bool) -> np.ndarray:
+    """onnxruntime CPU with a chosen intra-op thread count and graph optimization level.
+    edgetl's onnxruntime runtime has no knob for either (note for the runtime owner), so the
+    session is built here the same way otherwise."""
+    import onnxruntime as ort
+
+    from edgetl.runtimes.onnxruntime_runtime import run_session, to_layout
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.graph_optimization_level = (
+        ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if optimize
+        else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    )
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    return run_session(sess, to_layout(x, layout))["probabilities"]
+
+
+def litert_outputs(path: Path, x: np.ndarray, threads: int, xnnpack: bool) -> np.ndarray:
+    """LiteRT with a chosen thread count, with XNNPACK or the builtin reference-style kernels."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    from edgetl.runtimes.litert_runtime import dequantize, invoke
+
+    resolver = OpResolverType.AUTO if xnnpack else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    interp = Interpreter(
+        model_path=str(path), num_threads=threads, experimental_op_resolver_type=resolver
+    )
+    invoke(interp, np.asarray(x, np.float32))
+    d = interp.get_output_details()[0]
+    return dequantize(interp.get_tensor(d["index"]), d)
+
+
+def _judge(record, runtime: str, reference: np.ndarray, y: np.ndarray, noise: dict | None):
+    """The verdict verify would give this output against `reference` (default tolerance, scaled
+    by the bundle's recorded noise floors)."""
+    from edgetl.compare import compare
+    from edgetl.tolerances import default_tolerance
+
+    tol = default_tolerance(record, noise=noise)
+    return compare(reference, y, tol, artifact=record.id, runtime=runtime)
+
+
+def sweep_bundle(bundle: Path, refs: dict, runtimes: list[str]) -> list[tuple[str, str, object]]:
+    """Every (artifact, condition, verdict) for one honest bundle: verify itself, then each
+    artifact under the varied runtime settings against the golden outputs, then the default
+    outputs against the Keras re-runs (oneDNN on/off, batch 1/N)."""
+    from edgetl.manifest import Manifest, read_probes
+    from edgetl.verifier import verify
+
+    out = []
+    result = verify(bundle, runtimes=[*runtimes, "keras"], localize_failures=False)
+    default = {}
+    for p in result.pairs:
+        out.append((p.artifact, f"verify {p.runtime}", p))
+    manifest = Manifest.load(bundle)
+    noise = manifest.probes.get("noise")
+    probes = read_probes(bundle, manifest)
+    x, golden = probes.inputs, probes.expected
+    for rec in manifest.artifacts:
+        path = bundle / rec.path
+        if rec.format == "onnx":
+            for threads, opt, batch in itertools.product((1, 2), (True, False), (len(x), 1)):
+                run = partial(ort_outputs, path, rec.layout, threads=threads, optimize=opt)
+                y = _batched(run, x, batch)
+                cond = f"ort threads={threads} opt={'all' if opt else 'off'} batch={batch}"
+                out.append((rec.id, cond, _judge(rec, "onnxruntime-cpu", golden, y, noise)))
+                if (threads, opt, batch) == (2, True, len(x)):
+                    default[rec.id] = (y, "onnxruntime-cpu")
+        elif rec.format == "tflite":
+            for threads, xnn, batch in itertools.product((1, 2), (True, False), (len(x), 1)):
+                run = partial(litert_outputs, path, threads=threads, xnnpack=xnn)
+                y = _batched(run, x, batch)
+                cond = f"litert threads={threads} xnnpack={'on' if xnn else 'off'} batch={batch}"
+                out.append((rec.id, cond, _judge(rec, "litert", golden, y, noise)))
+                if (threads, xnn, batch) == (2, True, len(x)):
+                    default[rec.id] = (y, "litert")
+        elif rec.format == "tfjs_layers" and "tfjs-node-wasm" in runtimes:
+            from edgetl.runtimes.base import RUNTIMES, Artifact
+
+            rt = RUNTIMES.get("tfjs-node-wasm")
+            if rt.unavailable_reason() is None:
+                y = rt.run(Artifact(rec, bundle), x)["probabilities"]
+                default[rec.id] = (y, "tfjs-node-wasm")
+    for (b, cond), ref in refs.items():
+        if b != str(bundle):
+            continue
+        for rec in manifest.artifacts:
+            if rec.id in default:
+                y, rt = default[rec.id]
+                out.append((rec.id, f"vs {cond}", _judge(rec, rt, ref, y, noise)))
+    return out
+
+
+SWEEP_QUICK = [
+    ("mobilenet_v2", 0.35, 96, "fitted", 0),
+    ("mobilenet_v2", 0.35, 96, "random", 0),
+    ("mobilenet_v3_small", 0.75, 96, "fitted", 0),
+]
+SWEEP_FULL = [
+    *[(n, a, s, "fitted", 0) for n, (a, s) in SMALLEST.items()],
+    *[(n, a, 224, "fitted", 0) for n, (a, _) in SMALLEST.items()],
+    ("mobilenet_v2", 0.35, 96, "fitted", 1),
+    ("mobilenet_v2", 0.35, 96, "fitted", 2),
+    ("mobilenet_v2", 0.35, 96, "random", 0),
+    ("mobilenet_v2", 0.35, 96, "random", 1),
+    ("mobilenet_v3_small", 0.75, 96, "random", 0),
+    ("mobilenet_v3_large", 0.75, 96, "random", 0),
+]
+SWEEP_ARTIFACTS = ("onnx", "tflite_float32", "tfjs_layers", "tflite_float16", "source_model")
+
+
+def false_alarm_table(
+    work: Path, configs: list[tuple], runtimes: list[str]
+) -> tuple[str, int, int]:
+    """Honest bundles under varied conditions: worst error per artifact and false alarms."""
+    from edgetl.manifest import Manifest, read_probes
+
+    bundles = []
+    for name, alpha, size, weights, seed in configs:
+        b, _ = parity_bundle(
+            work, name, alpha, size, weights=weights, seed=seed, quantizations=("float16",)
+        )
+        bundles.append(((name, alpha, size, weights, seed), b))
+    refs = keras_references([b for _, b in bundles], work)
+    rows, alarms, judged = [], [], 0
+    worst: dict[str, tuple[float, str, str, object]] = {}
+    tightest: dict[str, float] = {}  # smallest limit / error over every verdict
+    for (name, alpha, size, weights, seed), b in bundles:
+        verdicts = sweep_bundle(b, refs, [*runtimes, "tfjs-node-cpu"])
+        per: dict[str, float] = {}
+        n_alarm = 0
+        for art, cond, p in verdicts:
+            judged += 1
+            err = p.stats.max_abs if p.stats is not None else float("inf")
+            label = f"{name} {alpha}/{size} {weights} seed {seed}"
+            if err > per.get(art, -1):
+                per[art] = err
+            if err > worst.get(art, (-1.0, "", "", None))[0]:
+                worst[art] = (err, label, cond, p.tolerance)
+            if p.tolerance.max_abs and err > 0:
+                ratio = p.tolerance.max_abs / err
+                tightest[art] = min(tightest.get(art, float("inf")), ratio)
+            if not p.passed:
+                n_alarm += 1
+                alarms.append(
+                    f"{label}: {art} {cond}: max |err| {err:.1e} vs {p.tolerance.describe()}"
+                )
+        golden = read_probes(b, Manifest.load(b)).expected
+        spread = float((golden.max(axis=0) - golden.min(axis=0)).max())
+        rows.append(
+            [f"{name} {alpha}/{size}", weights, str(seed), f"{spread:.1e}"]
+            + [f"{per[a]:.1e}" if a in per else "-" for a in SWEEP_ARTIFACTS]
+            + [f"{n_alarm}/{len(verdicts)}"]
+        )
+    worst_rows = [
+        [a, f"{worst[a][0]:.1e}", worst[a][3].describe(),
+         f"{tightest[a]:.1f}x" if a in tightest else "-",
+         f"{worst[a][1]}, {worst[a][2]}"]
+        for a in SWEEP_ARTIFACTS if a in worst
+    ]  # fmt: skip
+    text = (
+        "False-alarm sweep: honest bundles; worst max |error| per artifact over every condition "
+        "(verify on onnxruntime-cpu, litert, tfjs-node-wasm/cpu, keras; onnxruntime intra-op "
+        "threads 1/2 x graph optimizations all/off x batch N/1; LiteRT threads 1/2 x XNNPACK "
+        "on/off x batch N/1; default outputs vs Keras re-run with TF_ENABLE_ONEDNN_OPTS=0/1 at "
+        "batch N/1)\n"
+        + "probe spread = largest range of one output across the probes (~0: the outputs do "
+        "not depend on the input, nothing can be proven on them)\n"
+        + _table(
+            rows, ["backbone", "weights", "seed", "probe spread", *SWEEP_ARTIFACTS, "false alarms"]
+        )
+        + "\n\nWorst honest error per artifact with its limit there; headroom = the smallest "
+        + "limit / error over every verdict (limits scale with each bundle's noise floor)\n"
+        + _table(worst_rows, ["artifact", "worst", "limit", "headroom", "where"])
+    )
+    if alarms:
+        text += "\n\nFalse alarms:\n  " + "\n  ".join(alarms)
+    return text, len(alarms), judged
+
+
+def bench_parity(work: Path, quick: bool, browser: bool = False) -> str:
+    runtimes = PARITY_RUNTIMES + (BROWSER_RUNTIMES if browser else [])
+    t = time.perf_counter()
+    det, score, missed = detection_table(
+        work, DETECTION_QUICK if quick else DETECTION_FULL, runtimes
+    )
+    t_det = time.perf_counter() - t
+    sweep, alarms, judged = false_alarm_table(work, SWEEP_QUICK if quick else SWEEP_FULL, runtimes)
+    t_all = time.perf_counter() - t
+    caught, counted = score.get("fitted", (0, 0))
+    lines = [
+        det,
+        "",
+        f"caught {caught} of {counted} float32 corruptions >= 1% in one layer "
+        "(onnx, tflite_float32, tfjs_layers; input faults included; data-fitted weights)",
+    ]
+    if "random" in score:
+        lines.append(
+            "dead backbone (random weights, outputs independent of the input): caught "
+            f"{score['random'][0]} of {score['random'][1]}: its probes cannot show a fault"
+        )
+    if missed:
+        lines += ["missed:", *[f"  {m}" for m in missed]]
+    lines += [
+        "",
+        sweep,
+        "",
+        f"false alarms: {alarms} of {judged} honest verdicts",
+        f"wall: detection {t_det:.0f} s, total {t_all:.0f} s",
+    ]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m edgetl.bench",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("what", nargs="?", default="all", choices=["train", "export", "verify", "all"])
+    p.add_argument(
+        "what", nargs="?", default="all", choices=["train", "export", "verify", "parity", "all"]
+    )
     p.add_argument("--work", type=Path, help="scratch folder (default: a temp dir)")
-    p.add_argument("--quick", action="store_true", help="export: MobileNetV2 1.0/224 only")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="export: MobileNetV2 1.0/224 only; parity: MobileNetV2 corruptions, 3-bundle sweep",
+    )
+    p.add_argument(
+        "--browser", action="store_true", help="parity: also verify in Chromium (tfjs-browser-wasm)"
+    )
     args = p.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     work = args.work or Path(tempfile.mkdtemp(prefix="edgetl-bench-"))
@@ -317,6 +776,8 @@ def main(argv: list[str] | None = None) -> int:
             work / "export", *BENCH_BACKBONE
         )
         print(bench_verify(bundle), flush=True)
+    if args.what == "parity":  # not part of "all": it exports many bundles
+        print(bench_parity(work / "parity", args.quick, args.browser), flush=True)
     return 0
 
 

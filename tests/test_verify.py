@@ -14,6 +14,8 @@ import pytest
 from conftest import RANDOM_WEIGHTS_INT8
 
 from edgetl.cli import main
+from edgetl.corrupt import corrupt_onnx_weight, corrupt_tfjs_weight, corrupt_tflite_weight
+from edgetl.corrupt import rehash as _rehash
 from edgetl.manifest import Manifest
 from edgetl.tolerances import FLOAT32_MIN_ABS, FLOAT32_NOISE_MULTIPLE
 
@@ -26,81 +28,6 @@ def parity_bundle(tiny_bundle) -> Path:
     """The trained tiny run as TF.js Layers, ONNX and every TFLite variant (conftest's bundle;
     tests that change files work on copies)."""
     return tiny_bundle
-
-
-def _rehash(bundle: Path, artifact_ids: list[str]) -> None:
-    """Record the current bytes in the manifest, as a bundle made that way would have them."""
-    from edgetl.manifest import Manifest, record_files
-
-    manifest = Manifest.load(bundle)
-    for a in manifest.artifacts:
-        if a.id in artifact_ids:
-            a.files = record_files(bundle, [f.path for f in a.files])
-    manifest.save(bundle)
-
-
-def corrupt_onnx_weight(path: Path, layer: str) -> str:
-    """Scale up one value of the layer's conv kernel (an initializer) and re-save the model."""
-    import onnx
-    from onnx import numpy_helper
-
-    model = onnx.load(path)
-    for init in model.graph.initializer:
-        if f"/{layer}_1/" in init.name and len(init.dims) == 4:
-            w = numpy_helper.to_array(init).copy()
-            w.flat[0] += 50 * np.abs(w).max()
-            init.CopyFrom(numpy_helper.from_array(w, init.name))
-            onnx.save(model, path)
-            return init.name
-    raise AssertionError(f"no conv kernel of {layer} in {path}")
-
-
-def corrupt_tflite_weight(path: Path, layer: str) -> str:
-    """Change one value of the filter feeding the fused op that outputs `layer`'s activation."""
-    from tensorflow.lite.tools import flatbuffer_utils
-
-    model = flatbuffer_utils.read_model(str(path))
-    graph = model.subgraphs[0]
-
-    def name(t) -> str:
-        return t.name.decode() if isinstance(t.name, bytes) else t.name
-
-    for op in graph.operators:
-        if f"/{layer}_relu_1/" in name(graph.tensors[op.outputs[0]]):
-            kernel = graph.tensors[op.inputs[1]]
-            buf = model.buffers[kernel.buffer]
-            w = np.frombuffer(bytes(buf.data), dtype=np.float32).copy()
-            w[0] += 50 * np.abs(w).max()
-            buf.data = np.frombuffer(w.tobytes(), dtype=np.uint8)
-            flatbuffer_utils.write_model(model, str(path))
-            return name(kernel)
-    raise AssertionError(f"no op producing {layer}_relu in {path}")
-
-
-def corrupt_tfjs_weight(model_json: Path, layer: str) -> str:
-    """Change the first value of `layer`'s kernel in the weight shards of a TF.js Layers model."""
-    import json
-
-    spec = json.loads(model_json.read_text())
-    for group in spec["weightsManifest"]:
-        offset = 0
-        for w in group["weights"]:
-            if w["name"] == f"{layer}/kernel":
-                assert w["dtype"] == "float32"
-                shards = [model_json.parent / p for p in group["paths"]]
-                data = np.frombuffer(b"".join(p.read_bytes() for p in shards), dtype="<f4").copy()
-                start = offset // 4
-                kernel = data[start : start + int(np.prod(w["shape"]))]
-                kernel[0] += 50 * np.abs(kernel).max()
-                data[start : start + kernel.size] = kernel
-                raw, pos = data.tobytes(), 0
-                for p in shards:
-                    size = p.stat().st_size
-                    p.write_bytes(raw[pos : pos + size])
-                    pos += size
-                return w["name"]
-            offset += int(np.prod(w["shape"])) * 4
-    raise AssertionError(f"no {layer}/kernel in {model_json}")
 
 
 @pytest.fixture(scope="session")
