@@ -31,7 +31,10 @@ from edgetl.runtimes.tfjs_node import (
     run_node,
 )
 
-TOL = 1e-5
+# TF.js vs Keras on softmax outputs: measured 3e-7..4e-6 (cpu and wasm, four backbones); a wrong
+# topology translation gives >= 1e-2. 1e-5 was too close for other CPUs (an ONNX pair of the
+# same size failed at 1.10e-5 on an AMD EPYC), so 25x over the worst seen.
+TOL = 1e-4
 # Intermediate activations are not squashed by a softmax: compare relative to their largest
 # value (measured ~1e-5 on features_pool; a wrong op, e.g. tfjs' hardSigmoid, gives ~1e-1).
 LAYER_REL_TOL = 1e-4
@@ -379,7 +382,7 @@ def test_rewrites_compute_what_keras_computes(tmp_path):
     ref = keras_layer_outputs(model, x)
     for name in names:
         rel = np.abs(got[name] - ref[name]).max() / np.abs(ref[name]).max()
-        assert rel <= 1e-6, (name, rel)
+        assert rel <= 1e-5, (name, rel)  # a wrong rewrite is O(1); float32 noise ~1e-7
     out = TfjsNodeRuntime("cpu").run(artifact, x)["probabilities"]
     assert np.abs(out - model.predict(x, verbose=0)).max() <= TOL
 

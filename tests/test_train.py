@@ -290,7 +290,8 @@ def test_keras2_h5_with_nested_mobilenet_is_accepted(tmp_path):
 
     loaded = load_model_source(tmp_path / "tfk.h5", labels=["a", "b"])
     y = loaded.model.predict(np.load(tmp_path / "x.npy"), verbose=0)
-    np.testing.assert_allclose(y, np.load(tmp_path / "y.npy"), atol=1e-6)
+    # tf_keras and Keras 3 run other kernels: float32 noise, far below a wrong translation
+    np.testing.assert_allclose(y, np.load(tmp_path / "y.npy"), atol=1e-5)
 
 
 @pytest.mark.slow

