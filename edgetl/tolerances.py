@@ -58,22 +58,27 @@ class Tolerance:
 # where the float32 floor is max |Keras float32 - Keras float64| and the float16 floor is
 # max |Keras with float16-rounded weights - Keras float32|. An honest artifact differs from
 # Keras by its own rounding plus Keras' (a few floors); a corrupted one by what the corruption
-# does, which does not shrink with the floor. Measured (FLOAT32_SWEEP below): honest float32
-# errors reached RATIO_SEEN x the floor, so the multiple leaves NOISE_HEADROOM x on top.
-# Bundles made before the floors were recorded get the fixed LEGACY limits.
-
-# The sweep behind the numbers (bench: `python -m edgetl.bench parity`; the raw sweep is the
-# same code): 4 backbones (V1 0.25/128, V2 0.35/96, V3-Small/Large 0.75/96, and all four at
-# 1.0/224), seeds 0 and 1, data-fitted and random weights, a decisive head; onnxruntime with 1
-# and 2 threads, graph optimizations on and off, batch 1 and 12; LiteRT float32 with 1 and 2
-# threads, batch 1 and 12; TF_ENABLE_ONEDNN_OPTS=0 and 1 for the Keras reference.
-# Measured (AMD EPYC, AVX-512): float32 floors 1.4e-6 .. 2.6e-5; honest float32 errors 1.2x ..
-# 3.0x their floor (worst: MobileNetV2 0.35/96, ONNX 4.4e-5 on a 1.5e-5 floor). float16-weight
-# floors 3.7e-3 .. 9.8e-2; honest TFLite float16 errors 0.44x .. 3.9x their floor: one random
-# rounding against another, so the float16 limit also has a fixed floor and ceiling, and a
-# top-1 rule on decisive probes. A dead model's floor is ~3e-9: FLOAT32_MIN_ABS keeps 80x over
-# the <= 1.2e-7 such models show (field notes).
-FLOAT32_NOISE_MULTIPLE = 20.0  # >= 6.6x over the worst ratio seen (3.0)
+# does, which does not shrink with the floor. Bundles made before the floors were recorded
+# get the fixed LEGACY limits.
+#
+# The sweeps behind the numbers: (1) 4 backbones (V1 0.25/128, V2 0.35/96, V3-Small/Large
+# 0.75/96), seeds 0 and 1, data-fitted and random weights, a head scaled to be decisive;
+# onnxruntime with 1 and 2 threads, graph optimizations on and off, batch 1 and 12; LiteRT
+# float32 with 1 and 2 threads, batch 1 and 12; TF_ENABLE_ONEDNN_OPTS=0 and 1. (2) `python -m
+# edgetl.bench parity`: real bundles through verify and the same runtime variations, XNNPACK
+# on/off, TF.js in Node, and the golden outputs against Keras re-runs with oneDNN on/off.
+# Measured (AMD EPYC with AVX-512, 2 cores): float32 floors 1.4e-6 .. 2.6e-5 on 14 models;
+# honest float32 errors against the golden outputs 1.2x .. 3.0x their floor (worst: MobileNetV2
+# 0.35/96, ONNX 4.4e-5 on a 1.5e-5 floor). The binding case is a golden file made by Keras with
+# other kernels than the floor's run (bench parity: TF_ENABLE_ONEDNN_OPTS=0 at batch 1 against
+# a floor measured with oneDNN on): LiteRT float32 then differed by 12.7x the floor (5.0e-5 on
+# 3.9e-6). 50x keeps 3.9x over that worst emulated case and 16x over every direct one, while a
+# 1% change of one conv layer moved the outputs by 2.3e-3 .. 1.3e-2 (12x .. 65x over the limit
+# on the same bundles). float16-kernel floors 3.7e-3 .. 9.8e-2; honest TFLite float16 errors
+# 0.44x .. 3.9x their floor (one random rounding against another), so the float16 limit also
+# has a fixed floor and ceiling, and a top-1 rule on decisive probes. A dead model's float32
+# floor is ~3e-9: FLOAT32_MIN_ABS keeps 80x over the <= 1.2e-7 such models show.
+FLOAT32_NOISE_MULTIPLE = 50.0
 FLOAT32_MIN_ABS = 1e-5
 FLOAT16_NOISE_MULTIPLE = 20.0  # >= 5x over the worst ratio seen (3.9)
 FLOAT16_MIN_ABS = 2e-2
