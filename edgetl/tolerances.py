@@ -72,13 +72,14 @@ class Tolerance:
 # 0.35/96, ONNX 4.4e-5 on a 1.5e-5 floor). The binding case is a golden file made by Keras with
 # other kernels than the floor's run (bench parity: TF_ENABLE_ONEDNN_OPTS=0 at batch 1 against
 # a floor measured with oneDNN on): LiteRT float32 then differed by 12.7x the floor (5.0e-5 on
-# 3.9e-6). 50x keeps 3.9x over that worst emulated case and 16x over every direct one, while a
-# 1% change of one conv layer moved the outputs by 2.3e-3 .. 1.3e-2 (12x .. 65x over the limit
-# on the same bundles). float16-kernel floors 3.7e-3 .. 9.8e-2; honest TFLite float16 errors
+# 3.9e-6). Full bench sweep (644 honest verdicts, 14 bundles): at 50x the tightest headroom
+# was 4.0x (that case), 8.4x for ONNX, 19x for TF.js. 65x makes it 5.2x, while every 1% change
+# of one conv layer of a data-fitted bundle still lands >= 5.8x above the limit (smallest:
+# V3-Small 0.75/96, 4.1e-3 against 7.0e-4). float16-kernel floors 3.7e-3 .. 9.8e-2; honest TFLite float16 errors
 # 0.44x .. 3.9x their floor (one random rounding against another), so the float16 limit also
 # has a fixed floor and ceiling, and a top-1 rule on decisive probes. A dead model's float32
 # floor is ~3e-9: FLOAT32_MIN_ABS keeps 80x over the <= 1.2e-7 such models show.
-FLOAT32_NOISE_MULTIPLE = 50.0
+FLOAT32_NOISE_MULTIPLE = 65.0
 FLOAT32_MIN_ABS = 1e-5
 FLOAT16_NOISE_MULTIPLE = 20.0  # >= 5x over the worst ratio seen (3.9)
 FLOAT16_MIN_ABS = 2e-2
