@@ -52,12 +52,11 @@ from edgetl.tolerances import (
 
 KERAS = "keras"
 # --data: every image goes through the fast runtimes (onnxruntime, LiteRT, Keras); a slow one
-# (TF.js: wasm, pure-JS cpu, software WebGL) sees a stratified sample of this many, and the
-# report says how many each saw. Measured (MobileNetV2 1.0/160, 1,000 images, 2 cores):
-# onnxruntime 18-30 s, LiteRT 52-103 s for 4 artifacts, Keras 60-137 s, TF.js wasm 64 s in
-# Chromium and 137 s in Node, TF.js cpu unfinished after 15 min.
+# sees the stratified sample its Runtime.data_sample says, and the report says how many each
+# saw. Measured before (MobileNetV2 1.0/160, 1,000 images, 2 cores): onnxruntime 18-30 s,
+# LiteRT 52-103 s for 4 artifacts, Keras 60-137 s, TF.js wasm 64 s in Chromium and 137 s in
+# Node, TF.js cpu unfinished after 15 min (and 13 GB peak RSS).
 DATA_LIMIT = 1000
-SLOW_RUNTIME_DATA = 200
 # Runtimes run concurrently (measured: MobileNetV2 1.0/224, every format, all CPU runtimes
 # incl. Chromium: 64 s one after another on 2 shared cores).
 PARALLEL_RUNTIMES = 3
@@ -166,8 +165,8 @@ def plan_jobs(names, required, records, root: Path, batch: Batch) -> list[Job]:
             name, False, rt.unavailable_reason(), gpu=rt.gpu, required=name in required
         )
         rows = all_rows
-        if batch.data_labels is not None and rt.slow:
-            sub = stratified_subset(batch.data_labels, SLOW_RUNTIME_DATA)
+        if batch.data_labels is not None and rt.data_sample is not None:
+            sub = stratified_subset(batch.data_labels, rt.data_sample)
             rows = np.concatenate([np.arange(batch.k), batch.k + sub])
         status.images = int(len(rows) - batch.k) if batch.data_labels is not None else None
         jobs.append(Job(status, rt, arts, rows))

@@ -45,7 +45,8 @@ class Runtime(ABC):
 
     gpu            runs on a GPU (judged by the GPU float32 tolerance)
     same_thread    must be called from the thread that created it (Playwright's sync API)
-    slow           pure-JS or otherwise slow: with --data it sees a stated sample, not all images
+    data_sample    None: with --data it runs every image; N: a stated stratified sample of N (slow
+                   runtimes: TF.js wasm, pure-JS cpu, software WebGL)
     has_layer_outputs  implements layer_outputs() (per-layer values, for localization)
     last_info      after run_many(), per artifact id, what really ran (backend, precision, timings)
     """
@@ -54,7 +55,7 @@ class Runtime(ABC):
     formats: frozenset[str] = frozenset()  # ArtifactRecord.format values it can run
     gpu: bool = False
     same_thread: bool = False
-    slow: bool = False
+    data_sample: int | None = None
     has_layer_outputs: bool = False
     last_info: dict[str, dict] = {}  # noqa: RUF012 (replaced per run by runtimes that fill it)
 

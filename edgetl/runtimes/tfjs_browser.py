@@ -198,7 +198,9 @@ class TfjsBrowserRuntime(Runtime):
         self.backend = backend
         self.name = f"tfjs-browser-{backend}"
         self.same_thread = True  # Playwright's sync API is bound to its thread
-        self.slow = True  # wasm 64 s for 1,000 images at 160 px; cpu, SwiftShader WebGL: slower
+        # --data sample (MobileNetV2 1.0/160, 2 cores, 216 images): wasm 8 s, software WebGL
+        # (SwiftShader) 124 s, the pure-JS cpu backend 155 s
+        self.data_sample = 200 if backend == "wasm" else 32
         # artifact id -> {"backend", "webgl_precision", "webgl_renderer", "wasm_simd",
         #                 "wasm_threads", "timings": {load_ms, fetch_ms, infer_ms}, ...}
         self.last_info: dict[str, dict] = {}
