@@ -447,15 +447,10 @@ def sample_images(
     """Up to `limit` images from a class folder, interleaved across classes (so the first few,
     used as probes, cover every class); labels mapped to the model's when names match (None
     where they do not). A folder of images without sub-folders counts as one class."""
-    from edgetl.data import load_images, scan_image_folder
+    from edgetl.data import interleave_by_class, load_images, scan_image_folder
 
     folder = scan_image_folder(data_dir, min_classes=1, allow_flat=True)
-    by_class = [list(np.flatnonzero(folder.labels == c)) for c in range(len(folder.classes))]
-    picked: list[int] = []
-    while len(picked) < limit and any(by_class):
-        for idx in by_class:
-            if idx and len(picked) < limit:
-                picked.append(idx.pop(0))
+    picked = interleave_by_class(folder.labels, limit)
     paths = [folder.files[i] for i in picked]
     images = images_in_range(
         load_images(paths, contract.height, contract.width, progress=True), contract

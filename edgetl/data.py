@@ -272,3 +272,15 @@ def stratified_split(
     return np.sort(np.asarray(train_idx, dtype=np.int64)), np.sort(
         np.asarray(val_idx, dtype=np.int64)
     )
+
+
+def interleave_by_class(labels: np.ndarray, limit: int) -> list[int]:
+    """Indices of at most `limit` items taken round-robin across classes (file order kept within
+    each), so any prefix covers every class: calibration/probe images and --data samples."""
+    by_class = [list(np.flatnonzero(labels == c)) for c in np.unique(labels)]
+    picked: list[int] = []
+    while len(picked) < limit and any(by_class):
+        for idx in by_class:
+            if idx and len(picked) < limit:
+                picked.append(int(idx.pop(0)))
+    return picked

@@ -104,16 +104,10 @@ def load_labelled_data(data_dir: Path, manifest: Manifest, limit: int = DATA_LIM
 
 
 def stratified_subset(labels: np.ndarray, limit: int) -> np.ndarray:
-    """Indices of at most `limit` items, round-robin across classes (order kept within each)."""
-    if len(labels) <= limit:
-        return np.arange(len(labels))
-    by_class = [list(np.flatnonzero(labels == c)) for c in np.unique(labels)]
-    picked: list[int] = []
-    while len(picked) < limit:
-        for idx in by_class:
-            if idx and len(picked) < limit:
-                picked.append(idx.pop(0))
-    return np.sort(np.asarray(picked))
+    """Sorted indices of at most `limit` items, round-robin across classes."""
+    from edgetl.data import interleave_by_class
+
+    return np.sort(np.asarray(interleave_by_class(labels, limit), dtype=np.int64))
 
 
 # ---------------------------------------------------------------- the plan
