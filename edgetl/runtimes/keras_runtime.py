@@ -1,22 +1,33 @@
 """Runtime "keras": the bundle's own source model (source/model.keras), run by Keras itself.
 
-It is the reference, not a candidate: verify compares every artifact against the golden probes
-recorded at export *and* against what Keras computes here and now (catching a bundle whose
-probes were produced by another model or another Keras). It runs no artifact format; the
-source model is resolved from the manifest (manifest.source_model["file"]).
+It is the reference, not a candidate (flag `reference`): verify compares every artifact against
+the golden probes recorded at export *and* against what Keras computes here and now (catching a
+bundle whose probes were produced by another model or another Keras). It runs no exported
+format; verify opens it on source_artifact(), the manifest's source model as an Artifact.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import time
 from pathlib import Path
 
 import numpy as np
 
-from edgetl.runtimes.base import RUNTIMES, Artifact, Runtime, RuntimeUnavailable
+from edgetl.results import SOURCE_ARTIFACT
+from edgetl.runtimes.base import (
+    OUTPUT_NAME,
+    RUNTIMES,
+    Artifact,
+    Options,
+    RunContext,
+    Runtime,
+    RuntimeUnavailable,
+    Session,
+)
 
-OUTPUT_NAME = "probabilities"
 BATCH_SIZE = 16
+SOURCE_FORMAT = "keras"
 
 
 def source_model_path(bundle_dir: Path) -> Path:
@@ -30,10 +41,30 @@ def source_model_path(bundle_dir: Path) -> Path:
     return (Path(bundle_dir) / rel).resolve()
 
 
+def source_artifact(bundle_dir: Path, rel_path: str) -> Artifact:
+    """The bundle's source model as an Artifact the keras runtime opens."""
+    from edgetl.manifest import ArtifactRecord
+
+    record = ArtifactRecord(SOURCE_ARTIFACT, SOURCE_FORMAT, "float32", rel_path)
+    return Artifact(record, Path(bundle_dir))
+
+
+class KerasSession(Session):
+    def __init__(self, runtime: KerasRuntime, artifact: Artifact, model) -> None:
+        super().__init__(runtime, artifact)
+        self.model = model
+
+    def infer(self, x: np.ndarray) -> tuple[dict[str, np.ndarray], dict]:
+        t = time.perf_counter()
+        out = self.model.predict(np.asarray(x, np.float32), batch_size=BATCH_SIZE, verbose=0)
+        info = {"timings": {"infer_ms": (time.perf_counter() - t) * 1e3}}
+        return {OUTPUT_NAME: np.asarray(out, dtype=np.float32)}, info
+
+
 class KerasRuntime(Runtime):
     name = "keras"
-    formats = frozenset({"keras"})  # the source model only; no exported artifact
-    gpu = False
+    formats = frozenset({SOURCE_FORMAT})  # the source model only; no exported artifact
+    reference = True
 
     def __init__(self) -> None:
         self._models: dict[Path, object] = {}
@@ -55,14 +86,8 @@ class KerasRuntime(Runtime):
             self._models[path] = keras.models.load_model(path, compile=False)
         return self._models[path]
 
-    def run(self, artifact: Artifact, inputs: np.ndarray) -> dict[str, np.ndarray]:
-        """`artifact` may be any artifact of the bundle: the bundle's source model is what runs."""
-        return self.run_source(artifact.bundle_dir, inputs)
-
-    def run_source(self, bundle_dir: Path, inputs: np.ndarray) -> dict[str, np.ndarray]:
-        model = self.load(source_model_path(bundle_dir))
-        out = model.predict(np.asarray(inputs, np.float32), batch_size=BATCH_SIZE, verbose=0)
-        return {OUTPUT_NAME: np.asarray(out, dtype=np.float32)}
+    def start(self, artifact: Artifact, context: RunContext, options: Options) -> KerasSession:
+        return KerasSession(self, artifact, self.load(artifact.path))
 
 
-RUNTIMES.register("keras", KerasRuntime())
+RUNTIMES.register(KerasRuntime())

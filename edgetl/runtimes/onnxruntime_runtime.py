@@ -11,18 +11,71 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import time
 
 import numpy as np
 
-from edgetl.runtimes.base import RUNTIMES, Artifact, Runtime, RuntimeUnavailable
+from edgetl.runtimes.base import (
+    RUNTIMES,
+    Artifact,
+    Options,
+    RunContext,
+    Runtime,
+    RuntimeUnavailable,
+    Session,
+    single_output,
+)
 
-OUTPUT_NAME = "probabilities"
 CPU = "CPUExecutionProvider"
 RUN_BATCH = 32  # images per session.run: bounded memory with --data (intermediates scale with it)
 
 
+class OnnxSession(Session):
+    def __init__(self, runtime: OnnxRuntime, artifact: Artifact, options: Options) -> None:
+        super().__init__(runtime, artifact)
+        self.options = options
+        self.sess = runtime.session(str(artifact.path), options)
+
+    def infer(self, x: np.ndarray) -> tuple[dict[str, np.ndarray], dict]:
+        t = time.perf_counter()
+        out = run_session(self.sess, to_layout(x, self.artifact.record.layout))
+        info = {"provider": self.runtime.provider}
+        return out, {**info, "timings": {"infer_ms": (time.perf_counter() - t) * 1e3}}
+
+    def layer_outputs(self, x: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
+        """The model run again with each Keras layer's last tensor added as a graph output;
+        `names` are the Keras layers in order."""
+        import onnx
+
+        from edgetl.localize import layer_of_name
+
+        order = {name: i for i, name in enumerate(names)}
+        model = onnx.load(str(self.artifact.path))
+        inits = {i.name for i in model.graph.initializer}
+        last: dict[str, str] = {}  # layer -> its last tensor in topological order
+        for node in model.graph.node:
+            layer = layer_of_name(node.name, order)
+            if layer is None:  # tf2onnx's fused Conv__123 nodes: named by their weights
+                hits = [layer_of_name(i, order) for i in node.input if i in inits]
+                hits = [h for h in hits if h is not None]
+                layer = max(hits, key=order.__getitem__) if hits else None
+            if layer is not None and node.output:
+                last[layer] = node.output[0]
+        existing = {o.name for o in model.graph.output}
+        for tensor in last.values():
+            if tensor not in existing:
+                model.graph.output.append(onnx.ValueInfoProto(name=tensor))
+                existing.add(tensor)
+        sess = self.runtime.session(model.SerializeToString(), self.options)
+        x = to_layout(x, self.artifact.record.layout)
+        values = run_session(sess, x, output_names=list(last.values()))
+        return {layer: values[t] for layer, t in last.items()}
+
+
 class OnnxRuntime(Runtime):
     formats = frozenset({"onnx"})
+    layer_formats = formats
+    layer_source = "ONNX node outputs"
 
     def __init__(
         self,
@@ -34,7 +87,7 @@ class OnnxRuntime(Runtime):
     ) -> None:
         self.name = name
         self.provider = provider
-        self.options = dict(options or {})
+        self.provider_options = dict(options or {})
         self.env = dict(env or {})
         self.gpu = gpu
 
@@ -53,13 +106,15 @@ class OnnxRuntime(Runtime):
 
     def providers(self) -> list:
         """Provider list for a session: ours first; CPU after it for ops the GPU lacks."""
-        first = (self.provider, self.options) if self.options else self.provider
+        first = (self.provider, self.provider_options) if self.provider_options else self.provider
         if self.provider == "TensorrtExecutionProvider":
             return [first, ("CUDAExecutionProvider", {"use_tf32": 0}), CPU]
         return [first] if self.provider == CPU else [first, CPU]
 
-    def session(self, model: str | bytes):
-        """An InferenceSession on this provider (path or serialized model), fallback refused."""
+    def session(self, model: str | bytes, options: Options | None = None):
+        """An InferenceSession on this provider (path or serialized model), fallback refused.
+        options.threads sets the intra-op threads (one inter-op thread then), optimize=False
+        switches graph optimizations off."""
         import onnxruntime as ort
 
         os.environ.update(self.env)  # must precede session creation (NVIDIA_TF32_OVERRIDE)
@@ -68,6 +123,12 @@ class OnnxRuntime(Runtime):
         ort.set_default_logger_severity(4 if self.gpu else 3)
         so = ort.SessionOptions()
         so.log_severity_level = 3
+        options = options or Options()
+        if options.threads:
+            so.intra_op_num_threads = options.threads
+            so.inter_op_num_threads = 1
+        if not options.optimize:
+            so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         sess = ort.InferenceSession(model, sess_options=so, providers=self.providers())
         used = sess.get_providers()
         if not used or used[0] != self.provider:
@@ -77,9 +138,8 @@ class OnnxRuntime(Runtime):
             )
         return sess
 
-    def run(self, artifact: Artifact, inputs: np.ndarray) -> dict[str, np.ndarray]:
-        sess = self.session(str(artifact.path))
-        return run_session(sess, to_layout(inputs, artifact.record.layout))
+    def start(self, artifact: Artifact, context: RunContext, options: Options) -> OnnxSession:
+        return OnnxSession(self, artifact, options)
 
 
 def to_layout(inputs: np.ndarray, layout: str) -> np.ndarray:
@@ -96,18 +156,15 @@ def run_session(
     names = output_names or [o.name for o in sess.get_outputs()]
     chunks = [sess.run(names, {name: x[i : i + RUN_BATCH]}) for i in range(0, len(x), RUN_BATCH)]
     outs = chunks[0] if len(chunks) == 1 else [np.concatenate(p) for p in zip(*chunks, strict=True)]
-    if output_names is None and len(names) == 1:
-        return {OUTPUT_NAME: np.asarray(outs[0], dtype=np.float32)}
-    return {n: np.asarray(o) for n, o in zip(names, outs, strict=True)}
+    values = {n: np.asarray(o) for n, o in zip(names, outs, strict=True)}
+    return single_output(values) if output_names is None else values
 
 
-RUNTIMES.register("onnxruntime-cpu", OnnxRuntime("onnxruntime-cpu", CPU))
+RUNTIMES.register(OnnxRuntime("onnxruntime-cpu", CPU))
 RUNTIMES.register(
-    "onnxruntime-cuda",
     OnnxRuntime("onnxruntime-cuda", "CUDAExecutionProvider", {"use_tf32": 0}, gpu=True),
 )
 RUNTIMES.register(
-    "onnxruntime-tensorrt",
     OnnxRuntime(
         "onnxruntime-tensorrt",
         "TensorrtExecutionProvider",

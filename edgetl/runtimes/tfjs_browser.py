@@ -1,20 +1,21 @@
 """TF.js in real headless Chromium: runtimes "tfjs-browser-webgl", "-wasm" and "-cpu".
 
 Python drives web/harness/browser.html through Playwright (the python package, with Debian's
-/usr/bin/chromium or $EDGETL_CHROMIUM; Playwright never downloads a browser here). One server
-(edgetl.serve) and one Chromium are started lazily per process and shared by the three runtimes,
-then closed at exit: start-up costs about a second, a model load a fraction of that.
+/usr/bin/chromium or $EDGETL_CHROMIUM; Playwright never downloads a browser here). One Chromium
+(with its edgetl.serve server) is a resource of the RunContext: started on the first open() of
+a run, shared by the three runtimes, closed with the context (verify closes it at the end of
+its run). Start-up costs about a second, a model load a fraction of that. Each backend gets one
+harness page per Chromium; a session with Options.threads gets a page of its own.
 
-After each run the runtime's `last_info` holds, per artifact id, what really ran: the backend,
-WebGL's precision ("webgl_precision": "float32" or "float16", and the renderer, SwiftShader under
---disable-gpu), wasm SIMD/threads, and timings. Outputs keep the key "probabilities".
+A session's info holds what really ran: the backend, WebGL's precision ("webgl_precision":
+"float32" or "float16", and the renderer, SwiftShader under --disable-gpu), wasm SIMD/threads,
+and timings. benchmark() times inside the page (has_own_timing).
 
 Playwright's sync API is bound to the thread that started it: call these runtimes from one thread.
 """
 
 from __future__ import annotations
 
-import atexit
 import base64
 import contextlib
 import hashlib
@@ -22,12 +23,20 @@ import importlib.util
 import os
 import shutil
 import tempfile
-import threading
 from pathlib import Path
 
 import numpy as np
 
-from edgetl.runtimes.base import RUNTIMES, Artifact, Runtime, RuntimeUnavailable, web_dir
+from edgetl.runtimes.base import (
+    RUNTIMES,
+    Artifact,
+    Options,
+    RunContext,
+    RuntimeUnavailable,
+    Session,
+)
+from edgetl.runtimes.tfjs_common import TfjsRuntime, decode_outputs, float32_array
+from edgetl.webdir import web_dir
 
 DEFAULT_CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = [
@@ -38,7 +47,7 @@ CHROMIUM_FLAGS = [
     "--disable-component-update",
 ]
 BACKENDS = ("webgl", "wasm", "cpu")
-OUTPUT_NAME = "probabilities"
+CHROMIUM = "chromium"  # RunContext key of the shared browser
 # Software WebGL compiles a shader per op on first use; MobileNet 1.0/224 takes tens of seconds.
 PAGE_TIMEOUT_MS = 300_000
 HARNESS_PAGE = "harness/browser.html"
@@ -61,8 +70,9 @@ def browser_unavailable_reason() -> str | None:
     return None
 
 
-class BrowserSession:
-    """One server + one headless Chromium, shared by every browser runtime of this process."""
+class Chromium:
+    """One server + one headless Chromium, shared by every browser runtime of a run. A context
+    manager: leaving the block (or close()) stops the browser, the server and their files."""
 
     def __init__(self) -> None:
         from playwright.sync_api import sync_playwright
@@ -73,6 +83,7 @@ class BrowserSession:
         self.server, self.url = start_server(None)
         self.server.roots.mount("/scratch/", self._scratch)
         self._bundles: dict[Path, str] = {}
+        self._pages: dict[str, tuple | Exception] = {}
         self._pw = sync_playwright().start()
         try:
             self.browser = self._pw.chromium.launch(
@@ -81,6 +92,33 @@ class BrowserSession:
         except Exception:
             self._pw.stop()
             raise
+
+    @classmethod
+    def launch(cls) -> Chromium:
+        """A started Chromium, or RuntimeUnavailable saying why it cannot start here."""
+        reason = browser_unavailable_reason()
+        if reason:
+            raise RuntimeUnavailable(reason)
+        return cls()
+
+    def __enter__(self) -> Chromium:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def backend_page(self, backend: str):
+        """The harness page of `backend` (made once per Chromium; a backend that failed to start
+        fails again without retrying): (page, backend info, console log)."""
+        if backend not in self._pages:
+            try:
+                self._pages[backend] = self.harness_page(backend)
+            except RuntimeUnavailable as e:
+                self._pages[backend] = e
+        got = self._pages[backend]
+        if isinstance(got, Exception):
+            raise got
+        return got
 
     def mount_bundle(self, bundle_dir: Path) -> str:
         """URL prefix under which `bundle_dir`'s files are served."""
@@ -141,35 +179,15 @@ class BrowserSession:
     def close(self) -> None:
         from edgetl.serve import stop_server
 
+        for got in self._pages.values():
+            if not isinstance(got, Exception):
+                with contextlib.suppress(Exception):
+                    got[0].context.close()
+        self._pages.clear()
         for step in (self.browser.close, self._pw.stop, lambda: stop_server(self.server)):
             with contextlib.suppress(Exception):
                 step()
         shutil.rmtree(self._scratch, ignore_errors=True)
-
-
-_session: BrowserSession | None = None
-_session_lock = threading.Lock()
-
-
-def get_session() -> BrowserSession:
-    """The process's browser session, started on first use and closed at exit."""
-    global _session
-    with _session_lock:
-        if _session is None:
-            reason = browser_unavailable_reason()
-            if reason:
-                raise RuntimeUnavailable(reason)
-            _session = BrowserSession()
-            atexit.register(close_session)
-        return _session
-
-
-def close_session() -> None:
-    global _session
-    with _session_lock:
-        if _session is not None:
-            _session.close()
-            _session = None
 
 
 def _js_error(e: Exception) -> str:
@@ -183,125 +201,89 @@ def _js_error(e: Exception) -> str:
 
 
 def _decode(output: dict) -> np.ndarray:
-    raw = base64.b64decode(output["data"])
-    return np.frombuffer(raw, dtype="<f4").reshape(output["shape"]).astype(np.float32)
+    return float32_array(base64.b64decode(output["data"]), output["shape"])
 
 
-class TfjsBrowserRuntime(Runtime):
-    formats = frozenset({"tfjs_layers", "tfjs_graph"})
+class BrowserSession(Session):
+    """One artifact on one backend's page of the run's Chromium."""
+
+    runtime: TfjsBrowserRuntime
+
+    def __init__(self, runtime, artifact: Artifact, chromium: Chromium, options: Options):
+        super().__init__(runtime, artifact)
+        self.chromium = chromium
+        self.own_page = bool(options.threads)
+        if self.own_page:
+            self.page, self.page_info, self.log = chromium.harness_page(
+                runtime.backend, options.threads
+            )
+        else:
+            self.page, self.page_info, self.log = chromium.backend_page(runtime.backend)
+        self.base = chromium.mount_bundle(artifact.bundle_dir)
+
+    def _evaluate(self, call: str, options: dict):
+        try:
+            return self.page.evaluate(f"(o) => window.edgetlHarness.{call}(o)", options)
+        except Exception as e:
+            tail = "\n".join(self.log[-5:])
+            raise RuntimeError(
+                f"{self.runtime.name} failed on {self.artifact.id}: {_js_error(e)}"
+                + (f"\nbrowser console:\n{tail}" if tail else "")
+            ) from None
+
+    def infer(self, x: np.ndarray) -> tuple[dict[str, np.ndarray], dict]:
+        x = np.asarray(x, dtype=np.float32)
+        reply = self._evaluate(
+            "run",
+            {
+                "modelUrl": self.base + self.artifact.record.path,
+                "format": self.artifact.format,
+                "inputsUrl": self.chromium.publish_inputs(x),
+                "inputShape": list(x.shape),
+            },
+        )
+        info = {**reply["info"], "timings": reply["timings"]}
+        return decode_outputs(reply["outputs"], _decode), info
+
+    def benchmark(self, x: np.ndarray | None = None, runs: int = 30, warmup: int = 5) -> dict:
+        """Batch-1 latency timed inside the page on the harness' own image (warm-up first):
+        {"median_ms", "mean_ms", "min_ms", "p90_ms", "first_ms", "times_ms", "info": {backend,
+        wasm_simd, wasm_threads, ...}}."""
+        from edgetl.manifest import Manifest
+
+        contract = Manifest.load(self.artifact.bundle_dir).input.to_dict()
+        return self._evaluate(
+            "benchmark",
+            {
+                "modelUrl": self.base + self.artifact.record.path,
+                "format": self.artifact.format,
+                "contract": contract,
+                "runs": runs,
+                "warmup": warmup,
+            },
+        )
+
+    def close(self) -> None:
+        if self.own_page:
+            with contextlib.suppress(Exception):
+                self.page.context.close()
+
+
+class TfjsBrowserRuntime(TfjsRuntime):
+    host = "browser"
+    backends = BACKENDS
     # Under --disable-gpu WebGL is SwiftShader (software): none of these needs a GPU.
     gpu = False
-
-    def __init__(self, backend: str) -> None:
-        if backend not in BACKENDS:
-            raise ValueError(f"unknown TF.js browser backend {backend!r}")
-        self.backend = backend
-        self.name = f"tfjs-browser-{backend}"
-        self.same_thread = True  # Playwright's sync API is bound to its thread
-        # --data sample (MobileNetV2 1.0/160, 2 cores, 216 images): wasm 8 s, software WebGL
-        # (SwiftShader) 124 s, the pure-JS cpu backend 155 s
-        self.data_sample = 200 if backend == "wasm" else 32
-        # artifact id -> {"backend", "webgl_precision", "webgl_renderer", "wasm_simd",
-        #                 "wasm_threads", "timings": {load_ms, fetch_ms, infer_ms}, ...}
-        self.last_info: dict[str, dict] = {}
+    same_thread = True  # Playwright's sync API is bound to its thread
+    has_own_timing = True
 
     def unavailable_reason(self) -> str | None:
         return browser_unavailable_reason()
 
-    def run(self, artifact: Artifact, inputs: np.ndarray) -> dict[str, np.ndarray]:
-        result = self.run_many([artifact], inputs)[artifact.id]
-        if isinstance(result, Exception):
-            raise result
-        return result
-
-    def run_many(
-        self, artifacts: list[Artifact], inputs: np.ndarray
-    ) -> dict[str, dict[str, np.ndarray] | Exception]:
-        """All artifacts in one page of the shared Chromium, the batch fetched once per model."""
-        results: dict[str, dict[str, np.ndarray] | Exception] = {}
-        self.last_info = {}
-        todo = []
-        for a in artifacts:
-            if self.accepts(a):
-                todo.append(a)
-            else:
-                results[a.id] = ValueError(f"{self.name} cannot run {a.format} artifacts")
-        if not todo:
-            return results
-        try:
-            session = get_session()
-            page, info, log = session.harness_page(self.backend)
-        except RuntimeUnavailable as e:
-            return {**results, **{a.id: e for a in todo}}
-        try:
-            inputs = np.asarray(inputs, dtype=np.float32)
-            inputs_url = session.publish_inputs(inputs)
-            for a in todo:
-                results[a.id] = self._run_one(session, page, a, inputs, inputs_url, info, log)
-        finally:
-            page.context.close()
-        return results
-
-    def _run_one(
-        self,
-        session: BrowserSession,
-        page,
-        artifact: Artifact,
-        inputs: np.ndarray,
-        inputs_url: str,
-        info: dict,
-        log: list[str],
-    ) -> dict[str, np.ndarray] | Exception:
-        try:
-            base = session.mount_bundle(artifact.bundle_dir)
-            reply = page.evaluate(
-                "(o) => window.edgetlHarness.run(o)",
-                {
-                    "modelUrl": base + artifact.record.path,
-                    "format": artifact.format,
-                    "inputsUrl": inputs_url,
-                    "inputShape": list(inputs.shape),
-                },
-            )
-        except Exception as e:
-            tail = "\n".join(log[-5:])
-            return RuntimeError(
-                f"{self.name} failed on {artifact.id}: {_js_error(e)}"
-                + (f"\nbrowser console:\n{tail}" if tail else "")
-            )
-        self.last_info[artifact.id] = {**reply["info"], "timings": reply["timings"]}
-        outs = reply["outputs"]
-        if len(outs) == 1:
-            return {OUTPUT_NAME: _decode(outs[0])}
-        return {o["name"]: _decode(o) for o in outs}
-
-    def benchmark(
-        self, artifact: Artifact, runs: int = 30, warmup: int = 5, num_threads: int | None = None
-    ) -> dict:
-        """Batch-1 latency in Chromium (warm-up first): {"median_ms", "mean_ms", "min_ms",
-        "p90_ms", "first_ms", "times_ms", "info": {backend, wasm_simd, wasm_threads, ...}}."""
-        from edgetl.manifest import Manifest
-
-        session = get_session()
-        page, _, _log = session.harness_page(self.backend, num_threads)
-        try:
-            contract = Manifest.load(artifact.bundle_dir).input.to_dict()
-            base = session.mount_bundle(artifact.bundle_dir)
-            return page.evaluate(
-                "(o) => window.edgetlHarness.benchmark(o)",
-                {
-                    "modelUrl": base + artifact.record.path,
-                    "format": artifact.format,
-                    "contract": contract,
-                    "runs": runs,
-                    "warmup": warmup,
-                },
-            )
-        except Exception as e:
-            raise RuntimeError(f"{self.name} benchmark failed: {_js_error(e)}") from None
-        finally:
-            page.context.close()
+    def start(self, artifact: Artifact, context: RunContext, options: Options) -> BrowserSession:
+        chromium = context.get(CHROMIUM, Chromium.launch)
+        return BrowserSession(self, artifact, chromium, options)
 
 
 for _backend in BACKENDS:
-    RUNTIMES.register(f"tfjs-browser-{_backend}", TfjsBrowserRuntime(_backend))
+    RUNTIMES.register(TfjsBrowserRuntime(_backend))

@@ -4,8 +4,8 @@ Pure @tensorflow/tfjs (cpu backend) and @tensorflow/tfjs-backend-wasm from web/n
 tfjs-node would be faster but downloads libtensorflow at install time, which an offline machine
 cannot do. web/harness/node_runner.mjs runs every artifact of a verify in one Node process (a
 start costs ~0.3 s, a small model's load ~0.1 s), reading the batch as raw float32 from disk.
-
-After each run `last_info` holds, per artifact id, the backend, tfjs version and timings.
+A session runs one process per infer(); its info holds the backend, tfjs version and timings.
+Per-layer outputs (`--layers`) of Layers models serve localization.
 """
 
 from __future__ import annotations
@@ -17,14 +17,16 @@ import re
 import shutil
 import subprocess
 import tempfile
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
-from edgetl.runtimes.base import RUNTIMES, Artifact, Runtime, web_dir
+from edgetl.runtimes.base import RUNTIMES, Artifact, Options, RunContext, Session
+from edgetl.runtimes.tfjs_common import TfjsRuntime, decode_outputs, float32_array
+from edgetl.webdir import web_dir
 
 BACKENDS = ("cpu", "wasm")
-OUTPUT_NAME = "probabilities"
 MIN_NODE_MAJOR = 18
 # MobileNet 1.0/224 on the cpu backend takes seconds per image; a verify runs 7 artifacts.
 TIMEOUT_S = 1800
@@ -120,94 +122,60 @@ def run_node(
             if "error" in entry:
                 outputs[mid] = RuntimeError(f"TF.js ({backend}, Node) on {mid}: {entry['error']}")
                 continue
-            outs = {
-                o["name"]: _read(tmp_path / "out" / o["file"], o["shape"]) for o in entry["outputs"]
-            }
-            if len(outs) == 1:
-                outs = {OUTPUT_NAME: next(iter(outs.values()))}
-            outputs[mid] = outs
+            outputs[mid] = decode_outputs(entry["outputs"], partial(_read, tmp_path / "out"))
             layer_values[mid] = {
-                la["name"]: _read(tmp_path / "out" / la["file"], la["shape"])
-                for la in entry.get("layers", [])
+                la["name"]: _read(tmp_path / "out", la) for la in entry.get("layers", [])
             }
     return summary, outputs, layer_values
 
 
-def _read(path: Path, shape: list[int]) -> np.ndarray:
-    return np.fromfile(path, dtype="<f4").reshape(shape).astype(np.float32)
+def _read(folder: Path, entry: dict) -> np.ndarray:
+    return float32_array((folder / entry["file"]).read_bytes(), entry["shape"])
 
 
-class TfjsNodeRuntime(Runtime):
-    formats = frozenset({"tfjs_layers", "tfjs_graph"})
-    gpu = False
-    has_layer_outputs = True
+def run_info(summary: dict, model_id: str) -> dict:
+    """What ran a model: backend, tfjs and Node versions, wasm SIMD, timings."""
+    common = {k: summary.get(k) for k in ("backend", "tfjs_version", "node", "wasm_simd")}
+    return {**common, "timings": summary["models"][model_id]["timings"]}
 
-    def __init__(self, backend: str) -> None:
-        if backend not in BACKENDS:
-            raise ValueError(f"unknown TF.js Node backend {backend!r}; use {BACKENDS}")
-        self.backend = backend
-        self.name = f"tfjs-node-{backend}"
-        # --data sample (MobileNetV2 1.0/160, 2 cores): wasm ran 216 images in 30 s, the
-        # pure-JS cpu backend in 178 s (~0.8 s an image)
-        self.data_sample = 200 if backend == "wasm" else 32
-        # artifact id -> {"backend", "tfjs_version", "node", "timings": {load_ms, infer_ms}}
-        self.last_info: dict[str, dict] = {}
+
+class NodeSession(Session):
+    runtime: TfjsNodeRuntime
+
+    def _run(self, x: np.ndarray, layers: list[str] | None = None):
+        a = self.artifact
+        summary, outputs, layer_values = run_node(
+            self.runtime.backend, [(a.id, a.format, a.path)], x, layers=layers
+        )
+        if isinstance(outputs[a.id], Exception):
+            raise outputs[a.id]
+        return outputs[a.id], run_info(summary, a.id), layer_values[a.id]
+
+    def infer(self, x: np.ndarray) -> tuple[dict[str, np.ndarray], dict]:
+        outputs, info, _ = self._run(x)
+        return outputs, info
+
+    def layer_outputs(self, x: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
+        """Named Keras layers' outputs in TF.js (Layers models only), for localizing a mismatch."""
+        if self.artifact.format != "tfjs_layers":
+            raise ValueError(
+                f"{self.runtime.name} has per-layer outputs for tfjs_layers, "
+                f"not {self.artifact.format}"
+            )
+        return self._run(x, names)[2]
+
+
+class TfjsNodeRuntime(TfjsRuntime):
+    host = "node"
+    backends = BACKENDS
+    layer_formats = frozenset({"tfjs_layers"})
 
     def unavailable_reason(self) -> str | None:
         return node_unavailable_reason(self.backend)
 
-    def run(self, artifact: Artifact, inputs: np.ndarray) -> dict[str, np.ndarray]:
-        result = self.run_many([artifact], inputs)[artifact.id]
-        if isinstance(result, Exception):
-            raise result
-        return result
-
-    def run_many(
-        self, artifacts: list[Artifact], inputs: np.ndarray
-    ) -> dict[str, dict[str, np.ndarray] | Exception]:
-        """Every accepted artifact in one Node process; a process failure is each one's error."""
-        results: dict[str, dict[str, np.ndarray] | Exception] = {}
-        todo = []
-        for a in artifacts:
-            if self.accepts(a):
-                todo.append(a)
-            else:
-                results[a.id] = ValueError(f"{self.name} cannot run {a.format} artifacts")
-        self.last_info = {}
-        if not todo:
-            return results
-        try:
-            summary, outputs, _ = run_node(
-                self.backend, [(a.id, a.format, a.path) for a in todo], inputs
-            )
-        except NodeRunnerError as e:
-            return {**results, **{a.id: e for a in todo}}
-        results.update(outputs)
-        self._record(summary)
-        return results
-
-    def layer_outputs(
-        self, artifact: Artifact, inputs: np.ndarray, names: list[str]
-    ) -> dict[str, np.ndarray]:
-        """Named Keras layers' outputs in TF.js (Layers models only), for localizing a mismatch."""
-        if artifact.format != "tfjs_layers":
-            raise ValueError(
-                f"{self.name} has per-layer outputs for tfjs_layers, not {artifact.format}"
-            )
-        summary, outputs, layers = run_node(
-            self.backend, [(artifact.id, artifact.format, artifact.path)], inputs, layers=names
-        )
-        if isinstance(outputs[artifact.id], Exception):
-            raise outputs[artifact.id]
-        self._record(summary)
-        return layers[artifact.id]
-
-    def _record(self, summary: dict) -> None:
-        common = {k: summary.get(k) for k in ("backend", "tfjs_version", "node", "wasm_simd")}
-        for mid, entry in summary["models"].items():
-            if "error" not in entry:
-                self.last_info[mid] = {**common, "timings": entry["timings"]}
+    def start(self, artifact: Artifact, context: RunContext, options: Options) -> NodeSession:
+        return NodeSession(self, artifact)
 
 
 for _backend in BACKENDS:
-    RUNTIMES.register(f"tfjs-node-{_backend}", TfjsNodeRuntime(_backend))
+    RUNTIMES.register(TfjsNodeRuntime(_backend))
