@@ -1,20 +1,79 @@
-"""Export formats: one module per format, each exposing one `export_<fmt>(model, path, ...)`.
+"""Export formats: one module per format, each exposing one exporter with one signature:
 
-FORMATS is the single source of truth for format names (CLI choices, tests, bundle writer).
+    export_<fmt>(model, out_dir, *, contract, options) -> list[ArtifactRecord]
+
+It writes its files under `out_dir` (the bundle being built) and returns their records.
+FORMATS is the single source of truth for format names (CLI choices, tests, bundle writer),
+QUANTIZATIONS for the TFLite variants beyond float32; their descriptions are the --help text.
 """
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
 from edgetl.registry import Registry
 
-# format name -> module (imported lazily by edgetl.bundle) holding export_<name>
-FORMATS: Registry[str] = Registry("format")
-FORMATS.register("tfjs", "edgetl.converters.tfjs")
-FORMATS.register("onnx", "edgetl.converters.onnx")
-FORMATS.register("tflite", "edgetl.converters.tflite")
+
+@dataclass(frozen=True)
+class Format:
+    name: str
+    module: str  # imported lazily: holds export_<name>
+    description: str
+
+    @property
+    def export(self) -> Callable:
+        """The format's exporter, export_<name> in its module."""
+        return getattr(importlib.import_module(self.module), f"export_{self.name}")
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """What the exporters need beyond the model and its input contract (each reads its part)."""
+
+    labels: tuple[str, ...]
+    model_name: str = "model"
+    quantizations: tuple[str, ...] = ()  # TFLite variants beyond float32
+    calibration_images: np.ndarray | None = None  # int8: float32 (N, H, W, 3), contract range
+    opset: int | None = None  # ONNX; None: converters.onnx.DEFAULT_OPSET
+    nchw: bool = False  # ONNX input layout
+    int8_io: str = "float32"  # int8 TFLite input/output dtype
+    tfjs_graph: bool = False  # also a TF.js graph model
+
+    def metadata(self, contract) -> dict:
+        """Labels, input contract and name, as stored inside ONNX/TFLite files."""
+        return {"labels": list(self.labels), "input": contract.to_dict(), "name": self.model_name}
+
+
+@dataclass(frozen=True)
+class Quantization:
+    name: str
+    description: str
+
+
+FORMATS: Registry[Format] = Registry("format")
+FORMATS.register(
+    Format(
+        "tfjs", "edgetl.converters.tfjs", "TF.js Layers model; a graph model too with --tfjs-graph"
+    )
+)
+FORMATS.register(Format("onnx", "edgetl.converters.onnx", "ONNX via tf2onnx, NHWC or --nchw"))
+FORMATS.register(
+    Format("tflite", "edgetl.converters.tflite", "TFLite float32; variants with --quantize")
+)
 
 # TFLite variants beyond float32 (which is always written).
-QUANTIZATIONS: Registry[str] = Registry("quantization")
-QUANTIZATIONS.register("float16", "weights stored as float16; compute float32")
-QUANTIZATIONS.register("dynamic", "dynamic-range: int8 weights, float activations")
-QUANTIZATIONS.register("int8", "full integer: int8 weights and activations, calibrated on images")
+QUANTIZATIONS: Registry[Quantization] = Registry("quantization")
+QUANTIZATIONS.register(Quantization("float16", "weights stored as float16; compute float32"))
+QUANTIZATIONS.register(Quantization("dynamic", "dynamic-range: int8 weights, float activations"))
+QUANTIZATIONS.register(
+    Quantization("int8", "full integer: int8 weights and activations, calibrated on images")
+)
+
+
+def describe(registry: Registry) -> str:
+    """'name (description), ...' for --help."""
+    return ", ".join(f"{e.name} ({e.description})" for e in registry.values())

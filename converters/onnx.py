@@ -11,9 +11,37 @@ from pathlib import Path
 MIN_OPSET, MAX_OPSET, DEFAULT_OPSET = 13, 18, 15
 INPUT_NAME = "image"
 OUTPUT_NAME = "probabilities"
+FILE = "model.onnx"  # in the bundle
 
 
-def export_onnx(
+def export_onnx(model, out_dir: Path, *, contract, options) -> list:
+    """The bundle's ONNX artifact, out_dir/model.onnx, with labels and contract in its
+    metadata; returns its ArtifactRecord."""
+    from edgetl.manifest import ArtifactRecord, record_files
+
+    opset = options.opset or DEFAULT_OPSET
+    meta = options.metadata(contract)
+    convert_onnx(
+        model,
+        Path(out_dir) / FILE,
+        opset=opset,
+        nchw=options.nchw,
+        metadata=metadata_for(meta["labels"], meta["input"]),
+    )
+    return [
+        ArtifactRecord(
+            id="onnx",
+            format="onnx",
+            precision="float32",
+            path=FILE,
+            files=record_files(Path(out_dir), [FILE]),
+            layout="NCHW" if options.nchw else "NHWC",
+            options={"opset": opset},
+        )
+    ]
+
+
+def convert_onnx(
     model,
     path: Path,
     *,

@@ -118,7 +118,33 @@ class TfjsConversionError(ValueError):
     """The model uses something TF.js Layers cannot express; the message names the layer."""
 
 
-def export_tfjs(model, out_dir: Path, *, graph: bool = False) -> Path:
+def export_tfjs(model, out_dir: Path, *, contract, options) -> list:
+    """The bundle's TF.js artifacts under `out_dir`: tfjs/ (Layers) and, with
+    options.tfjs_graph, tfjs_graph/ (graph model); returns their ArtifactRecords."""
+    from edgetl.manifest import ArtifactRecord, folder_files
+
+    out_dir = Path(out_dir)
+    records = []
+    for artifact_id, folder, graph in (
+        ("tfjs_layers", "tfjs", False),
+        ("tfjs_graph", "tfjs_graph", True),
+    ):
+        if graph and not options.tfjs_graph:
+            continue
+        main = convert_tfjs(model, out_dir / folder, graph=graph)
+        records.append(
+            ArtifactRecord(
+                id=artifact_id,
+                format=artifact_id,
+                precision="float32",
+                path=main.relative_to(out_dir).as_posix(),
+                files=folder_files(out_dir, folder),
+            )
+        )
+    return records
+
+
+def convert_tfjs(model, out_dir: Path, *, graph: bool = False) -> Path:
     """Write `model` as TF.js to `out_dir` and return the model.json path.
 
     graph=False: a Layers model (tf.loadLayersModel; trainable, layers addressable by name).

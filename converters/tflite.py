@@ -12,9 +12,49 @@ import numpy as np
 PRECISIONS = ("float32", "float16", "dynamic", "int8")
 INT8_IO_DTYPES = ("float32", "uint8", "int8")
 METADATA_NAME = "edgetl"  # name of the metadata entry holding labels + input contract
+MAX_CALIBRATION_IMAGES = 100  # int8 is calibrated on the first 100 images given
 
 
-def export_tflite(
+def export_tflite(model, out_dir: Path, *, contract, options) -> list:
+    """The bundle's TFLite artifacts, out_dir/model_<precision>.tflite for float32 and each of
+    options.quantizations (int8 calibrated on up to MAX_CALIBRATION_IMAGES of
+    options.calibration_images); returns their ArtifactRecords."""
+    from edgetl.manifest import ArtifactRecord, record_files
+
+    images = options.calibration_images
+    calibration = None
+    if images is not None and len(images):
+        images = np.asarray(images[:MAX_CALIBRATION_IMAGES], dtype=np.float32)
+        calibration = lambda: (images[i : i + 1] for i in range(len(images)))  # noqa: E731
+    paths = convert_tflite(
+        model,
+        out_dir,
+        precisions=["float32", *options.quantizations],
+        calibration=calibration,
+        io_dtype=options.int8_io,
+        metadata=options.metadata(contract),
+    )
+    records = []
+    for p, path in paths.items():
+        io = options.int8_io if p == "int8" else "float32"
+        records.append(
+            ArtifactRecord(
+                id=f"tflite_{p}",
+                format="tflite",
+                precision=p,
+                path=path.name,
+                files=record_files(Path(out_dir), [path.name]),
+                input_dtype=io,
+                output_dtype=io,
+                options={"calibration_images": len(options.calibration_images)}
+                if p == "int8"
+                else {},
+            )
+        )
+    return records
+
+
+def convert_tflite(
     model,
     out_dir: Path,
     *,

@@ -1,15 +1,19 @@
-"""`edgetl export`: one Keras classifier -> a bundle of TF.js / ONNX / TFLite artifacts.
+"""Write a bundle: one Keras classifier -> TF.js / ONNX / TFLite artifacts, the manifest and
+the golden probes. (The `edgetl export` command line is edgetl.export_cli.)
 
-The bundle is built in a temporary sibling directory and renamed into place at the end, so it
-appears complete or not at all; a converter that fails leaves nothing behind.
+export_from_source() is the one way from a run directory or model file to a bundle (load ->
+sample probe/calibration images -> export_bundle), used by the CLI, the demo and the tests.
+export_bundle() calls each format's exporter from the FORMATS registry (converters/), then
+probes.make_probes for the golden outputs and noise floors, then writes manifest.json. The
+bundle is built in a staging sibling and renamed into place at the end, so it appears complete
+or not at all; a converter that fails leaves nothing behind.
 """
 
 from __future__ import annotations
 
-import argparse
 import datetime as _dt
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from importlib import metadata
 from pathlib import Path
 
@@ -20,7 +24,6 @@ from edgetl.errors import UserError
 from edgetl.manifest import (
     ArtifactRecord,
     Manifest,
-    record_files,
     sha256_file,
     write_probes,
 )
@@ -28,7 +31,6 @@ from edgetl.outdir import Staging, check_out_dir
 from edgetl.probes import PROBE_SEED, make_probes
 
 SOURCE_MODEL = "source/model.keras"
-MAX_CALIBRATION_IMAGES = 100
 TOOL_PACKAGES = (
     "edgetl",
     "tensorflow",
@@ -46,13 +48,59 @@ class ExportError(UserError):
     """A converter failed; names the format. The CLI prints it and exits non-zero."""
 
 
+def export_from_source(
+    source: str | Path,
+    out_dir: str | Path,
+    *,
+    data_dir: Path | None = None,
+    sample_limit: int | None = None,
+    labels: Sequence[str] | None = None,
+    input_range: tuple[float, float] | None = None,
+    add_softmax: bool = False,
+    model_name: str | None = None,
+    on_loaded: Callable | None = None,
+    **options,
+) -> Manifest:
+    """Load a run directory or Keras file (edgetl.modelio), sample up to `sample_limit` probe
+    and calibration images from `data_dir` (default: the run's recorded training data), and
+    export the bundle; `options` go to export_bundle. `on_loaded(loaded, data_dir)` runs between
+    loading and sampling (the CLI prints notes and checks --out against the data folder)."""
+    from edgetl.data import SAMPLE_LIMIT, sample_images
+    from edgetl.modelio import load_model_source
+
+    loaded = load_model_source(
+        source, labels=labels, input_range=input_range, add_softmax=add_softmax
+    )
+    data_dir = data_dir or loaded.data_dir
+    if on_loaded is not None:
+        on_loaded(loaded, data_dir)
+    images = image_labels = names = None
+    if data_dir is not None:
+        images, image_labels, names = sample_images(
+            Path(data_dir), loaded.contract, loaded.labels, sample_limit or SAMPLE_LIMIT
+        )
+    return export_bundle(
+        loaded.model,
+        out_dir,
+        labels=loaded.labels,
+        contract=loaded.contract,
+        calibration_images=images,
+        probe_images=images,
+        probe_labels=image_labels,
+        probe_names=names,
+        model_name=model_name or loaded.name,
+        source_path=loaded.source_path,
+        **options,
+    )
+
+
 def export_bundle(
     model,
     out_dir: str | Path,
     *,
     labels: Sequence[str],
     contract: InputContract,
-    formats: Sequence[str] = ("tfjs", "onnx", "tflite"),
+    formats: Sequence[str] | None = None,  # None: every FORMATS entry
     quantizations: Sequence[str] = (),
     calibration_images: np.ndarray | None = None,
     probe_images: np.ndarray | None = None,
@@ -70,9 +118,9 @@ def export_bundle(
     """Write the bundle for `model` to `out_dir` and return its manifest.
 
     Images (probes, calibration) are float32 (N, H, W, 3) in the contract's value range."""
-    from edgetl.converters import FORMATS, QUANTIZATIONS
+    from edgetl.converters import FORMATS, QUANTIZATIONS, ExportOptions
 
-    formats = [FORMATS.check(f) for f in formats]
+    formats = [FORMATS.check(f) for f in (FORMATS.names() if formats is None else formats)]
     quantizations = [QUANTIZATIONS.check(q) for q in quantizations]
     if quantizations and "tflite" not in formats:
         raise UserError("--quantize applies to TFLite; add tflite to --formats")
@@ -92,26 +140,21 @@ def export_bundle(
         reads={"source model": Path(source_path)} if source_path else None,
     )
     check_outputs_finite(model, contract)
+    options = ExportOptions(
+        labels=tuple(labels),
+        model_name=model_name,
+        quantizations=tuple(quantizations),
+        calibration_images=calibration_images,
+        opset=opset,
+        nchw=nchw,
+        int8_io=int8_io,
+        tfjs_graph=tfjs_graph,
+    )
+    probe_set = (probe_images, probe_labels, probe_names)
     staging = Staging(out_dir, log=log)
     with staging as tmp:
         manifest = _write_bundle(
-            model,
-            tmp,
-            labels=list(labels),
-            contract=contract,
-            formats=formats,
-            quantizations=quantizations,
-            calibration_images=calibration_images,
-            probe_images=probe_images,
-            probe_labels=probe_labels,
-            probe_names=probe_names,
-            model_name=model_name,
-            source_path=source_path,
-            opset=opset,
-            nchw=nchw,
-            int8_io=int8_io,
-            tfjs_graph=tfjs_graph,
-            log=log,
+            model, tmp, contract, options, formats, probe_set, source_path, log
         )
         staging.commit()  # rename into place (an old bundle is moved aside, removed after)
     return manifest
@@ -137,26 +180,11 @@ def check_outputs_finite(model, contract: InputContract) -> None:
 
 
 def _write_bundle(
-    model,
-    root: Path,
-    *,
-    labels,
-    contract,
-    formats,
-    quantizations,
-    calibration_images,
-    probe_images,
-    probe_labels,
-    probe_names,
-    model_name,
-    source_path,
-    opset,
-    nchw,
-    int8_io,
-    tfjs_graph,
-    log,
+    model, root: Path, contract, options, formats, probe_set, source_path, log
 ) -> Manifest:
-    meta = {"labels": labels, "input": contract.to_dict(), "name": model_name}
+    from edgetl.converters import FORMATS
+
+    labels = list(options.labels)
     artifacts: list[ArtifactRecord] = []
 
     # The Keras model itself travels with the bundle: the reference for verify and for
@@ -168,31 +196,19 @@ def _write_bundle(
     for fmt in formats:
         log(f"exporting {fmt} ...")
         try:
-            artifacts += _EXPORTERS[fmt](
-                model,
-                root,
-                meta=meta,
-                quantizations=quantizations,
-                calibration_images=calibration_images,
-                opset=opset,
-                nchw=nchw,
-                int8_io=int8_io,
-                tfjs_graph=tfjs_graph,
-            )
+            artifacts += FORMATS.get(fmt).export(model, root, contract=contract, options=options)
         except UserError:
             raise
         except Exception as e:
             raise ExportError(f"{fmt} export failed: {type(e).__name__}: {e}") from e
 
     log("computing golden probes (float32, float64 and float16-weight references) ...")
-    probes, noise, probe_coverage = make_probes(
-        model, contract, probe_images, probe_labels, probe_names
-    )
+    probes, noise, probe_coverage = make_probes(model, contract, *probe_set)
     if not probe_coverage["informative"]:
         log("warning: " + "; ".join(probe_coverage["problems"]))
     save_labels(root / LABELS_FILE, labels)
     manifest = Manifest(
-        name=model_name,
+        name=options.model_name,
         labels=labels,
         input=contract,
         artifacts=artifacts,
@@ -210,93 +226,6 @@ def _write_bundle(
     return manifest
 
 
-def _export_tfjs(model, root: Path, *, tfjs_graph: bool, meta: dict, **_) -> list[ArtifactRecord]:
-    from edgetl.converters.tfjs import export_tfjs
-
-    out = []
-    for artifact_id, folder, graph in (
-        ("tfjs_layers", "tfjs", False),
-        ("tfjs_graph", "tfjs_graph", True),
-    ):
-        if graph and not tfjs_graph:
-            continue
-        main = export_tfjs(model, root / folder, graph=graph)
-        files = sorted(
-            p.relative_to(root).as_posix() for p in (root / folder).rglob("*") if p.is_file()
-        )
-        out.append(
-            ArtifactRecord(
-                id=artifact_id,
-                format=artifact_id,
-                precision="float32",
-                path=main.relative_to(root).as_posix(),
-                files=record_files(root, files),
-            )
-        )
-    return out
-
-
-def _export_onnx(
-    model, root: Path, *, opset: int | None, nchw: bool, meta: dict, **_
-) -> list[ArtifactRecord]:
-    from edgetl.converters.onnx import DEFAULT_OPSET, export_onnx, metadata_for
-
-    opset = opset or DEFAULT_OPSET
-    export_onnx(
-        model,
-        root / "model.onnx",
-        opset=opset,
-        nchw=nchw,
-        metadata=metadata_for(meta["labels"], meta["input"]),
-    )
-    return [
-        ArtifactRecord(
-            id="onnx",
-            format="onnx",
-            precision="float32",
-            path="model.onnx",
-            files=record_files(root, ["model.onnx"]),
-            layout="NCHW" if nchw else "NHWC",
-            options={"opset": opset},
-        )
-    ]
-
-
-def _export_tflite(
-    model, root: Path, *, quantizations, calibration_images, int8_io: str, meta: dict, **_
-) -> list[ArtifactRecord]:
-    from edgetl.converters.tflite import export_tflite
-
-    precisions = ["float32", *quantizations]
-    calibration = None
-    if calibration_images is not None and len(calibration_images):
-        images = np.asarray(calibration_images[:MAX_CALIBRATION_IMAGES], dtype=np.float32)
-        calibration = lambda: (images[i : i + 1] for i in range(len(images)))  # noqa: E731
-    paths = export_tflite(
-        model, root, precisions=precisions, calibration=calibration, io_dtype=int8_io, metadata=meta
-    )
-    out = []
-    for p, path in paths.items():
-        io = int8_io if p == "int8" else "float32"
-        options = {"calibration_images": len(calibration_images)} if p == "int8" else {}
-        out.append(
-            ArtifactRecord(
-                id=f"tflite_{p}",
-                format="tflite",
-                precision=p,
-                path=path.name,
-                files=record_files(root, [path.name]),
-                input_dtype=io,
-                output_dtype=io,
-                options=options,
-            )
-        )
-    return out
-
-
-_EXPORTERS = {"tfjs": _export_tfjs, "onnx": _export_onnx, "tflite": _export_tflite}
-
-
 def tool_versions() -> dict[str, str]:
     out = {}
     for pkg in TOOL_PACKAGES:
@@ -306,156 +235,3 @@ def tool_versions() -> dict[str, str]:
             continue
     out["python"] = sys.version.split()[0]
     return out
-
-
-def images_in_range(images: np.ndarray, contract: InputContract) -> np.ndarray:
-    """0..255 pixels -> the contract's value range (identity for edgetl's own models)."""
-    lo, hi = contract.value_range
-    if (lo, hi) == (0.0, 255.0):
-        return images
-    return (images / 255.0 * (hi - lo) + lo).astype(np.float32)
-
-
-# ---------------------------------------------------------------- CLI
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    from edgetl.argtypes import add_number
-    from edgetl.converters import FORMATS, QUANTIZATIONS
-
-    p.add_argument("model", help="an edgetl run directory, or a Keras .keras / .h5 classifier")
-    p.add_argument(
-        "--out",
-        required=True,
-        type=Path,
-        help="bundle directory to create (refused if it exists and is not empty, unless "
-        "--force; never the source run or a data folder)",
-    )
-    p.add_argument(
-        "--formats",
-        default=",".join(FORMATS.names()),
-        help=f"comma-separated formats: {', '.join(FORMATS.names())}",
-    )
-    p.add_argument(
-        "--quantize",
-        default="",
-        help=f"extra TFLite variants: {', '.join(QUANTIZATIONS.names())} (float32 is "
-        "always written)",
-    )
-    p.add_argument(
-        "--calibration",
-        type=Path,
-        help="image folder for int8 calibration and probes (any folder of images; its "
-        "sub-folder names are used as labels only where they match the model's); "
-        "default: the training data recorded with a run directory",
-    )
-    p.add_argument("--labels", help="labels file (.json list or one per line) or a,b,c list")
-    p.add_argument(
-        "--input-range",
-        help="value range the model input expects, e.g. 0,255 "
-        "(default, preprocessing inside the model) or -1,1",
-    )
-    add_number(p, "--opset", kind=int, lo=13, hi=18, help="ONNX opset (default 15)")
-    p.add_argument("--nchw", action="store_true", help="ONNX input as NCHW instead of NHWC")
-    p.add_argument(
-        "--int8-io",
-        default="float32",
-        choices=["float32", "uint8", "int8"],
-        help="input/output dtype of the int8 TFLite model",
-    )
-    p.add_argument(
-        "--tfjs-graph", action="store_true", help="also write a TF.js graph model (inference only)"
-    )
-    p.add_argument(
-        "--add-softmax",
-        action="store_true",
-        help="the model outputs logits (a linear last layer): append a Softmax layer so the "
-        "bundle outputs probabilities",
-    )
-    p.add_argument("--force", action="store_true", help="replace an existing bundle directory")
-
-
-def run(args: argparse.Namespace) -> int:
-    from edgetl.converters import FORMATS, QUANTIZATIONS
-    from edgetl.modelio import load_model_source, parse_labels, parse_range
-
-    formats = FORMATS.parse_list(args.formats)
-    quantizations = QUANTIZATIONS.parse_list(args.quantize) if args.quantize else []
-    if args.opset is not None:
-        from edgetl.converters.onnx import MAX_OPSET, MIN_OPSET
-
-        if not MIN_OPSET <= args.opset <= MAX_OPSET:
-            raise UserError(
-                f"--opset {args.opset} is not supported; choose {MIN_OPSET}..{MAX_OPSET}"
-            )
-    if args.calibration is not None and not args.calibration.is_dir():
-        raise UserError(f"--calibration {args.calibration}: not a directory")
-    if quantizations and "tflite" not in formats:
-        raise UserError("--quantize applies to TFLite; add tflite to --formats")
-    given_labels = parse_labels(args.labels) if args.labels else None
-    input_range = parse_range(args.input_range) if args.input_range else None
-    model_path = Path(args.model)
-    if not model_path.exists():
-        raise UserError(f"model not found: {model_path}")
-    reads = {"source model": model_path}
-    data_dirs = {"calibration folder": args.calibration} if args.calibration else {}
-    check_out_dir(args.out, force=args.force, reads=reads, data_dirs=data_dirs)  # before any work
-    loaded = load_model_source(
-        args.model, labels=given_labels, input_range=input_range, add_softmax=args.add_softmax
-    )
-    for note in loaded.notes:
-        print(f"note: {note}")
-    data_dir = args.calibration or loaded.data_dir
-    if data_dir is not None:
-        data_dirs["training data"] = data_dir
-    check_out_dir(args.out, force=args.force, reads=reads, data_dirs=data_dirs)
-    images = labels = names = None
-    if data_dir is not None:
-        images, labels, names = sample_images(data_dir, loaded.contract, loaded.labels)
-    manifest = export_bundle(
-        loaded.model,
-        args.out,
-        labels=loaded.labels,
-        contract=loaded.contract,
-        formats=formats,
-        quantizations=quantizations,
-        calibration_images=images,
-        probe_images=images,
-        probe_labels=labels,
-        probe_names=names,
-        model_name=loaded.name,
-        source_path=loaded.source_path,
-        opset=args.opset,
-        nchw=args.nchw,
-        int8_io=args.int8_io,
-        tfjs_graph=args.tfjs_graph,
-        overwrite=args.force,
-    )
-    print(f"bundle written to {args.out}")
-    for a in manifest.artifacts:
-        print(f"  {a.id:<16} {a.path:<24} {a.size / 1e6:8.2f} MB")
-    print(f"  probes: {manifest.probes['count']} (golden outputs of the Keras model)")
-    return 0
-
-
-def sample_images(
-    data_dir: Path,
-    contract: InputContract,
-    model_labels: list[str],
-    limit: int = MAX_CALIBRATION_IMAGES,
-):
-    """Up to `limit` images from a class folder, interleaved across classes (so the first few,
-    used as probes, cover every class); labels mapped to the model's when names match (None
-    where they do not). A folder of images without sub-folders counts as one class."""
-    from edgetl.data import interleave_by_class, load_images, scan_image_folder
-
-    folder = scan_image_folder(data_dir, min_classes=1, allow_flat=True)
-    picked = interleave_by_class(folder.labels, limit)
-    paths = [folder.files[i] for i in picked]
-    images = images_in_range(
-        load_images(paths, contract.height, contract.width, progress=True), contract
-    )
-    index = {name: i for i, name in enumerate(model_labels)}
-    labels = [index.get(folder.classes[folder.labels[i]]) for i in picked]
-    names = [f"image:{Path(p).relative_to(folder.root).as_posix()}" for p in paths]
-    return images, labels, names

@@ -25,7 +25,7 @@ COMMANDS = {
         "fine-tune a MobileNet head on a folder of images (one sub-folder per class)",
     ),
     "export": (
-        "edgetl.bundle",
+        "edgetl.export_cli",
         "export a Keras model to a bundle: TF.js, ONNX, TFLite + manifest + probes",
     ),
     "verify": (

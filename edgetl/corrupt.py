@@ -508,10 +508,10 @@ def reexport(ctx: Context, records: list[ArtifactRecord], model, calibration=Non
         if r.format == "onnx":
             import onnx
 
-            from edgetl.converters.onnx import export_onnx
+            from edgetl.converters.onnx import convert_onnx
 
             meta = {p.key: p.value for p in onnx.load(root / r.path).metadata_props}
-            export_onnx(
+            convert_onnx(
                 model,
                 root / r.path,
                 opset=int(r.options.get("opset", 15)),
@@ -519,22 +519,22 @@ def reexport(ctx: Context, records: list[ArtifactRecord], model, calibration=Non
                 metadata=meta,
             )
         elif r.format in ("tfjs_layers", "tfjs_graph"):
-            from edgetl.converters.tfjs import export_tfjs
+            from edgetl.converters.tfjs import convert_tfjs
 
             folder = (root / r.path).parent
             shutil.rmtree(folder)
-            export_tfjs(model, folder, graph=r.format == "tfjs_graph")
+            convert_tfjs(model, folder, graph=r.format == "tfjs_graph")
             r.files = record_files(
                 root, sorted(p.relative_to(root).as_posix() for p in folder.rglob("*"))
             )
     if tflite:
-        from edgetl.converters.tflite import METADATA_NAME, export_tflite, read_metadata
+        from edgetl.converters.tflite import METADATA_NAME, convert_tflite, read_metadata
 
         meta = read_metadata(root / tflite[0].path, METADATA_NAME)
         if calibration is None and any(r.precision == "int8" for r in tflite):
             raise NotApplicable("int8 re-export needs calibration images")
         with tempfile.TemporaryDirectory(prefix="edgetl-corrupt-") as tmp:
-            paths = export_tflite(
+            paths = convert_tflite(
                 model,
                 Path(tmp),
                 precisions=[r.precision for r in tflite],
@@ -644,8 +644,7 @@ def _antialias_inputs(ctx: Context, records):
     their source files, instead of the contract's plain bilinear; golden outputs unchanged."""
     from PIL import Image
 
-    from edgetl.bundle import images_in_range
-    from edgetl.data import read_rgb
+    from edgetl.data import images_in_range, read_rgb
 
     m = ctx.manifest
     probes = ctx.probes

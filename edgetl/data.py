@@ -8,7 +8,6 @@ the browser feed the model the same pixels.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import unicodedata
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgetl.contract import InputContract
 from edgetl.errors import UserError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -249,10 +249,6 @@ def show_progress() -> bool:
         return False
 
 
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def stratified_split(
     labels: np.ndarray, val_fraction: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -284,3 +280,37 @@ def interleave_by_class(labels: np.ndarray, limit: int) -> list[int]:
             if idx and len(picked) < limit:
                 picked.append(int(idx.pop(0)))
     return picked
+
+
+# Images sampled from a folder for probes and int8 calibration (export) and for verify --data's
+# default cap when no other limit is given.
+SAMPLE_LIMIT = 100
+
+
+def images_in_range(images: np.ndarray, contract: InputContract) -> np.ndarray:
+    """0..255 pixels -> the contract's value range (identity for edgetl's own models)."""
+    lo, hi = contract.value_range
+    if (lo, hi) == (0.0, 255.0):
+        return images
+    return (images / 255.0 * (hi - lo) + lo).astype(np.float32)
+
+
+def sample_images(
+    data_dir: Path,
+    contract: InputContract,
+    model_labels: list[str],
+    limit: int = SAMPLE_LIMIT,
+):
+    """Up to `limit` images from a class folder, interleaved across classes (so the first few,
+    used as probes, cover every class); labels mapped to the model's when names match (None
+    where they do not). A folder of images without sub-folders counts as one class."""
+    folder = scan_image_folder(data_dir, min_classes=1, allow_flat=True)
+    picked = interleave_by_class(folder.labels, limit)
+    paths = [folder.files[i] for i in picked]
+    images = images_in_range(
+        load_images(paths, contract.height, contract.width, progress=True), contract
+    )
+    index = {name: i for i, name in enumerate(model_labels)}
+    labels = [index.get(folder.classes[folder.labels[i]]) for i in picked]
+    names = [f"image:{Path(p).relative_to(folder.root).as_posix()}" for p in paths]
+    return images, labels, names

@@ -40,10 +40,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
 
-    from edgetl.bundle import export_bundle, sample_images
+    from edgetl.bundle import export_from_source
     from edgetl.data import load_images, scan_image_folder
-    from edgetl.modelio import load_model_source
-    from edgetl.models.base import BackboneConfigError, build_backbone, make_local_weights, resolve
+    from edgetl.models.base import imagenet_or_local, make_local_weights, resolve
     from edgetl.sample_data import make_sample_dataset
     from edgetl.train import TrainConfig, train
 
@@ -57,29 +56,24 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(f"[1/4] sample dataset already in {data}")
 
-    weights: str = "imagenet"
-    try:
-        build_backbone(bb.name, alpha, size, "imagenet")
-        print(f"      using ImageNet weights for {bb.name} {alpha}/{size}")
-    except BackboneConfigError as e:
-        weights = str(out / f"{bb.name}_{alpha}_{size}_local.weights.h5")
+    def notify(why: str) -> None:
         print(
             "      NOTE: ImageNet weights are not available here (no network and not in the "
-            f"Keras cache):\n        {e}\n      Carrying on with LOCAL weights instead: the "
+            f"Keras cache):\n        {why}\n      Carrying on with LOCAL weights instead: the "
             "backbone is first pretrained from random init on a separate, differently seeded "
             "set of sample textures (a proxy task, ~1 min). Accuracy is far below what ImageNet "
             "weights give; everything else runs for real."
         )
-        if not Path(weights).is_file():
-            pre = scan_image_folder(make_sample_dataset(out / "pretrain_data", seed=PRETRAIN_SEED))
-            make_local_weights(
-                bb.name,
-                alpha,
-                size,
-                load_images(pre.files, size, size),
-                weights,
-                labels=pre.labels,
-            )
+
+    def pretrain(path: Path) -> None:
+        pre = scan_image_folder(make_sample_dataset(out / "pretrain_data", seed=PRETRAIN_SEED))
+        images = load_images(pre.files, size, size)
+        make_local_weights(bb.name, alpha, size, images, path, labels=pre.labels)
+
+    local = out / f"{bb.name}_{alpha}_{size}_local.weights.h5"
+    weights = imagenet_or_local(bb.name, alpha, size, local, pretrain, notify)
+    if weights == "imagenet":
+        print(f"      using ImageNet weights for {bb.name} {alpha}/{size}")
 
     quantizations = ["float16", "dynamic"]
     if args.int8 == "yes" or (args.int8 == "auto" and weights == "imagenet"):
@@ -104,20 +98,12 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"[3/4] exporting TF.js, ONNX and TFLite (float32, {', '.join(quantizations)}) -> {bundle}"
     )
-    loaded = load_model_source(run_dir)
-    images, labels, names = sample_images(data, loaded.contract, loaded.labels)
-    manifest = export_bundle(
-        loaded.model,
+    manifest = export_from_source(
+        run_dir,
         bundle,
-        labels=loaded.labels,
-        contract=loaded.contract,
+        data_dir=data,
         quantizations=quantizations,
-        calibration_images=images,
-        probe_images=images,
-        probe_labels=labels,
-        probe_names=names,
         model_name="demo",
-        source_path=loaded.source_path,
         overwrite=True,  # a re-run replaces the old bundle atomically
     )
     for a in manifest.artifacts:

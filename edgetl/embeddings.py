@@ -87,7 +87,8 @@ class EmbeddingCache:
         """Embeddings for image files (decoded and resized exactly as at inference)."""
         import time
 
-        from edgetl.data import file_sha256, load_images, show_progress
+        from edgetl.data import load_images, show_progress
+        from edgetl.manifest import sha256_file
 
         t0 = time.perf_counter()
         dim = int(self.model.output_shape[-1])
@@ -95,7 +96,7 @@ class EmbeddingCache:
         missing: list[int] = []
         keys = []
         for i, p in enumerate(paths):
-            k = f"{file_sha256(p)}-{self.h}x{self.w}"
+            k = f"{sha256_file(p)}-{self.h}x{self.w}"
             keys.append(k)
             cached = self._cache_file(k)
             if cached is not None and cached.is_file():
@@ -149,7 +150,9 @@ class EmbeddingCache:
         if path is None:
             return
         path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(path, lambda f: np.save(f, vec))
+        from edgetl.outdir import atomic_write
+
+        atomic_write(path, lambda f: np.save(f, vec))
 
     def _onnx_session(self):
         """An onnxruntime session for the backbone, converting (and caching) it on first use."""
@@ -158,7 +161,7 @@ class EmbeddingCache:
         try:
             import onnxruntime as ort
 
-            from edgetl.converters.onnx import export_onnx
+            from edgetl.converters.onnx import convert_onnx
         except ImportError as e:
             self.stats.notes.append(f"onnxruntime unavailable ({e}); using Keras")
             self.runtime = "keras"
@@ -175,7 +178,7 @@ class EmbeddingCache:
             else:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 tmp = path.with_suffix(f".tmp{os.getpid()}")
-                export_onnx(self.model, tmp, output_name=EXTRACTOR_OUTPUT)
+                convert_onnx(self.model, tmp, output_name=EXTRACTOR_OUTPUT)
                 tmp.replace(path)
             opts = ort.SessionOptions()
             opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -193,14 +196,3 @@ class EmbeddingCache:
                 self._tmpdir = tmpdir  # keep alive as long as the session
         self.stats.runtime = "onnxruntime"
         return self._session
-
-
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

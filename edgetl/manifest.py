@@ -75,11 +75,9 @@ def check_paths(bundle_dir: Path, manifest: Manifest) -> None:
 
 
 def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
+    """Hex sha256 of a file's bytes, read in chunks (bundle records, embedding cache keys)."""
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 @dataclass
@@ -204,6 +202,15 @@ class Manifest:
 def record_files(bundle_dir: Path, rel_paths: list[str]) -> list[FileRecord]:
     root = Path(bundle_dir)
     return [FileRecord(p, (root / p).stat().st_size, sha256_file(root / p)) for p in rel_paths]
+
+
+def folder_files(bundle_dir: Path, folder: str) -> list[FileRecord]:
+    """Records of every file under bundle_dir/folder, sorted by bundle-relative path."""
+    root = Path(bundle_dir)
+    paths = sorted(
+        p.relative_to(root).as_posix() for p in (root / folder).rglob("*") if p.is_file()
+    )
+    return record_files(root, paths)
 
 
 def check_integrity(

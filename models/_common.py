@@ -2,7 +2,28 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
+
+
+def application(app_name: str, *, scale_inside: bool, **app_kwargs: Any) -> Callable:
+    """A Backbone.build for keras.applications.<app_name> (scale_inside: add the x / 127.5 - 1
+    Rescaling in front; False where the application scales by itself)."""
+
+    def build(*, name: str, alpha: float, size: int, weights: str | None):
+        import keras
+
+        return build_scaled_base(
+            getattr(keras.applications, app_name),
+            size=size,
+            weights=weights,
+            scale_inside=scale_inside,
+            name=name,
+            alpha=alpha,
+            **app_kwargs,
+        )
+
+    return build
 
 
 def build_scaled_base(

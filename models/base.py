@@ -18,12 +18,15 @@ class BackboneConfigError(ValueError):
 @dataclass(frozen=True)
 class Backbone:
     name: str
-    keras_name: str  # the keras.applications constructor
     alphas: tuple[float, ...]
     sizes: tuple[int, ...]
-    # Builds the headless base for a 0..255 RGB input; returns the keras Model of features
-    # (N, h, w, C). `weights` is "imagenet", None or a path to a weights file.
+    # build(name=, alpha=, size=, weights=) makes the headless base for a 0..255 RGB input and
+    # returns the keras Model of features (N, h, w, C); `weights` is "imagenet", None or a path
+    # to a weights file. models._common.application() makes one for a keras application.
     build: Callable[..., Any]
+    # (alpha, size) of the smallest model keras offers: what the tests and the parity bench
+    # build for this backbone (seconds, not minutes, on 2 cores)
+    small: tuple[float, int]
     # Human description of the scaling the model applies inside (recorded in the contract).
     internal_preprocessing: str = "x / 127.5 - 1"
     default_alpha: float = 1.0
@@ -84,7 +87,7 @@ def build_backbone(
     bb, alpha, size = resolve(name, alpha, size)
     w = check_weights(weights)
     try:
-        return bb.build(alpha=alpha, size=size, weights=w)
+        return bb.build(name=bb.name, alpha=alpha, size=size, weights=w)
     except Exception as e:
         if w != "imagenet" or not _looks_like_download_failure(e):
             raise
@@ -95,6 +98,33 @@ def build_backbone(
             "weights file keras names into that folder, or pass --weights PATH (a local weights "
             "file) or --weights none (random init)."
         ) from None
+
+
+def imagenet_or_local(
+    name: str,
+    alpha: float,
+    size: int,
+    path: str | Path,
+    make: Callable[[Path], object],
+    notify: Callable[[str], None] | None = None,
+) -> str:
+    """ "imagenet" when Keras has (or can download) the weights; otherwise `path`, made first
+    by make(path) unless it exists, after notify(why ImageNet is unavailable). The demo and the
+    benchmarks fall back this way and say so; nothing pretends to be ImageNet."""
+    import contextlib
+    import io
+
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # keras' "Downloading data from ..."
+            build_backbone(name, alpha, size, "imagenet")
+        return "imagenet"
+    except BackboneConfigError as e:
+        if notify is not None:
+            notify(str(e))
+        path = Path(path)
+        if not path.is_file():
+            make(path)
+        return str(path)
 
 
 def _looks_like_download_failure(e: Exception) -> bool:
@@ -139,7 +169,7 @@ def make_local_weights(
         raise BackboneConfigError(f"local weights file must end with .weights.h5: {path}")
     bb, alpha, size = resolve(name, alpha, size)
     keras.utils.set_random_seed(seed)
-    features = bb.build(alpha=alpha, size=size, weights=None)
+    features = bb.build(name=bb.name, alpha=alpha, size=size, weights=None)
     base = max(
         (layer for layer in features.layers if isinstance(layer, keras.Model)),
         key=lambda m: len(m.layers),
