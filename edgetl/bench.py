@@ -24,10 +24,8 @@ import argparse
 import itertools
 import os
 import shutil
-import statistics
 import tempfile
 import time
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -45,27 +43,23 @@ def _weights_for(
     name: str, alpha: float, size: int, images: np.ndarray, work: Path, seed: int = 0
 ) -> tuple[str, str]:
     """ImageNet weights when Keras has them; else locally made ones (said in the table)."""
-    import contextlib
-    import io
+    from edgetl.models.base import imagenet_or_local, make_local_weights
 
-    from edgetl.models.base import BackboneConfigError, build_backbone, make_local_weights
-
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):  # keras' "Downloading data from ..."
-            build_backbone(name, alpha, size, "imagenet")
-        return "imagenet", "imagenet"
-    except BackboneConfigError:
-        suffix = f"_seed{seed}" if seed else ""
-        path = work / f"{name}_{alpha}_{size}{suffix}.weights.h5"
-        if not path.exists():
-            make_local_weights(name, alpha, size, images, path, seed=seed)
-        return str(path), "local (ImageNet unavailable offline)"
+    suffix = f"_seed{seed}" if seed else ""
+    weights = imagenet_or_local(
+        name,
+        alpha,
+        size,
+        work / f"{name}_{alpha}_{size}{suffix}.weights.h5",
+        lambda p: make_local_weights(name, alpha, size, images, p, seed=seed),
+    )
+    return weights, "imagenet" if weights == "imagenet" else "local (ImageNet unavailable offline)"
 
 
-def _table(rows: list[list[str]], header: list[str]) -> str:
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    line = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True))  # noqa: E731
-    return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
+def _table(rows: list[list], header: list[str]) -> str:
+    from edgetl.report import text_table
+
+    return "\n".join(text_table(header, rows))
 
 
 def seed_recipe(
@@ -158,44 +152,35 @@ def bench_train(work: Path, images_per_class: int = 54, epochs: int = 10) -> str
     )
 
 
-def _latency(fn, warmup: int = 10, runs: int = 50) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times) * 1e3
+# The runtime that times each format at batch 1 (the first available one), and its options:
+# the browser's wasm page gets every core (TF.js alone caps its pool at cores / 2).
+LATENCY_RUNTIMES = {
+    "onnx": ["onnxruntime-cpu"],
+    "tflite": ["litert"],
+    "tfjs_layers": ["tfjs-browser-wasm", "tfjs-node-wasm"],
+    "tfjs_graph": ["tfjs-browser-wasm", "tfjs-node-wasm"],
+}
 
 
-def artifact_latency_ms(bundle: Path, record, image: np.ndarray) -> tuple[float, str]:
-    """Batch-1 median latency (ms) of one artifact in its own runtime, with the runtime's name.
-    Sessions are created once through the runtime modules' own helpers, then timed."""
-    from edgetl.runtimes.base import RUNTIMES, Artifact, load_runtimes
+def artifact_latency_ms(bundle: Path, record, image: np.ndarray, context) -> tuple[float, str]:
+    """Batch-1 median latency (ms) of one artifact in its own runtime, with the runtime's name,
+    timed through the runtime's session (opened once, then timed: Session.benchmark)."""
+    from edgetl.runtimes.base import RUNTIMES, Artifact, Options, load_runtimes
 
     load_runtimes()
     artifact = Artifact(record, bundle)
     x = np.ascontiguousarray(image[:1], dtype=np.float32)
-    if record.format == "onnx":
-        from edgetl.runtimes.onnxruntime_runtime import run_session, to_layout
-
-        sess = RUNTIMES.get("onnxruntime-cpu").session(str(artifact.path))
-        x = to_layout(x, record.layout)
-        return _latency(lambda: run_session(sess, x)), "onnxruntime-cpu"
-    if record.format == "tflite":
-        from edgetl.runtimes.litert_runtime import invoke, make_interpreter
-
-        interp = make_interpreter(str(artifact.path))
-        invoke(interp, x)
-        return _latency(interp.invoke), "litert (XNNPACK)"
-    if record.format in ("tfjs_layers", "tfjs_graph"):
-        for name in ("tfjs-browser-wasm", "tfjs-node-wasm"):
-            rt = RUNTIMES.get(name) if name in RUNTIMES else None
-            if rt is not None and rt.unavailable_reason() is None and hasattr(rt, "benchmark"):
-                kw = {"num_threads": os.cpu_count()} if name.startswith("tfjs-browser") else {}
-                info = rt.benchmark(artifact, runs=30, warmup=5, **kw)
-                return float(info["median_ms"]), name
+    for name in LATENCY_RUNTIMES.get(record.format, []):
+        rt = RUNTIMES.get(name) if name in RUNTIMES else None
+        if rt is None or rt.unavailable_reason() is not None:
+            continue
+        if rt.has_own_timing:
+            options, runs, warmup = Options(threads=os.cpu_count()), 30, 5
+        else:
+            options, runs, warmup = Options(), 50, 10
+        with rt.open(artifact, context, options) as session:
+            stats = session.benchmark(x, runs=runs, warmup=warmup)
+        return float(stats["median_ms"]), name
     return float("nan"), "-"
 
 
@@ -233,6 +218,7 @@ def export_bench_bundle(work: Path, name: str, alpha: float, size: int) -> Path:
 
 def bench_export(work: Path, backbones: list[tuple[str, float, int]]) -> tuple[str, dict]:
     from edgetl.manifest import Manifest, read_probes
+    from edgetl.runtimes.base import RunContext
     from edgetl.verifier import verify
 
     rows, bundles = [], {}
@@ -248,9 +234,11 @@ def bench_export(work: Path, backbones: list[tuple[str, float, int]]) -> tuple[s
         )
         err = {p.artifact: p.stats.max_abs for p in check.pairs if p.stats is not None}
         top1 = {p.artifact: p.stats.top1_agreement for p in check.pairs if p.stats is not None}
-        lat = {}
-        for rec in manifest.artifacts:
-            lat[rec.id] = artifact_latency_ms(bundle, rec, probes.inputs[:1])
+        with RunContext() as context:
+            lat = {
+                rec.id: artifact_latency_ms(bundle, rec, probes.inputs[:1], context)
+                for rec in manifest.artifacts
+            }
         fastest = min((v[0] for k, v in lat.items() if k.startswith(("onnx", "tflite"))))
         f32 = manifest.artifact("tflite_float32").size
         for rec in manifest.artifacts:
@@ -309,13 +297,16 @@ def bench_verify(bundle: Path) -> str:
 
 PARITY_RUNTIMES = ["onnxruntime-cpu", "litert", "tfjs-node-wasm"]
 BROWSER_RUNTIMES = ["tfjs-browser-wasm"]
-# Tiny sizes for speed: the smallest alpha of each backbone at its smallest size.
-SMALLEST = {
-    "mobilenet_v1": (0.25, 128),
-    "mobilenet_v2": (0.35, 96),
-    "mobilenet_v3_small": (0.75, 96),
-    "mobilenet_v3_large": (0.75, 96),
-}
+
+
+def _smallest() -> dict[str, tuple[float, int]]:
+    """Tiny sizes for speed: each registered backbone's smallest alpha and size (Backbone.small)."""
+    from edgetl.models import BACKBONES
+
+    return {bb.name: bb.small for bb in BACKBONES.values()}
+
+
+SMALLEST = _smallest()
 DETECTION_QUICK = [("mobilenet_v2", "fitted")]
 # random = untrained backbone (BN statistics at init): its features vanish and the outputs barely
 # depend on the input, the issue's "dead backbone"; shown apart, not in the headline figure.
@@ -343,7 +334,7 @@ def parity_bundle(
     Returns (bundle, data_dir)."""
     import keras
 
-    from edgetl.bundle import export_bundle, sample_images
+    from edgetl.bundle import export_bundle
     from edgetl.classifier import (
         HeadConfig,
         build_classifier,
@@ -352,6 +343,7 @@ def parity_bundle(
         embedding_model,
     )
     from edgetl.contract import InputContract
+    from edgetl.data import sample_images
     from edgetl.models.base import build_backbone
     from edgetl.sample_data import SAMPLE_CLASSES, make_sample_dataset
 
@@ -519,46 +511,18 @@ def keras_references(bundles: list[Path], work: Path) -> dict[tuple[str, str], n
     return refs
 
 
-def _batched(fn, x: np.ndarray, batch: int) -> np.ndarray:
-    if batch >= len(x):
-        return fn(x)
-    return np.concatenate([fn(x[i : i + batch]) for i in range(0, len(x), batch)])
+def outputs_with(
+    bundle: Path, record, runtime: str, x: np.ndarray, batch: int, options=None
+) -> np.ndarray:
+    """The artifact's probabilities on `x` fed `batch` images at a time, through the runtime's
+    session with the given Options (threads, graph optimizations / XNNPACK on or off)."""
+    from edgetl.runtimes.base import RUNTIMES, Artifact
 
-
-def ort_outputs(path: Path, layout: str, x: np.ndarray, threads: int, optimize: bool) -> np.ndarray:
-    """onnxruntime CPU with a chosen intra-op thread count and graph optimization level.
-    edgetl's onnxruntime runtime has no knob for either (note for the runtime owner), so the
-    session is built here the same way otherwise."""
-    import onnxruntime as ort
-
-    from edgetl.runtimes.onnxruntime_runtime import run_session, to_layout
-
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.graph_optimization_level = (
-        ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if optimize
-        else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    )
-    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    return run_session(sess, to_layout(x, layout))["probabilities"]
-
-
-def litert_outputs(path: Path, x: np.ndarray, threads: int, xnnpack: bool) -> np.ndarray:
-    """LiteRT with a chosen thread count, with XNNPACK or the builtin reference-style kernels."""
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
-
-    from edgetl.runtimes.litert_runtime import dequantize, invoke
-
-    resolver = OpResolverType.AUTO if xnnpack else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
-    interp = Interpreter(
-        model_path=str(path), num_threads=threads, experimental_op_resolver_type=resolver
-    )
-    invoke(interp, np.asarray(x, np.float32))
-    d = interp.get_output_details()[0]
-    return dequantize(interp.get_tensor(d["index"]), d)
+    with RUNTIMES.get(runtime).open(Artifact(record, bundle), options=options) as session:
+        parts = [
+            session.infer(x[i : i + batch])[0]["probabilities"] for i in range(0, len(x), batch)
+        ]
+    return np.concatenate(parts)
 
 
 def _judge(record, runtime: str, reference: np.ndarray, y: np.ndarray, noise: dict | None):
@@ -576,6 +540,7 @@ def sweep_bundle(bundle: Path, refs: dict, runtimes: list[str]) -> list[tuple[st
     artifact under the varied runtime settings against the golden outputs, then the default
     outputs against the Keras re-runs (oneDNN on/off, batch 1/N)."""
     from edgetl.manifest import Manifest, read_probes
+    from edgetl.runtimes.base import RUNTIMES, Options
     from edgetl.verifier import verify
 
     out = []
@@ -588,30 +553,28 @@ def sweep_bundle(bundle: Path, refs: dict, runtimes: list[str]) -> list[tuple[st
     probes = read_probes(bundle, manifest)
     x, golden = probes.inputs, probes.expected
     for rec in manifest.artifacts:
-        path = bundle / rec.path
         if rec.format == "onnx":
             for threads, opt, batch in itertools.product((1, 2), (True, False), (len(x), 1)):
-                run = partial(ort_outputs, path, rec.layout, threads=threads, optimize=opt)
-                y = _batched(run, x, batch)
+                options = Options(threads=threads, optimize=opt)
+                y = outputs_with(bundle, rec, "onnxruntime-cpu", x, batch, options)
                 cond = f"ort threads={threads} opt={'all' if opt else 'off'} batch={batch}"
                 out.append((rec.id, cond, _judge(rec, "onnxruntime-cpu", golden, y, noise)))
                 if (threads, opt, batch) == (2, True, len(x)):
                     default[rec.id] = (y, "onnxruntime-cpu")
         elif rec.format == "tflite":
             for threads, xnn, batch in itertools.product((1, 2), (True, False), (len(x), 1)):
-                run = partial(litert_outputs, path, threads=threads, xnnpack=xnn)
-                y = _batched(run, x, batch)
+                y = outputs_with(bundle, rec, "litert", x, batch, Options(threads, optimize=xnn))
                 cond = f"litert threads={threads} xnnpack={'on' if xnn else 'off'} batch={batch}"
                 out.append((rec.id, cond, _judge(rec, "litert", golden, y, noise)))
                 if (threads, xnn, batch) == (2, True, len(x)):
                     default[rec.id] = (y, "litert")
-        elif rec.format == "tfjs_layers" and "tfjs-node-wasm" in runtimes:
-            from edgetl.runtimes.base import RUNTIMES, Artifact
-
-            rt = RUNTIMES.get("tfjs-node-wasm")
-            if rt.unavailable_reason() is None:
-                y = rt.run(Artifact(rec, bundle), x)["probabilities"]
-                default[rec.id] = (y, "tfjs-node-wasm")
+        elif (
+            rec.format == "tfjs_layers"
+            and "tfjs-node-wasm" in runtimes
+            and RUNTIMES.get("tfjs-node-wasm").unavailable_reason() is None
+        ):
+            y = outputs_with(bundle, rec, "tfjs-node-wasm", x, len(x))
+            default[rec.id] = (y, "tfjs-node-wasm")
     for (b, cond), ref in refs.items():
         if b != str(bundle):
             continue

@@ -13,6 +13,8 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from edgetl.outdir import atomic_write
+
 if TYPE_CHECKING:
     from edgetl.results import PairResult, VerifyResult
 
@@ -53,22 +55,24 @@ def _row(p: PairResult) -> list[str]:
 HEADERS = ["artifact", "runtime", "status", "max_abs", "p99_abs", "top1", "accuracy", "tolerance"]
 
 
+def text_table(header: list[str], rows: list[list]) -> list[str]:
+    """Left-aligned columns two spaces apart, a dashed rule under the header (verify's table
+    and the bench's)."""
+    cells = [[str(c) for c in r] for r in [header, *rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    line = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()  # noqa: E731
+    return [line(cells[0]), line(["-" * w for w in widths]), *map(line, cells[1:])]
+
+
 def format_table(result: VerifyResult) -> str:
     """artifact x runtime with status, errors and tolerance; reasons and unavailable runtimes
     listed under it."""
-    rows = [_row(p) for p in result.pairs]
-    widths = [
-        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(HEADERS)
-    ]
-    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()  # noqa: E731
     out = [
         f"bundle {result.bundle_dir} ({result.name}): {result.probes} golden probes"
         + (f", {result.data['images']} labelled images" if result.data else "")
     ]
     out.append(probe_line(result))
-    out.append(line(HEADERS))
-    out.append(line(["-" * w for w in widths]))
-    out += [line(r) for r in rows]
+    out += text_table(HEADERS, [_row(p) for p in result.pairs])
     for p in result.pairs:
         if p.passed:
             continue
@@ -121,7 +125,8 @@ def to_json_dict(result: VerifyResult) -> dict:
 
 
 def write_json(result: VerifyResult, path: Path) -> None:
-    Path(path).write_text(json.dumps(to_json_dict(result), indent=2, allow_nan=False) + "\n")
+    text = json.dumps(to_json_dict(result), indent=2, allow_nan=False) + "\n"
+    atomic_write(path, text.encode("utf-8"))
 
 
 def write_junit(result: VerifyResult, path: Path) -> None:
@@ -164,7 +169,9 @@ def write_junit(result: VerifyResult, path: Path) -> None:
     suite.set("errors", "0")
     suite.set("skipped", str(n_skip))
     suite.set("time", f"{result.seconds:.3f}")
-    ET.ElementTree(suite).write(path, encoding="utf-8", xml_declaration=True)
+    atomic_write(
+        path, lambda f: ET.ElementTree(suite).write(f, encoding="utf-8", xml_declaration=True)
+    )
 
 
 def histogram_svg(hist: dict | None, width: int = 260, height: int = 80) -> str:
@@ -238,4 +245,4 @@ tr.fail td:nth-child(3) {{ color: #b00020; font-weight: bold; }}
 <h2>Unavailable runtimes</h2><ul>{missing or "<li>none</li>"}</ul>
 </body></html>
 """
-    Path(path).write_text(page, encoding="utf-8")
+    atomic_write(path, page.encode("utf-8"))

@@ -1,5 +1,9 @@
 """Shared, session-scoped fixtures: the sample data, locally made backbone weights, a trained
-tiny run and its bundle. Everything is small (MobileNetV2 alpha 0.35 at 96 px) and real."""
+tiny run and its bundle. Everything is small (MobileNetV2 alpha 0.35 at 96 px) and real.
+
+Per-backbone tests iterate the registries (edgetl.models BACKBONES with each backbone's own
+`small` configuration, RUNTIMES filtered by flags), so a new entry is tested without editing a
+test."""
 
 from __future__ import annotations
 
@@ -18,12 +22,31 @@ TINY = ("mobilenet_v2", 0.35, 96)
 # a clean pass loosen only that rule, explicitly; the TFLITE_INT8 rule itself is tested on
 # crafted arrays in test_parity.py. Wrong quantization scales would give ~33% here.
 RANDOM_WEIGHTS_INT8 = ("tflite_int8:min_top1=0.75",)
-SMALL_BACKBONES = {
-    "mobilenet_v1": (0.25, 128),
-    "mobilenet_v2": (0.35, 96),
-    "mobilenet_v3_small": (0.75, 96),
-    "mobilenet_v3_large": (0.75, 96),
-}
+
+
+def small_backbones() -> dict[str, tuple[float, int]]:
+    """Every registered backbone -> the (alpha, size) it registered for tests (Backbone.small)."""
+    from edgetl.models import BACKBONES
+
+    return {bb.name: bb.small for bb in BACKBONES.values()}
+
+
+def cpu_runtimes(**flags) -> list[str]:
+    """Registered CPU runtimes whose flags match, e.g. the fast in-process ones that see every
+    --data image: cpu_runtimes(data_sample=None)."""
+    from edgetl.runtimes.base import load_runtimes
+
+    return load_runtimes().select(gpu=False, **flags)
+
+
+def runtime_for(fmt: str) -> str:
+    """The fastest registered CPU runtime off the browser that runs `fmt` artifacts: one that
+    sees every --data image (data_sample None) before one that sees a larger sample."""
+    from edgetl.runtimes.base import load_runtimes
+
+    rts = load_runtimes()
+    names = [n for n in cpu_runtimes(same_thread=False) if fmt in rts.get(n).formats]
+    return min(names, key=lambda n: -(rts.get(n).data_sample or float("inf")))
 
 
 @pytest.fixture(scope="session")
@@ -35,7 +58,7 @@ def sample_data(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def local_weights(tmp_path_factory, sample_data):
-    """backbone name -> a weights file made here (no download), at SMALL_BACKBONES' size."""
+    """backbone name -> a weights file made here (no download), at the backbone's small size."""
     from edgetl.models.base import make_local_weights
 
     from edgetl.data import load_images, scan_image_folder
@@ -46,7 +69,7 @@ def local_weights(tmp_path_factory, sample_data):
 
     def get(name: str) -> Path:
         if name not in made:
-            alpha, size = SMALL_BACKBONES[name]
+            alpha, size = small_backbones()[name]
             images = load_images(folder.files[::2], size, size)
             made[name] = make_local_weights(name, alpha, size, images, root / f"{name}.weights.h5")
         return made[name]
@@ -85,24 +108,16 @@ def tiny_run(tmp_path_factory, sample_data, local_weights, cache_dir) -> Path:
 @pytest.fixture(scope="session")
 def tiny_bundle(tmp_path_factory, tiny_run, sample_data) -> Path:
     """tiny_run exported to every format and TFLite variant, probes from the sample data."""
-    from edgetl.bundle import export_bundle, sample_images
-    from edgetl.modelio import load_model_source
+    from edgetl.bundle import export_from_source
 
-    loaded = load_model_source(tiny_run)
-    images, labels, names = sample_images(sample_data, loaded.contract, loaded.labels, limit=24)
     out = tmp_path_factory.mktemp("bundle") / "tiny"
-    export_bundle(
-        loaded.model,
+    export_from_source(
+        tiny_run,
         out,
-        labels=loaded.labels,
-        contract=loaded.contract,
+        data_dir=sample_data,
+        sample_limit=24,
         quantizations=["float16", "dynamic", "int8"],
-        calibration_images=images,
-        probe_images=images,
-        probe_labels=labels,
-        probe_names=names,
         model_name="tiny",
-        source_path=loaded.source_path,
         log=lambda *_: None,
     )
     return out

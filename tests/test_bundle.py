@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import RANDOM_WEIGHTS_INT8, SMALL_BACKBONES
+from conftest import RANDOM_WEIGHTS_INT8, runtime_for, small_backbones
 
 from edgetl.cli import main
 from edgetl.contract import InputContract
@@ -147,7 +147,8 @@ def test_int8_needs_calibration(tiny_model, tmp_path):
 
 
 def test_int8_with_uint8_io_runs_in_litert(tiny_model, tmp_path, sample_data):
-    from edgetl.bundle import export_bundle, sample_images
+    from edgetl.bundle import export_bundle
+    from edgetl.data import sample_images
     from edgetl.runtimes.base import RUNTIMES, Artifact, load_runtimes
 
     images, labels, _names = sample_images(
@@ -177,18 +178,41 @@ def test_int8_with_uint8_io_runs_in_litert(tiny_model, tmp_path, sample_data):
     assert result.ok, result.table()
 
 
-@pytest.mark.parametrize("name", list(SMALL_BACKBONES))
+def test_every_registered_format_is_exported_and_has_a_cpu_runtime(tiny_bundle):
+    """The default export writes every FORMATS entry (artifact ids start with the format's
+    name), and each artifact is run by a registered CPU runtime, so verify's CPU tests cover
+    it. Cheap: reads the session bundle."""
+    from edgetl.converters import FORMATS
+
+    from edgetl.runtimes.base import load_runtimes
+
+    m = Manifest.load(tiny_bundle)
+    for fmt in FORMATS.names():
+        assert any(a.id.startswith(fmt) for a in m.artifacts), (fmt, [a.id for a in m.artifacts])
+    runtimes = load_runtimes()
+    for a in m.artifacts:
+        assert any(a.format in rt.formats for rt in runtimes.values() if not rt.gpu), a.id
+
+
+# TF.js is left out here: tests/test_tfjs.py runs every backbone in TF.js (Node), so this test,
+# the costly one per backbone, stays at the formats that need a TensorFlow conversion each.
+PER_BACKBONE_FORMATS = ("onnx", "tflite")
+
+
+@pytest.mark.parametrize("name", list(small_backbones()))
 def test_each_backbone_exports_to_onnx_and_every_tflite_variant(
     name, tmp_path, sample_data, local_weights
 ):
     """Every backbone, every ONNX/TFLite variant, each run in its own runtime and compared with
     the golden probes by the parity engine (TF.js per backbone: tests/test_tfjs.py)."""
+    from edgetl.converters import QUANTIZATIONS
     from edgetl.models.base import build_backbone
 
-    from edgetl.bundle import export_bundle, sample_images
+    from edgetl.bundle import export_bundle
     from edgetl.classifier import build_classifier
+    from edgetl.data import sample_images
 
-    alpha, size = SMALL_BACKBONES[name]
+    alpha, size = small_backbones()[name]
     model = build_classifier(build_backbone(name, alpha, size, local_weights(name)), 3)
     contract = InputContract(size, size)
     labels = ["checks", "dots", "stripes"]
@@ -198,24 +222,25 @@ def test_each_backbone_exports_to_onnx_and_every_tflite_variant(
         tmp_path / "b",
         labels=labels,
         contract=contract,
-        formats=["onnx", "tflite"],
-        quantizations=["float16", "dynamic", "int8"],
+        formats=PER_BACKBONE_FORMATS,
+        quantizations=QUANTIZATIONS.names(),
         calibration_images=images,
         probe_images=images,
         probe_labels=y,
         probe_names=names,
         log=lambda *_: None,
     )
-    assert {a.id for a in m.artifacts} == {
+    assert {a.id for a in m.artifacts} >= {
         "onnx",
         "tflite_float32",
         "tflite_float16",
         "tflite_dynamic",
         "tflite_int8",
     }
-    result = verify(tmp_path / "b", runtimes=["onnxruntime-cpu", "litert"])
+    result = verify(tmp_path / "b", runtimes=[runtime_for(f) for f in ("onnx", "tflite")])
     ran = {(p.artifact, p.runtime) for p in result.pairs}
     assert {("onnx", "onnxruntime-cpu"), ("tflite_int8", "litert")} <= ran
+    assert {a.id for a in m.artifacts} == {p.artifact for p in result.pairs}
     if name.startswith("mobilenet_v3"):
         # Post-training quantization is known to be fragile on MobileNetV3 (hard-swish,
         # squeeze-excite; tensorflow/models#8664, #11274). With these random data-fitted weights
@@ -256,7 +281,7 @@ def test_export_cli_on_a_run_directory(tiny_run, tmp_path, capsys):
 
 
 def test_contract_range_for_a_user_model(tmp_path):
-    from edgetl.bundle import images_in_range
+    from edgetl.data import images_in_range
 
     c = InputContract(8, 8, value_range=(-1.0, 1.0))
     x = np.array([0.0, 127.5, 255.0], dtype=np.float32)

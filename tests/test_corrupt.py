@@ -9,35 +9,28 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import runtime_for
 
 from edgetl import corrupt
-
-RUNTIME_FOR = {"onnx": "onnxruntime-cpu", "tflite": "litert", "tfjs_layers": "tfjs-node-wasm"}
 
 
 @pytest.fixture(scope="module")
 def source_bundle(tmp_path_factory, tiny_run) -> tuple[Path, Path]:
     """tiny_run as TF.js Layers, ONNX, TFLite float32 and int8, probes drawn from 128 px images
     (bilinear to 96 px, so the antialias fault has something to shrink). (bundle, data dir)."""
-    from edgetl.bundle import export_bundle, sample_images
-    from edgetl.modelio import load_model_source
+    from edgetl.bundle import export_from_source
     from edgetl.sample_data import make_sample_dataset
 
     root = tmp_path_factory.mktemp("corrupt")
     data = make_sample_dataset(root / "data128", per_class=4, size=128)
-    loaded = load_model_source(tiny_run)
-    images, labels, names = sample_images(data, loaded.contract, loaded.labels, limit=12)
     bundle = root / "bundle"
-    export_bundle(
-        loaded.model,
+    export_from_source(
+        tiny_run,
         bundle,
-        labels=loaded.labels,
-        contract=loaded.contract,
+        data_dir=data,
+        sample_limit=12,
         quantizations=["int8"],
-        calibration_images=images,
-        probe_images=images,
-        probe_labels=labels,
-        probe_names=names,
+        model_name="model",
         log=lambda *_: None,
     )
     return bundle, data
@@ -55,7 +48,7 @@ def _outputs(bundle: Path, ids: list[str]) -> tuple[dict[str, np.ndarray], np.nd
     for a in manifest.artifacts:
         if a.id not in ids:
             continue
-        rt = RUNTIMES.get(RUNTIME_FOR[a.format])
+        rt = RUNTIMES.get(runtime_for(a.format))
         if rt.unavailable_reason() is not None:
             continue  # TF.js without Node: the other formats still prove the change
         out[a.id] = rt.run(Artifact(a, bundle), x)["probabilities"]

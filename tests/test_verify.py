@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import RANDOM_WEIGHTS_INT8
+from conftest import RANDOM_WEIGHTS_INT8, cpu_runtimes
 
 from edgetl.cli import main
 from edgetl.corrupt import corrupt_onnx_weight, corrupt_tfjs_weight, corrupt_tflite_weight
@@ -19,8 +19,16 @@ from edgetl.corrupt import rehash as _rehash
 from edgetl.manifest import Manifest
 from edgetl.tolerances import FLOAT32_MIN_ABS, FLOAT32_NOISE_MULTIPLE
 
-CPU_RUNTIMES = ["onnxruntime-cpu", "litert", "keras"]
+# The fast in-process CPU runtimes (every --data image goes through them); TF.js runtimes have
+# tests of their own below (one representative each), where Node and Chromium start-up is paid.
+CPU_RUNTIMES = cpu_runtimes(data_sample=None)
 CORRUPT_LAYER = "block_3_expand"  # a 1x1 conv early in MobileNetV2
+
+
+def _accepts(runtime: str, record) -> bool:
+    from edgetl.runtimes.base import RUNTIMES, Artifact
+
+    return RUNTIMES.get(runtime).accepts(Artifact(record, Path(".")))
 
 
 @pytest.fixture(scope="session")
@@ -51,7 +59,12 @@ def test_clean_bundle_passes_on_every_cpu_runtime(parity_bundle):
     result = verify(parity_bundle, runtimes=CPU_RUNTIMES, tolerances=RANDOM_WEIGHTS_INT8)
     assert result.ok, result.table()
     pairs = {(p.artifact, p.runtime): p for p in result.pairs}
-    assert set(pairs) == {
+    manifest = Manifest.load(parity_bundle)
+    expected = {("source_model", "keras")} | {
+        (a.id, n) for n in CPU_RUNTIMES for a in manifest.artifacts if _accepts(n, a)
+    }
+    assert set(pairs) == expected
+    assert set(pairs) >= {
         ("source_model", "keras"),
         ("onnx", "onnxruntime-cpu"),
         ("tflite_float32", "litert"),
@@ -235,23 +248,16 @@ def test_data_reports_accuracy_and_fails_a_lossy_int8(parity_bundle, sample_data
 @pytest.fixture(scope="session")
 def nchw_uint8_bundle(tmp_path_factory, tiny_run, sample_data) -> Path:
     """ONNX with NCHW input and int8 TFLite with uint8 input/output."""
-    from edgetl.bundle import export_bundle, sample_images
-    from edgetl.modelio import load_model_source
+    from edgetl.bundle import export_from_source
 
-    loaded = load_model_source(tiny_run)
-    images, labels, names = sample_images(sample_data, loaded.contract, loaded.labels, limit=24)
     out = tmp_path_factory.mktemp("layouts") / "bundle"
-    export_bundle(
-        loaded.model,
+    export_from_source(
+        tiny_run,
         out,
-        labels=loaded.labels,
-        contract=loaded.contract,
+        data_dir=sample_data,
+        sample_limit=24,
         formats=("onnx", "tflite"),
         quantizations=("int8",),
-        calibration_images=images,
-        probe_images=images,
-        probe_labels=labels,
-        probe_names=names,
         nchw=True,
         int8_io="uint8",
         log=lambda *_: None,
@@ -315,9 +321,10 @@ def dead_bundle(tmp_path_factory, sample_data) -> Path:
     vanish, as `train --weights none --epochs 1` does): its outputs ignore the input."""
     from edgetl.models.base import build_backbone
 
-    from edgetl.bundle import export_bundle, sample_images
+    from edgetl.bundle import export_bundle
     from edgetl.classifier import build_classifier
     from edgetl.contract import InputContract
+    from edgetl.data import sample_images
 
     model = build_classifier(build_backbone("mobilenet_v2", 0.35, 96, None), 3)
     contract = InputContract(96, 96)
