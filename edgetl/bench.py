@@ -433,32 +433,14 @@ def detection_table(
             result = verify(
                 copy, runtimes=runtimes, artifacts=list(details), localize_failures=False
             )
-            by = {(p.artifact, p.runtime): p for p in result.pairs}
-            down = {st.name: st.reason for st in result.runtimes if not st.available}
-            cells = []
-            for k in keys:
-                p = by.get(k)
-                cell = _cell(p).replace("FAIL", "caught").replace("pass", "MISSED")
-                cells.append(cell)
-                if k[0] not in details:
-                    continue  # the corruption does not apply to this artifact
-                if p is None or p.status not in ("pass", "fail"):
-                    # No verdict from parity (runtime error or unavailable): not a detection.
-                    why = "; ".join(p.reasons) if p is not None else down.get(k[1], "no result")
-                    errors.append(f"{label}: {c.name} on {k[0]}@{k[1]}: {why[:300]}")
-                    continue
-                if not c.counted or k[0] not in FLOAT32_IDS:
-                    continue
-                tally = score.setdefault(weights, [0, 0])
-                tally[1] += 1
-                if not p.passed:
-                    tally[0] += 1
-                else:
-                    err = p.stats.max_abs if p.stats else float("nan")
-                    missed.append(
-                        f"{label}: {c.name} on {k[0]}@{k[1]}: max |err| {err:.1e} "
-                        f"vs {p.tolerance.describe()}"
-                    )
+            cells, caught, counted, miss, errs = _score(
+                c, f"{label}: {c.name}", keys, details, result
+            )
+            tally = score.setdefault(weights, [0, 0])
+            tally[0] += caught
+            tally[1] += counted
+            missed += miss
+            errors += errs
             rows.append([label, c.name, *cells])
             shutil.rmtree(copy, ignore_errors=True)
     text = (
@@ -471,6 +453,35 @@ def detection_table(
             errors
         )
     return text, {w: (c, n) for w, (c, n) in score.items()}, missed
+
+
+def _score(corruption, where: str, keys, details: dict, result):
+    """One corrupted bundle's verdicts: (a cell per artifact@runtime, caught, counted, missed
+    descriptions, no-verdict descriptions). Only counted corruptions of float32 artifacts
+    score; a runtime error or an unavailable runtime is no detection."""
+    by = {(p.artifact, p.runtime): p for p in result.pairs}
+    down = {st.name: st.reason for st in result.runtimes if not st.available}
+    cells, caught, counted, missed, errors = [], 0, 0, [], []
+    for k in keys:
+        p = by.get(k)
+        cells.append(_cell(p).replace("FAIL", "caught").replace("pass", "MISSED"))
+        if k[0] not in details:
+            continue  # the corruption does not apply to this artifact
+        if p is None or p.status not in ("pass", "fail"):
+            why = "; ".join(p.reasons) if p is not None else down.get(k[1], "no result")
+            errors.append(f"{where} on {k[0]}@{k[1]}: {why[:300]}")
+            continue
+        if not corruption.counted or k[0] not in FLOAT32_IDS:
+            continue
+        counted += 1
+        if not p.passed:
+            caught += 1
+        else:
+            err = p.stats.max_abs if p.stats else float("nan")
+            missed.append(
+                f"{where} on {k[0]}@{k[1]}: max |err| {err:.1e} vs {p.tolerance.describe()}"
+            )
+    return cells, caught, counted, missed, errors
 
 
 # ---------------------------------------------------------------- parity: false alarms
@@ -652,6 +663,10 @@ def false_alarm_table(
          f"{worst[a][1]}, {worst[a][2]}"]
         for a in SWEEP_ARTIFACTS if a in worst
     ]  # fmt: skip
+    return _false_alarm_text(rows, worst_rows, alarms), len(alarms), judged
+
+
+def _false_alarm_text(rows: list, worst_rows: list, alarms: list[str]) -> str:
     text = (
         "False-alarm sweep: honest bundles; worst max |error| per artifact over every condition "
         "(verify on onnxruntime-cpu, litert, tfjs-node-wasm/cpu, keras; onnxruntime intra-op "
@@ -669,7 +684,7 @@ def false_alarm_table(
     )
     if alarms:
         text += "\n\nFalse alarms:\n  " + "\n  ".join(alarms)
-    return text, len(alarms), judged
+    return text
 
 
 def bench_parity(work: Path, quick: bool, browser: bool = False) -> str:

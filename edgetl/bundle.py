@@ -118,21 +118,11 @@ def export_bundle(
     """Write the bundle for `model` to `out_dir` and return its manifest.
 
     Images (probes, calibration) are float32 (N, H, W, 3) in the contract's value range."""
-    from edgetl.converters import FORMATS, QUANTIZATIONS, ExportOptions
+    from edgetl.converters import ExportOptions
 
-    formats = [FORMATS.check(f) for f in (FORMATS.names() if formats is None else formats)]
-    quantizations = [QUANTIZATIONS.check(q) for q in quantizations]
-    if quantizations and "tflite" not in formats:
-        raise UserError("--quantize applies to TFLite; add tflite to --formats")
-    if "int8" in quantizations and (calibration_images is None or len(calibration_images) == 0):
-        raise UserError(
-            "int8 needs calibration images: pass --calibration DATA_DIR (or export a "
-            "run directory whose training data is still on disk)"
-        )
-    if len(labels) != int(model.outputs[0].shape[-1]):
-        raise UserError(
-            f"{len(labels)} labels for a model with {model.outputs[0].shape[-1]} outputs"
-        )
+    formats, quantizations = check_request(
+        model, labels, formats, quantizations, calibration_images
+    )
     out_dir = Path(out_dir)
     check_out_dir(
         out_dir,
@@ -158,6 +148,26 @@ def export_bundle(
         )
         staging.commit()  # rename into place (an old bundle is moved aside, removed after)
     return manifest
+
+
+def check_request(model, labels, formats, quantizations, calibration_images):
+    """Registered formats and quantizations that fit together, one label per model output."""
+    from edgetl.converters import FORMATS, QUANTIZATIONS
+
+    formats = [FORMATS.check(f) for f in (FORMATS.names() if formats is None else formats)]
+    quantizations = [QUANTIZATIONS.check(q) for q in quantizations]
+    if quantizations and "tflite" not in formats:
+        raise UserError("--quantize applies to TFLite; add tflite to --formats")
+    if "int8" in quantizations and (calibration_images is None or len(calibration_images) == 0):
+        raise UserError(
+            "int8 needs calibration images: pass --calibration DATA_DIR (or export a "
+            "run directory whose training data is still on disk)"
+        )
+    if len(labels) != int(model.outputs[0].shape[-1]):
+        raise UserError(
+            f"{len(labels)} labels for a model with {model.outputs[0].shape[-1]} outputs"
+        )
+    return formats, quantizations
 
 
 def check_outputs_finite(model, contract: InputContract) -> None:

@@ -57,20 +57,7 @@ def scan_image_folder(
     if not root.is_dir():
         raise UserError(f"data folder {str(root)!r} does not exist or is not a folder")
     skipped: list[tuple[Path, str]] = []
-    class_dirs = []
-    try:
-        entries = sorted(root.iterdir(), key=lambda p: _class_sort_key(p.name))
-    except OSError as e:
-        raise UserError(f"cannot read data folder {root}: {e.strerror or e}") from None
-    for p in entries:
-        if p.name.startswith("."):
-            continue
-        if p.is_symlink():
-            if p.is_dir():
-                skipped.append((p, "symbolic link to a folder (not followed)"))
-            continue  # linked files at the top level are neither classes nor images of one
-        if p.is_dir():
-            class_dirs.append(p)
+    class_dirs = _class_dirs(root, skipped)
     flat = False
     if not class_dirs and allow_flat:
         class_dirs, flat = [root], True
@@ -84,19 +71,10 @@ def scan_image_folder(
     labels: list[int] = []
     empty: list[str] = []
     for idx, d in enumerate(class_dirs):
-        n_before = len(files)
-        for p in _walk_files(d, skipped, recursive=not flat):
-            if p.suffix.lower() not in IMAGE_SUFFIXES:
-                skipped.append((p, "not an image file"))
-                continue
-            if check_decodable:
-                why = _decode_problem(p)
-                if why:
-                    skipped.append((p, why))
-                    continue
-            files.append(p)
-            labels.append(idx)
-        if len(files) == n_before:
+        images = _class_images(d, skipped, recursive=not flat, check_decodable=check_decodable)
+        files += images
+        labels += [idx] * len(images)
+        if not images:
             empty.append(d.name)
     if empty:
         raise UserError(
@@ -110,6 +88,42 @@ def scan_image_folder(
         np.asarray(labels, dtype=np.int64),
         skipped,
     )
+
+
+def _class_dirs(root: Path, skipped: list[tuple[Path, str]]) -> list[Path]:
+    """The class sub-folders of `root`, sorted; linked folders are skipped and listed."""
+    try:
+        entries = sorted(root.iterdir(), key=lambda p: _class_sort_key(p.name))
+    except OSError as e:
+        raise UserError(f"cannot read data folder {root}: {e.strerror or e}") from None
+    class_dirs = []
+    for p in entries:
+        if p.name.startswith("."):
+            continue
+        if p.is_symlink():
+            if p.is_dir():
+                skipped.append((p, "symbolic link to a folder (not followed)"))
+            continue  # linked files at the top level are neither classes nor images of one
+        if p.is_dir():
+            class_dirs.append(p)
+    return class_dirs
+
+
+def _class_images(
+    folder: Path, skipped: list[tuple[Path, str]], *, recursive: bool, check_decodable: bool
+) -> list[Path]:
+    """The usable images of one class folder; non-images and undecodable files are listed."""
+    images = []
+    for p in _walk_files(folder, skipped, recursive=recursive):
+        if p.suffix.lower() not in IMAGE_SUFFIXES:
+            skipped.append((p, "not an image file"))
+            continue
+        why = _decode_problem(p) if check_decodable else None
+        if why:
+            skipped.append((p, why))
+            continue
+        images.append(p)
+    return images
 
 
 def _walk_files(top: Path, skipped: list[tuple[Path, str]], recursive: bool = True) -> list[Path]:

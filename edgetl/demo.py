@@ -39,10 +39,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-
     from edgetl.bundle import export_from_source
-    from edgetl.data import load_images, scan_image_folder
-    from edgetl.models.base import imagenet_or_local, make_local_weights, resolve
+    from edgetl.models.base import resolve
     from edgetl.sample_data import make_sample_dataset
     from edgetl.train import TrainConfig, train
 
@@ -55,36 +53,8 @@ def run(args: argparse.Namespace) -> int:
         make_sample_dataset(data)
     else:
         print(f"[1/4] sample dataset already in {data}")
-
-    def notify(why: str) -> None:
-        print(
-            "      NOTE: ImageNet weights are not available here (no network and not in the "
-            f"Keras cache):\n        {why}\n      Carrying on with LOCAL weights instead: the "
-            "backbone is first pretrained from random init on a separate, differently seeded "
-            "set of sample textures (a proxy task, ~1 min). Accuracy is far below what ImageNet "
-            "weights give; everything else runs for real."
-        )
-
-    def pretrain(path: Path) -> None:
-        pre = scan_image_folder(make_sample_dataset(out / "pretrain_data", seed=PRETRAIN_SEED))
-        images = load_images(pre.files, size, size)
-        make_local_weights(bb.name, alpha, size, images, path, labels=pre.labels)
-
-    local = out / f"{bb.name}_{alpha}_{size}_local.weights.h5"
-    weights = imagenet_or_local(bb.name, alpha, size, local, pretrain, notify)
-    if weights == "imagenet":
-        print(f"      using ImageNet weights for {bb.name} {alpha}/{size}")
-
-    quantizations = ["float16", "dynamic"]
-    if args.int8 == "yes" or (args.int8 == "auto" and weights == "imagenet"):
-        quantizations.append("int8")
-    elif args.int8 == "auto":
-        print(
-            "      NOTE: full-int8 TFLite is left out of this run: post-training int8 of the "
-            "locally pretrained backbone fails parity (measured: top-1 agrees on 10 of 12 "
-            "probes, accuracy -5 points), and verify would rightly fail the demo. Pass "
-            "--int8 yes to see that failure reported."
-        )
+    weights = demo_weights(out, bb.name, alpha, size)
+    quantizations = demo_quantizations(args.int8, weights)
 
     run_dir = out / "run"
     print(f"[2/4] training {bb.name} alpha {alpha} size {size} -> {run_dir}")
@@ -108,21 +78,7 @@ def run(args: argparse.Namespace) -> int:
     )
     for a in manifest.artifacts:
         print(f"      {a.id:<16} {a.size / 1e6:6.2f} MB  {bundle / a.path}")
-
-    code = 0
-    if not args.no_verify:
-        from edgetl import report
-        from edgetl.verifier import verify
-
-        print("[4/4] verifying every artifact on every available runtime")
-        result = verify(
-            bundle, runtimes=args.runtimes or None, data=data, log=lambda m: print(f"      {m}")
-        )
-        print(report.format_table(result))
-        report.write_html(result, out / "parity.html")
-        report.write_json(result, out / "parity.json")
-        print(("OK: " if result.ok else "FAIL: ") + result.summary())
-        code = 0 if result.ok else 1
+    code = 0 if args.no_verify else verify_step(bundle, data, out, args.runtimes)
     print(f"\ndone in {time.perf_counter() - t0:.0f} s. Everything is under {out}:")
     print(f"  data      {data}")
     print(
@@ -134,3 +90,59 @@ def run(args: argparse.Namespace) -> int:
         print(f"  parity    {out / 'parity.html'}, {out / 'parity.json'}")
     print(f"  try it in the browser: edgetl serve {bundle}")
     return code
+
+
+def demo_weights(out: Path, name: str, alpha: float, size: int) -> str:
+    """ "imagenet" when Keras has it; else local weights pretrained on a proxy task, said so."""
+    from edgetl.data import load_images, scan_image_folder
+    from edgetl.models.base import imagenet_or_local, make_local_weights
+    from edgetl.sample_data import make_sample_dataset
+
+    def notify(why: str) -> None:
+        print(
+            "      NOTE: ImageNet weights are not available here (no network and not in the "
+            f"Keras cache):\n        {why}\n      Carrying on with LOCAL weights instead: the "
+            "backbone is first pretrained from random init on a separate, differently seeded "
+            "set of sample textures (a proxy task, ~1 min). Accuracy is far below what ImageNet "
+            "weights give; everything else runs for real."
+        )
+
+    def pretrain(path: Path) -> None:
+        pre = scan_image_folder(make_sample_dataset(out / "pretrain_data", seed=PRETRAIN_SEED))
+        images = load_images(pre.files, size, size)
+        make_local_weights(name, alpha, size, images, path, labels=pre.labels)
+
+    local = out / f"{name}_{alpha}_{size}_local.weights.h5"
+    weights = imagenet_or_local(name, alpha, size, local, pretrain, notify)
+    if weights == "imagenet":
+        print(f"      using ImageNet weights for {name} {alpha}/{size}")
+    return weights
+
+
+def demo_quantizations(int8: str, weights: str) -> list[str]:
+    """float16 and dynamic always; int8 with ImageNet weights (or --int8 yes), said so."""
+    quantizations = ["float16", "dynamic"]
+    if int8 == "yes" or (int8 == "auto" and weights == "imagenet"):
+        quantizations.append("int8")
+    elif int8 == "auto":
+        print(
+            "      NOTE: full-int8 TFLite is left out of this run: post-training int8 of the "
+            "locally pretrained backbone fails parity (measured: top-1 agrees on 10 of 12 "
+            "probes, accuracy -5 points), and verify would rightly fail the demo. Pass "
+            "--int8 yes to see that failure reported."
+        )
+    return quantizations
+
+
+def verify_step(bundle: Path, data: Path, out: Path, runtimes: str) -> int:
+    """Verify with the sample data as --data; the table, then parity.html and parity.json."""
+    from edgetl import report
+    from edgetl.verifier import verify
+
+    print("[4/4] verifying every artifact on every available runtime")
+    result = verify(bundle, runtimes=runtimes or None, data=data, log=lambda m: print(f"      {m}"))
+    print(report.format_table(result))
+    report.write_html(result, out / "parity.html")
+    report.write_json(result, out / "parity.json")
+    print(("OK: " if result.ok else "FAIL: ") + result.summary())
+    return 0 if result.ok else 1

@@ -93,8 +93,31 @@ def load_model_source(
     input_range: tuple[float, float] | None = None,
     add_softmax: bool = False,
 ) -> LoadedModel:
-    """Resolve `source` (run dir or model file), load it, and check it is an image classifier."""
+    """Resolve `source` (run dir or model file), load it, and check it is an image classifier;
+    labels.json, contract.json and the training-data record beside it are used when present."""
     source = Path(source)
+    model_path = _model_path(source)
+    side = model_path.parent
+    model = _load_keras(model_path)
+    notes: list[str] = []
+    model = check_classifier_output(model, model_path, add_softmax=add_softmax, notes=notes)
+    shape = _input_shape(model, model_path)
+    labels = _labels(side, labels, _num_classes(model, model_path), notes)
+    contract = _contract(side, shape, input_range, notes)
+    name = source.name if source.is_dir() else model_path.stem
+    return LoadedModel(
+        model=model,
+        labels=labels,
+        contract=contract,
+        source_path=model_path,
+        name=name,
+        data_dir=_recorded_data_dir(side),
+        notes=tuple(notes),
+    )
+
+
+def _model_path(source: Path) -> Path:
+    """The model file of a run directory, or `source` itself when it is a model file."""
     if source.is_dir():
         model_path = source / MODEL_FILE
         if not model_path.is_file():
@@ -102,21 +125,18 @@ def load_model_source(
                 f"{source} is a directory without {MODEL_FILE}: pass an edgetl run "
                 f"directory or a model file ({', '.join(MODEL_SUFFIXES)})"
             )
-    elif source.is_file():
+        return model_path
+    if source.is_file():
         if source.suffix.lower() not in MODEL_SUFFIXES:
             raise UserError(
                 f"{source}: not a Keras model file; expected {', '.join(MODEL_SUFFIXES)}"
             )
-        model_path = source
-    else:
-        raise UserError(f"model not found: {source}")
-    side = model_path.parent
-    model = _load_keras(model_path)
-    notes: list[str] = []
-    model = check_classifier_output(model, model_path, add_softmax=add_softmax, notes=notes)
+        return source
+    raise UserError(f"model not found: {source}")
 
-    shape = _input_shape(model, model_path)
-    n_classes = _num_classes(model, model_path)
+
+def _labels(side: Path, labels: list[str] | None, n_classes: int, notes: list[str]) -> list[str]:
+    """--labels, else labels.json beside the model, else class_0..; one per model output."""
     if labels is None and (side / LABELS_FILE).is_file():
         try:
             labels = load_labels(side / LABELS_FILE)
@@ -131,7 +151,12 @@ def load_model_source(
             f"{len(labels)} label(s) given ({', '.join(labels[:5])}"
             f"{', ...' if len(labels) > 5 else ''}) but the model outputs {n_classes} classes"
         )
+    return labels
 
+
+def _contract(side: Path, shape, input_range, notes: list[str]) -> InputContract:
+    """contract.json beside the model (--input-range overriding its range), else one made from
+    the model's input size; it must match that size."""
     if (side / CONTRACT_FILE).is_file():
         try:
             contract = InputContract.load(side / CONTRACT_FILE)
@@ -153,25 +178,19 @@ def load_model_source(
             f"contract size {contract.height}x{contract.width} does not match the "
             f"model input {shape[0]}x{shape[1]}"
         )
-    data_dir = None
+    return contract
+
+
+def _recorded_data_dir(side: Path) -> Path | None:
+    """The training data folder a run directory recorded, if it is still on disk."""
     info = side / TRAIN_INFO_FILE
-    if info.is_file():
-        try:
-            recorded = json.loads(info.read_text(encoding="utf-8")).get("data_dir")
-        except (OSError, ValueError, AttributeError):
-            recorded = None
-        if recorded and Path(recorded).is_dir():
-            data_dir = Path(recorded)
-    name = source.name if source.is_dir() else model_path.stem
-    return LoadedModel(
-        model=model,
-        labels=labels,
-        contract=contract,
-        source_path=model_path,
-        name=name,
-        data_dir=data_dir,
-        notes=tuple(notes),
-    )
+    if not info.is_file():
+        return None
+    try:
+        recorded = json.loads(info.read_text(encoding="utf-8")).get("data_dir")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return Path(recorded) if recorded and Path(recorded).is_dir() else None
 
 
 def _load_keras(path: Path):

@@ -299,6 +299,32 @@ def localize_failed_pairs(pairs: list[PairResult], jobs: list[Job], root: Path, 
 # ---------------------------------------------------------------- verify
 
 
+def runtime_names(runtimes, require) -> tuple[list[str], list[str], dict[str, str]]:
+    """(runtimes to run, required ones, runtime modules that failed to import). Every asked-for
+    name must be registered; a broken module is reported only when no names were asked for."""
+    from edgetl.runtimes.base import RUNTIMES
+
+    broken = _load_runtime_modules()
+    if runtimes is not None:  # asked-for names must exist; a broken module is then no excuse
+        broken = {}
+    names = _split(runtimes) or RUNTIMES.names()
+    required = _split(require) or []
+    for n in [*names, *required]:
+        RUNTIMES.check(n)
+    return list(dict.fromkeys([*names, *required])), required, broken
+
+
+def _data_info(batch: Batch, data, keras_out: np.ndarray | None) -> dict | None:
+    """What --data saw: folder, image count and Keras' accuracy on every image (if it ran)."""
+    if batch.data_labels is None:
+        return None
+    info = {"dir": str(data), "images": len(batch.data_labels)}
+    if keras_out is not None:
+        info["keras_accuracy"] = _accuracy(keras_out, batch, np.arange(len(batch.inputs)))
+    return info
+
+
+
 def verify(
     bundle_dir: str | Path,
     runtimes: Sequence[str] | str | None = None,
@@ -317,7 +343,7 @@ def verify(
     (default all); require: runtimes that must be available; tolerances: overrides such as
     "max_abs=1e-4" or "tflite_float16:max_abs=1e-2" (selector: artifact, runtime or a@r);
     strict_probes: fail when the bundle's probes cannot tell a broken artifact from a good one."""
-    from edgetl.runtimes.base import RUNTIMES, RunContext
+    from edgetl.runtimes.base import RunContext
 
     t0 = time.perf_counter()
     say = log or (lambda _msg: None)
@@ -332,15 +358,7 @@ def verify(
     overrides = [
         o if isinstance(o, ToleranceOverride) else parse_override(o) for o in tolerances or []
     ]
-    broken = _load_runtime_modules()
-    if runtimes is not None:  # asked-for names must exist; a broken module is then no excuse
-        broken = {}
-    names = _split(runtimes) or RUNTIMES.names()
-    required = _split(require) or []
-    for n in [*names, *required]:
-        RUNTIMES.check(n)
-    names = list(dict.fromkeys([*names, *required]))
-
+    names, required, broken = runtime_names(runtimes, require)
     batch = make_batch(manifest, probes, Path(data) if data is not None else None, say)
     jobs = plan_jobs(names, required, records, manifest, root, batch)
     with RunContext() as context:  # the run's shared resources (Chromium), closed at the end
@@ -353,19 +371,13 @@ def verify(
     for mod, why in broken.items():
         short = mod.rsplit(".", 1)[-1]
         statuses.append(RuntimeStatus(short, False, f"module {mod} failed to import ({why})"))
-    data_info = None
-    if batch.data_labels is not None:
-        data_info = {"dir": str(data), "images": len(batch.data_labels)}
-        if keras_out is not None:
-            rows = np.arange(len(batch.inputs))
-            data_info["keras_accuracy"] = _accuracy(keras_out, batch, rows)
     return VerifyResult(
         root,
         manifest.name,
         pairs,
         statuses,
         batch.k,
-        data_info,
+        _data_info(batch, data, keras_out),
         time.perf_counter() - t0,
         probe_coverage=manifest.probes.get("coverage"),
         strict_probes=strict_probes,
