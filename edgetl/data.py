@@ -1,4 +1,5 @@
-"""Image folders (one sub-folder per class): scanning, checking, decoding and resizing.
+"""Image folders (one sub-folder per class): scanning, checking, decoding and resizing, and
+sample_images(), the images export uses as probes and int8 calibration and verify --data reads.
 
 Resizing is bilinear with half-pixel centers and no antialiasing, written in numpy so that it
 is bit-for-bit the math of `tf.image.resize(method="bilinear")` and TF.js

@@ -8,6 +8,8 @@
   (SavedModels, converter scratch) go inside that partial folder, not into $TMPDIR.
 * A run that is killed (SIGKILL, power loss) leaves its partial folder behind; the next run for
   the same --out removes partials whose process is gone (PID in the name, host in a marker).
+* Single files (verify's --json/--junit/--html, the embedding cache) go through atomic_write:
+  a temporary file beside the target, renamed over it.
 """
 
 from __future__ import annotations

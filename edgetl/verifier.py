@@ -2,12 +2,17 @@
 
 Three steps, each its own function:
 
-1. run:      every available runtime runs its artifacts on the probe batch (and --data images),
-             one start per runtime (Node and Chromium are costly to start), runtimes overlapping.
+1. run:      plan_jobs gives every available runtime the artifacts it accepts and the rows of
+             the batch it runs (probes, then --data images or its stated sample); run_jobs
+             opens each artifact (Runtime.open -> Session.infer: outputs and what ran), runtimes
+             overlapping. A RunContext holds what sessions share (one Chromium for the three
+             browser runtimes) and is closed when the run ends. The Keras runtime (flag
+             `reference`) opens the bundle's source model.
 2. judge:    every (artifact, runtime) pair goes through the one comparator (edgetl.compare)
              against the golden outputs recorded at export, with the tolerance that
              edgetl.tolerances gives the pair (scaled by the bundle's own float32 noise floor).
-3. localize: a failing pair is traced layer by layer to the first Keras layer it gets wrong.
+3. localize: a failing pair is traced layer by layer to the first Keras layer it gets wrong
+             (edgetl.localize, through the layer outputs of a runtime's session).
 
 Before any of it: the manifest, and the sha256 of every file (a tampered file is refused before
 anything runs). The Keras source model is re-run too, where TensorFlow is installed, and checked
