@@ -1,7 +1,8 @@
 """Reports of a verify run: terminal table, JSON, JUnit XML and one self-contained HTML page.
 
 The HTML has no external assets (inline CSS and SVG) so it can be attached to a CI run and
-opened anywhere.
+opened anywhere. Files are written atomically (outdir.atomic_write); text_table() is also the
+bench's table.
 """
 
 from __future__ import annotations

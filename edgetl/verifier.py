@@ -329,7 +329,6 @@ def _data_info(batch: Batch, data, keras_out: np.ndarray | None) -> dict | None:
     return info
 
 
-
 def verify(
     bundle_dir: str | Path,
     runtimes: Sequence[str] | str | None = None,
