@@ -180,19 +180,20 @@ def plan_jobs(names, required, records, manifest: Manifest, root: Path, batch: B
 
 
 def run_jobs(jobs: list[Job], batch: Batch, context, say) -> None:
-    """Fill each available job's outputs and info, one session per artifact. Runtimes are
+    """Fill each available job's outputs and info (Runtime.run_many: a session per artifact, or
+    one Node process for all). Runtimes are
     independent processes or thread-safe libraries, so they overlap; same_thread runtimes
     (Playwright) stay on this thread. `context` holds what the sessions share (Chromium)."""
 
     def execute(job: Job) -> None:
         t = time.perf_counter()
-        x = batch.inputs[job.rows]
+        results = job.runtime.run_many(job.artifacts, batch.inputs[job.rows], context)
         for a in job.artifacts:
-            try:
-                with job.runtime.open(a, context) as session:
-                    job.outputs[a.id], job.info[a.id] = session.infer(x)
-            except Exception as e:  # reported per artifact by judge
-                job.outputs[a.id] = e
+            got = results.get(a.id, RuntimeError("the runtime returned nothing for it"))
+            if isinstance(got, Exception):  # reported per artifact by judge
+                job.outputs[a.id] = got
+            else:
+                job.outputs[a.id], job.info[a.id] = got
         job.status.seconds = time.perf_counter() - t
         if job.outputs:
             say(f"{job.status.name}: {len(job.outputs)} model(s) in {job.status.seconds:.1f} s")

@@ -19,7 +19,8 @@ How to add a runtime (one file plus one name):
    unavailable_reason(), start()) and a Session subclass (infer(); layer_outputs() if you set
    layer_formats; benchmark() if it times inside the backend, has_own_timing); end it with
    RUNTIMES.register(MyRuntime(...)). Shared costly resources come from
-   context.get(key, factory), which opens them once per run and closes them with the context.
+   context.get(key, factory), which opens them once per run and closes them with the context;
+   a runtime that can only batch by running several models at once may override run_many().
 2. Add the module's dotted name to RUNTIME_MODULES below. The tests iterate RUNTIMES, so the
    new runtime is tested by the parity and verify tests without editing a test.
 """
@@ -218,7 +219,9 @@ class Runtime(ABC):
         self, artifacts: list[Artifact], inputs: np.ndarray, context: RunContext | None = None
     ) -> dict[str, tuple[dict[str, np.ndarray], dict] | Exception]:
         """Every artifact on one batch, sharing one context: per id (outputs, info), or the
-        exception that artifact raised (a failure of one never stops the others)."""
+        exception that artifact raised (a failure of one never stops the others). What verify
+        calls; open() + infer() per artifact, unless a runtime whose start is costly and not
+        shareable through the context (a Node process) runs them together."""
         results: dict[str, tuple[dict[str, np.ndarray], dict] | Exception] = {}
         with contextlib.ExitStack() as stack:
             ctx = context if context is not None else stack.enter_context(RunContext())
