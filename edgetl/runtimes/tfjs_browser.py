@@ -4,7 +4,7 @@ Python drives web/harness/browser.html through Playwright (the python package, w
 /usr/bin/chromium or $EDGETL_CHROMIUM; Playwright never downloads a browser here). One Chromium
 (with its edgetl.serve server) is a resource of the RunContext: started on the first open() of
 a run, shared by the three runtimes, closed with the context (verify closes it at the end of
-its run). Start-up costs about a second, a model load a fraction of that. Each backend gets one
+its run). Chromiums open at the same time in one thread share Playwright's driver. Start-up costs about a second, a model load a fraction of that. Each backend gets one
 harness page per Chromium; a session with Options.threads gets a page of its own.
 
 A session's info holds what really ran: the backend, WebGL's precision ("webgl_precision":
@@ -23,6 +23,7 @@ import importlib.util
 import os
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -75,8 +76,6 @@ class Chromium:
     manager: leaving the block (or close()) stops the browser, the server and their files."""
 
     def __init__(self) -> None:
-        from playwright.sync_api import sync_playwright
-
         from edgetl.serve import start_server
 
         self._scratch = Path(tempfile.mkdtemp(prefix="edgetl-browser-"))
@@ -84,13 +83,14 @@ class Chromium:
         self.server.roots.mount("/scratch/", self._scratch)
         self._bundles: dict[Path, str] = {}
         self._pages: dict[str, tuple | Exception] = {}
-        self._pw = sync_playwright().start()
+        self._closed = False
+        pw = _acquire_driver()
         try:
-            self.browser = self._pw.chromium.launch(
+            self.browser = pw.chromium.launch(
                 executable_path=chromium_path(), args=CHROMIUM_FLAGS, headless=True
             )
         except Exception:
-            self._pw.stop()
+            _release_driver()
             raise
 
     @classmethod
@@ -179,15 +179,47 @@ class Chromium:
     def close(self) -> None:
         from edgetl.serve import stop_server
 
+        if self._closed:
+            return
+        self._closed = True
         for got in self._pages.values():
             if not isinstance(got, Exception):
                 with contextlib.suppress(Exception):
                     got[0].context.close()
         self._pages.clear()
-        for step in (self.browser.close, self._pw.stop, lambda: stop_server(self.server)):
+        for step in (self.browser.close, _release_driver, lambda: stop_server(self.server)):
             with contextlib.suppress(Exception):
                 step()
         shutil.rmtree(self._scratch, ignore_errors=True)
+
+
+# Playwright's sync driver: a second sync_playwright() in a thread that runs one fails ("Sync
+# API inside the asyncio loop"), so the Chromiums open in a thread (a test's, verify's) share
+# one driver, started by the first and stopped with the last.
+_drivers: dict[int, list] = {}  # thread id -> [Playwright, number of Chromiums using it]
+_drivers_lock = threading.Lock()
+
+
+def _acquire_driver():
+    from playwright.sync_api import sync_playwright
+
+    with _drivers_lock:
+        entry = _drivers.get(threading.get_ident())
+        if entry is None:
+            entry = _drivers[threading.get_ident()] = [sync_playwright().start(), 0]
+        entry[1] += 1
+        return entry[0]
+
+
+def _release_driver() -> None:
+    with _drivers_lock:
+        entry = _drivers.get(threading.get_ident())
+        if entry is None:
+            return
+        entry[1] -= 1
+        if entry[1] <= 0:
+            del _drivers[threading.get_ident()]
+            entry[0].stop()
 
 
 def _js_error(e: Exception) -> str:
