@@ -31,6 +31,21 @@ VENDOR_FILES = {
     "tfjs-backend-wasm-simd.wasm": "@tensorflow/tfjs-backend-wasm/dist/tfjs-backend-wasm-simd.wasm",
     "tfjs-backend-wasm-threaded-simd.wasm": "@tensorflow/tfjs-backend-wasm/dist/tfjs-backend-wasm-threaded-simd.wasm",
 }
+# onnxruntime-web: the wasm-only and the WebGPU builds, and the wasm binaries each imports.
+ORT_DIST = "onnxruntime-web/dist/"
+VENDOR_FILES.update(
+    {
+        f"ort/{name}": ORT_DIST + name
+        for name in (
+            "ort.wasm.min.mjs",
+            "ort.webgpu.min.mjs",
+            "ort-wasm-simd-threaded.mjs",
+            "ort-wasm-simd-threaded.wasm",
+            "ort-wasm-simd-threaded.asyncify.mjs",
+            "ort-wasm-simd-threaded.asyncify.wasm",
+        )
+    }
+)
 
 MIME_TYPES = {
     ".html": "text/html; charset=utf-8",

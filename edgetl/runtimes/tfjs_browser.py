@@ -100,9 +100,12 @@ class BrowserSession:
             path.write_bytes(data)
         return f"{self.url}scratch/{name}"
 
-    def harness_page(self, backend: str, num_threads: int | None = None):
+    def harness_page(
+        self, backend: str, num_threads: int | None = None, page_path: str = HARNESS_PAGE
+    ):
         """A fresh harness page with `backend` initialized; returns (page, backend info, log).
         Close it with page.context.close(): each harness page has its own browser context.
+        `page_path` is the harness (TF.js by default; onnxruntime-web's has the same calls).
 
         `num_threads` sets the wasm thread count. TF.js 4.22 caps its XNNPACK pool at
         navigator.hardwareConcurrency / 2 (measured: 1 thread on a 2-core machine whatever
@@ -111,7 +114,8 @@ class BrowserSession:
         Raises RuntimeUnavailable when the backend does not start (e.g. no WebGL)."""
         context = self.browser.new_context()
         override = None
-        if num_threads and backend == "wasm" and 2 * num_threads > (os.cpu_count() or 1):
+        tfjs_wasm = backend == "wasm" and page_path == HARNESS_PAGE
+        if num_threads and tfjs_wasm and 2 * num_threads > (os.cpu_count() or 1):
             override = 2 * int(num_threads)
             context.add_init_script(
                 "Object.defineProperty(Navigator.prototype, 'hardwareConcurrency', "
@@ -123,14 +127,15 @@ class BrowserSession:
         page.on("console", lambda m: log.append(f"{m.type}: {m.text}"))
         page.on("pageerror", lambda e: log.append(f"pageerror: {e}"))
         try:
-            page.goto(self.url + HARNESS_PAGE)
+            page.goto(self.url + page_path)
             page.wait_for_function("window.edgetlHarnessReady === true")
             opts = {"backend": backend, **({"numThreads": num_threads} if num_threads else {})}
             try:
                 info = page.evaluate("(o) => window.edgetlHarness.init(o)", opts)
             except Exception as e:
+                engine = "TF.js" if page_path == HARNESS_PAGE else "onnxruntime-web"
                 raise RuntimeUnavailable(
-                    f"TF.js {backend} backend unavailable in Chromium: {_js_error(e)}"
+                    f"{engine} {backend} backend unavailable in Chromium: {_js_error(e)}"
                 ) from None
         except BaseException:
             page.context.close()
@@ -175,7 +180,7 @@ def close_session() -> None:
 def _js_error(e: Exception) -> str:
     text = str(e)
     # Playwright prefixes "Page.evaluate: Error: ..." and appends a call log; keep the message.
-    text = text.split("\nCall log:")[0].strip()
+    text = text.split("\nCall log:")[0].split("\n    at ")[0].strip()
     for prefix in ("Page.evaluate: ", "Error: "):
         if text.startswith(prefix):
             text = text[len(prefix) :]
@@ -189,6 +194,7 @@ def _decode(output: dict) -> np.ndarray:
 
 class TfjsBrowserRuntime(Runtime):
     formats = frozenset({"tfjs_layers", "tfjs_graph"})
+    page_path = HARNESS_PAGE  # the harness page (edgetl.runtimes.ortweb has its own)
     # Under --disable-gpu WebGL is SwiftShader (software): none of these needs a GPU.
     gpu = False
 
@@ -230,7 +236,7 @@ class TfjsBrowserRuntime(Runtime):
             return results
         try:
             session = get_session()
-            page, info, log = session.harness_page(self.backend)
+            page, info, log = session.harness_page(self.backend, page_path=self.page_path)
         except RuntimeUnavailable as e:
             return {**results, **{a.id: e for a in todo}}
         try:
@@ -261,6 +267,7 @@ class TfjsBrowserRuntime(Runtime):
                     "format": artifact.format,
                     "inputsUrl": inputs_url,
                     "inputShape": list(inputs.shape),
+                    "layout": artifact.record.layout,
                 },
             )
         except Exception as e:
@@ -283,7 +290,7 @@ class TfjsBrowserRuntime(Runtime):
         from edgetl.manifest import Manifest
 
         session = get_session()
-        page, _, _log = session.harness_page(self.backend, num_threads)
+        page, _, _log = session.harness_page(self.backend, num_threads, self.page_path)
         try:
             contract = Manifest.load(artifact.bundle_dir).input.to_dict()
             base = session.mount_bundle(artifact.bundle_dir)
@@ -293,6 +300,7 @@ class TfjsBrowserRuntime(Runtime):
                     "modelUrl": base + artifact.record.path,
                     "format": artifact.format,
                     "contract": contract,
+                    "layout": artifact.record.layout,
                     "runs": runs,
                     "warmup": warmup,
                 },
