@@ -138,12 +138,17 @@ def _classify_file(page, path: Path) -> dict:
 # ---------------------------------------------------------------- server (no browser needed)
 
 
-def _raw_get(url: str, target: str) -> tuple[int, dict[str, str], bytes]:
+def _raw_get(
+    url: str, target: str, headers: dict[str, str] | None = None, method: str = "GET"
+) -> tuple[int, dict[str, str], bytes]:
     """Send the request target byte for byte (no client-side normalization of ../ or %2e)."""
     host, port = url.split("//")[1].rstrip("/").split(":")
+    extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
     with socket.create_connection((host, int(port)), timeout=10) as s:
         s.sendall(
-            f"GET {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode("latin-1")
+            f"{method} {target} HTTP/1.1\r\nHost: {host}\r\n{extra}Connection: close\r\n\r\n".encode(
+                "latin-1"
+            )
         )
         data = b""
         while chunk := s.recv(65536):
@@ -190,6 +195,52 @@ def test_server_serves_app_with_isolation_headers_and_mime_types(jail):
         assert status == 200, target
         assert headers["content-type"].startswith(mime), (target, headers["content-type"])
         assert headers["cross-origin-embedder-policy"] == "require-corp"
+
+
+def test_server_compresses_and_revalidates_like_a_static_host(jail, tmp_path):
+    import gzip
+
+    from edgetl.runtimes.base import web_dir
+
+    app_js = (web_dir() / "app" / "app.js").read_bytes()
+    status, h, body = _raw_get(jail, "/app/app.js", {"Accept-Encoding": "br, gzip;q=0.8"})
+    assert status == 200 and h["content-encoding"] == "gzip"
+    assert gzip.decompress(body) == app_js and int(h["content-length"]) == len(body) < len(app_js)
+    assert "accept-encoding" in h["vary"].lower()
+    assert h["cache-control"] == "no-cache" and h["cross-origin-embedder-policy"] == "require-corp"
+    # No Accept-Encoding, or gzip refused with q=0: the bytes as they are.
+    for ask in ({}, {"Accept-Encoding": "gzip;q=0, identity"}):
+        status, plain, body = _raw_get(jail, "/app/app.js", ask)
+        assert status == 200 and "content-encoding" not in plain and body == app_js, ask
+    # HEAD: the compressed length, no body.
+    status, head, body = _raw_get(jail, "/app/app.js", {"Accept-Encoding": "gzip"}, "HEAD")
+    assert status == 200 and body == b"" and head["content-length"] == h["content-length"]
+    # wasm binaries compress too (onnxruntime-web's 14 MB one is served from node_modules).
+    status, w, body = _raw_get(
+        jail, "/vendor/ort/ort-wasm-simd-threaded.wasm", {"Accept-Encoding": "gzip"}
+    )
+    assert status == 200 and w["content-type"] == "application/wasm"
+    assert w["content-encoding"] == "gzip" and gzip.decompress(body)[:4] == b"\0asm"
+    # Revalidation: the ETag or the Last-Modified date gets a bodiless 304.
+    etag, modified = h["etag"], h["last-modified"]
+    for cond in (
+        {"If-None-Match": etag},
+        {"If-None-Match": f'"x", W/{etag}'},
+        {"If-Modified-Since": modified},
+    ):
+        status, nm, body = _raw_get(jail, "/app/app.js", cond)
+        assert status == 304 and body == b"" and nm["etag"] == etag, cond
+    status, _, _ = _raw_get(jail, "/app/app.js", {"If-None-Match": '"other"'})
+    assert status == 200
+    # A changed file gets a new ETag at once (a re-exported bundle is never stale).
+    status, m1, _ = _raw_get(jail, "/bundle/manifest.json")
+    bundle_manifest = tmp_path / "bundle" / "manifest.json"  # the jail fixture's bundle
+    bundle_manifest.write_text('{"changed": true}')
+    status, m2, body = _raw_get(jail, "/bundle/manifest.json", {"If-None-Match": m1["etag"]})
+    assert status == 200 and body == b'{"changed": true}' and m2["etag"] != m1["etag"]
+    # Errors are never cached.
+    status, e, _ = _raw_get(jail, "/bundle/missing.json")
+    assert status == 404 and e["cache-control"] == "no-store"
 
 
 @pytest.mark.parametrize(
