@@ -36,6 +36,13 @@ MODEL_JSON = "model.json"
 # Weight shards of 4 MB: what tensorflowjs writes by default, cacheable by browsers.
 SHARD_BYTES = 4 * 1024 * 1024
 
+# TFJS_QUANTIZATIONS name -> tensorflowjs quantization_dtype_map (fnmatch patterns over weight
+# names; True = every weight not matched otherwise).
+QUANTIZATION_MAPS = {
+    "float16": {"float16": True},
+    "uint8": {"uint8": True},
+}
+
 # Keras layer classes TF.js 4.22 deserializes with the same meaning (tfjs-layers className list).
 SUPPORTED_LAYERS = frozenset(
     [
@@ -118,23 +125,34 @@ class TfjsConversionError(ValueError):
     """The model uses something TF.js Layers cannot express; the message names the layer."""
 
 
-def export_tfjs(model, out_dir: Path, *, graph: bool = False) -> Path:
+def export_tfjs(
+    model, out_dir: Path, *, graph: bool = False, quantization: str | None = None
+) -> Path:
     """Write `model` as TF.js to `out_dir` and return the model.json path.
 
     graph=False: a Layers model (tf.loadLayersModel; trainable, layers addressable by name).
-    graph=True: a graph model from a TF SavedModel (tf.loadGraphModel; inference only)."""
+    graph=True: a graph model from a TF SavedModel (tf.loadGraphModel; inference only).
+    quantization: None (float32) or a TFJS_QUANTIZATIONS name ("float16", "uint8"): every
+    weight stored in that dtype by tensorflowjs' own writer; TF.js dequantizes at load."""
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise FileExistsError(f"{out_dir} is not empty")
     out_dir.mkdir(parents=True, exist_ok=True)
+    dtype_map = QUANTIZATION_MAPS[quantization] if quantization else None
     if graph:
-        return _export_graph(model, out_dir)
+        return _export_graph(model, out_dir, dtype_map)
     topology = layers_topology(model)
     groups = [weight_entries(model)]
     _quiet_tfdf()
     from tensorflowjs.converters.keras_h5_conversion import write_artifacts
 
-    write_artifacts(topology, groups, str(out_dir), weight_shard_size_bytes=SHARD_BYTES)
+    write_artifacts(
+        topology,
+        groups,
+        str(out_dir),
+        quantization_dtype_map=dtype_map,
+        weight_shard_size_bytes=SHARD_BYTES,
+    )
     return out_dir / MODEL_JSON
 
 
@@ -145,7 +163,7 @@ def _quiet_tfdf() -> None:
     os.environ.setdefault("TFDF_DISABLE_WELCOME_MESSAGE", "1")
 
 
-def _export_graph(model, out_dir: Path) -> Path:
+def _export_graph(model, out_dir: Path, dtype_map: dict | None = None) -> Path:
     _quiet_tfdf()
     from tensorflowjs.converters.tf_saved_model_conversion_v2 import convert_tf_saved_model
 
@@ -158,6 +176,7 @@ def _export_graph(model, out_dir: Path) -> Path:
             str(out_dir),
             signature_def="serving_default",
             saved_model_tags="serve",
+            quantization_dtype_map=dtype_map,
             weight_shard_size_bytes=SHARD_BYTES,
         )
     finally:

@@ -336,10 +336,12 @@ def parity_bundle(
     weights: str = "fitted",
     seed: int = 0,
     quantizations: tuple[str, ...] = ("float16", "int8"),
+    export_options: dict | None = None,
 ) -> tuple[Path, Path]:
     """An honest bundle for the parity bench: locally made (data-fitted) or random backbone
     weights, a head fitted on the sample data's embeddings, probes and calibration from sample
     images drawn at twice the model size (so a resize fault has something to shrink).
+    `export_options`: more export_bundle arguments (formats, tfjs_quantizations, ...).
     Returns (bundle, data_dir)."""
     import keras
 
@@ -386,6 +388,7 @@ def parity_bundle(
         probe_names=names,
         model_name=f"{name}_{alpha}_{size}_{weights}_s{seed}",
         log=lambda *_: None,
+        **(export_options or {}),
     )
     return bundle, data
 

@@ -64,18 +64,22 @@ def export_bundle(
     nchw: bool = False,
     int8_io: str = "float32",
     tfjs_graph: bool = False,
+    tfjs_quantizations: Sequence[str] = (),
     overwrite: bool = False,
     log=print,
 ) -> Manifest:
     """Write the bundle for `model` to `out_dir` and return its manifest.
 
     Images (probes, calibration) are float32 (N, H, W, 3) in the contract's value range."""
-    from edgetl.converters import FORMATS, QUANTIZATIONS
+    from edgetl.converters import FORMATS, QUANTIZATIONS, TFJS_QUANTIZATIONS
 
     formats = [FORMATS.check(f) for f in formats]
     quantizations = [QUANTIZATIONS.check(q) for q in quantizations]
+    tfjs_quantizations = [TFJS_QUANTIZATIONS.check(q) for q in tfjs_quantizations]
     if quantizations and "tflite" not in formats:
         raise UserError("--quantize applies to TFLite; add tflite to --formats")
+    if tfjs_quantizations and "tfjs" not in formats:
+        raise UserError("--tfjs-quantize applies to TF.js; add tfjs to --formats")
     if "int8" in quantizations and (calibration_images is None or len(calibration_images) == 0):
         raise UserError(
             "int8 needs calibration images: pass --calibration DATA_DIR (or export a "
@@ -111,6 +115,7 @@ def export_bundle(
             nchw=nchw,
             int8_io=int8_io,
             tfjs_graph=tfjs_graph,
+            tfjs_quantizations=tfjs_quantizations,
             log=log,
         )
         staging.commit()  # rename into place (an old bundle is moved aside, removed after)
@@ -155,6 +160,7 @@ def _write_bundle(
     int8_io,
     tfjs_graph,
     log,
+    tfjs_quantizations=(),
 ) -> Manifest:
     meta = {"labels": labels, "input": contract.to_dict(), "name": model_name}
     artifacts: list[ArtifactRecord] = []
@@ -178,6 +184,7 @@ def _write_bundle(
                 nchw=nchw,
                 int8_io=int8_io,
                 tfjs_graph=tfjs_graph,
+                tfjs_quantizations=tfjs_quantizations,
             )
         except UserError:
             raise
@@ -210,25 +217,27 @@ def _write_bundle(
     return manifest
 
 
-def _export_tfjs(model, root: Path, *, tfjs_graph: bool, meta: dict, **_) -> list[ArtifactRecord]:
+def _export_tfjs(
+    model, root: Path, *, tfjs_graph: bool, meta: dict, tfjs_quantizations=(), **_
+) -> list[ArtifactRecord]:
     from edgetl.converters.tfjs import export_tfjs
 
     out = []
-    for artifact_id, folder, graph in (
-        ("tfjs_layers", "tfjs", False),
-        ("tfjs_graph", "tfjs_graph", True),
-    ):
-        if graph and not tfjs_graph:
-            continue
-        main = export_tfjs(model, root / folder, graph=graph)
+    # (artifact id, folder, graph, weight dtype): Layers float32, its quantized variants, graph
+    variants = [("tfjs_layers", "tfjs", False, None)]
+    variants += [(f"tfjs_layers_{q}", f"tfjs_{q}", False, q) for q in tfjs_quantizations]
+    if tfjs_graph:
+        variants.append(("tfjs_graph", "tfjs_graph", True, None))
+    for artifact_id, folder, graph, quantization in variants:
+        main = export_tfjs(model, root / folder, graph=graph, quantization=quantization)
         files = sorted(
             p.relative_to(root).as_posix() for p in (root / folder).rglob("*") if p.is_file()
         )
         out.append(
             ArtifactRecord(
                 id=artifact_id,
-                format=artifact_id,
-                precision="float32",
+                format="tfjs_graph" if graph else "tfjs_layers",
+                precision=quantization or "float32",
                 path=main.relative_to(root).as_posix(),
                 files=record_files(root, files),
             )
@@ -321,7 +330,7 @@ def images_in_range(images: np.ndarray, contract: InputContract) -> np.ndarray:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from edgetl.argtypes import add_number
-    from edgetl.converters import FORMATS, QUANTIZATIONS
+    from edgetl.converters import FORMATS, QUANTIZATIONS, TFJS_QUANTIZATIONS
 
     p.add_argument("model", help="an edgetl run directory, or a Keras .keras / .h5 classifier")
     p.add_argument(
@@ -367,6 +376,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--tfjs-graph", action="store_true", help="also write a TF.js graph model (inference only)"
     )
     p.add_argument(
+        "--tfjs-quantize",
+        default="",
+        help=f"extra TF.js Layers variants with smaller weight shards: "
+        f"{', '.join(TFJS_QUANTIZATIONS.names())} (float32 is always written)",
+    )
+    p.add_argument(
         "--add-softmax",
         action="store_true",
         help="the model outputs logits (a linear last layer): append a Softmax layer so the "
@@ -376,11 +391,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from edgetl.converters import FORMATS, QUANTIZATIONS
+    from edgetl.converters import FORMATS, QUANTIZATIONS, TFJS_QUANTIZATIONS
     from edgetl.modelio import load_model_source, parse_labels, parse_range
 
     formats = FORMATS.parse_list(args.formats)
     quantizations = QUANTIZATIONS.parse_list(args.quantize) if args.quantize else []
+    tfjs_q = TFJS_QUANTIZATIONS.parse_list(args.tfjs_quantize) if args.tfjs_quantize else []
     if args.opset is not None:
         from edgetl.converters.onnx import MAX_OPSET, MIN_OPSET
 
@@ -392,6 +408,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--calibration {args.calibration}: not a directory")
     if quantizations and "tflite" not in formats:
         raise UserError("--quantize applies to TFLite; add tflite to --formats")
+    if tfjs_q and "tfjs" not in formats:
+        raise UserError("--tfjs-quantize applies to TF.js; add tfjs to --formats")
     given_labels = parse_labels(args.labels) if args.labels else None
     input_range = parse_range(args.input_range) if args.input_range else None
     model_path = Path(args.model)
@@ -429,6 +447,7 @@ def run(args: argparse.Namespace) -> int:
         nchw=args.nchw,
         int8_io=args.int8_io,
         tfjs_graph=args.tfjs_graph,
+        tfjs_quantizations=tfjs_q,
         overwrite=args.force,
     )
     print(f"bundle written to {args.out}")
