@@ -14,7 +14,7 @@ const sessions = new Map(); // modelUrl -> InferenceSession
 async function init({backend: name, numThreads} = {}) {
   await loadOrt(name, numThreads ? {numThreads} : {});
   backend = name;
-  return ortInfo();
+  return ortInfo(backend);
 }
 
 async function session(modelUrl) {
@@ -39,7 +39,7 @@ async function run({modelUrl, format, inputsUrl, inputShape, layout = 'NHWC'}) {
   const t3 = performance.now();
   return {
     outputs: outs.map((o) => ({name: o.name, shape: o.dims, data: toBase64(o.data)})),
-    info: ortInfo(),
+    info: ortInfo(backend),
     timings: {load_ms: t1 - t0, fetch_ms: t2 - t1, infer_ms: t3 - t2},
   };
 }
@@ -57,8 +57,8 @@ async function benchmark({modelUrl, contract, layout = 'NHWC', runs = 30, warmup
     await runSession(s, feed, feedShape(shape, layout));
     return performance.now() - start;
   };
-  return {...await timeRuns(once, {runs, warmup}), load_ms: loadMs, info: ortInfo()};
+  return {...await timeRuns(once, {runs, warmup}), load_ms: loadMs, info: ortInfo(backend)};
 }
 
-window.edgetlHarness = {init, run, benchmark, backendInfo: async () => ortInfo()};
+window.edgetlHarness = {init, run, benchmark, backendInfo: async () => ortInfo(backend)};
 window.edgetlHarnessReady = true;

@@ -10,7 +10,7 @@ export const ORT_BACKENDS = ['wasm', 'webgpu'];
 export const ORT_PATH = '/vendor/ort/';
 const BUILDS = {wasm: 'ort.wasm.min.mjs', webgpu: 'ort.webgpu.min.mjs'};
 
-let loaded = null; // {backend, ort, adapter}
+const loaded = new Map(); // backend -> the onnxruntime-web module imported for it
 
 /** Why WebGPU cannot run here (null when an adapter is available). */
 export async function webgpuUnavailableReason() {
@@ -31,17 +31,13 @@ export function defaultOrtThreads() {
   return Math.max(1, Math.min(navigator.hardwareConcurrency || 1, 16));
 }
 
-/** Import the onnxruntime-web build for `backend` once per page and configure it. */
+/** Import the onnxruntime-web build for `backend` once per page and configure it (each build
+ * is its own module with its own settings, so a page may hold both). */
 export async function loadOrt(backend, {numThreads = defaultOrtThreads()} = {}) {
   if (!ORT_BACKENDS.includes(backend)) {
     throw new Error(`unknown onnxruntime-web backend "${backend}"; use ${ORT_BACKENDS}`);
   }
-  if (loaded) {
-    if (loaded.backend !== backend) {
-      throw new Error(`this page already runs onnxruntime-web on ${loaded.backend}`);
-    }
-    return loaded.ort;
-  }
+  if (loaded.has(backend)) return loaded.get(backend);
   if (backend === 'webgpu') {
     const reason = await webgpuUnavailableReason();
     if (reason) throw new Error(reason);
@@ -50,22 +46,24 @@ export async function loadOrt(backend, {numThreads = defaultOrtThreads()} = {}) 
   ort.env.wasm.wasmPaths = ORT_PATH;
   ort.env.wasm.numThreads = globalThis.crossOriginIsolated ? numThreads : 1;
   ort.env.wasm.proxy = false;
-  loaded = {backend, ort};
+  loaded.set(backend, ort);
   return ort;
 }
 
 /** An InferenceSession for the ONNX model at `url` on `backend`. */
 export async function createSession(url, backend, options = {}) {
   const ort = await loadOrt(backend, options);
-  return ort.InferenceSession.create(url, {
+  const session = await ort.InferenceSession.create(url, {
     executionProviders: [backend],
     graphOptimizationLevel: 'all',
   });
+  session.edgetlBackend = backend;
+  return session;
 }
 
 /** Run the session's single image input; returns [{name, dims, data: Float32Array}]. */
 export async function runSession(session, data, shape) {
-  const ort = loaded.ort;
+  const ort = loaded.get(session.edgetlBackend);
   const feeds = {[session.inputNames[0]]: new ort.Tensor('float32', data, shape)};
   const results = await session.run(feeds);
   const outputs = session.outputNames.map((name) => {
@@ -91,10 +89,10 @@ export function toNchw(data, [n, h, w, c]) {
   return out;
 }
 
-/** What ran: engine, backend, version, threads, isolation. */
-export function ortInfo() {
-  if (!loaded) return {engine: 'onnxruntime-web', backend: null};
-  const {ort, backend} = loaded;
+/** What ran on `backend`: engine, version, threads, isolation. */
+export function ortInfo(backend) {
+  const ort = loaded.get(backend);
+  if (!ort) return {engine: 'onnxruntime-web', backend: null};
   return {
     engine: 'onnxruntime-web',
     backend,
