@@ -619,3 +619,107 @@ def test_non_0_255_model_passes_on_every_runtime_and_in_the_page(range_bundle, b
         page.close()
     finally:
         stop_server(server)
+
+
+# ---------------------------------------------------------------- every engine in the page
+
+
+@pytest.fixture(scope="session")
+def engines_bundle(tmp_path_factory, web_model) -> tuple[Path, list[Path]]:
+    """web_model as TF.js Layers + ONNX (the page then classifies on onnxruntime-web), and two
+    images: the known PNG and a real photo (matplotlib's grace_hopper.jpg, stored as PNG so the
+    browser and PIL decode the same pixels)."""
+    from matplotlib import cbook
+    from PIL import Image
+
+    from edgetl.bundle import export_bundle
+    from edgetl.data import load_image
+
+    root = tmp_path_factory.mktemp("enginesbundle")
+    known = _known_image(root / "known.png")
+    photo = root / "grace_hopper.png"
+    with Image.open(cbook.get_sample_data("grace_hopper.jpg")) as im:
+        im.convert("RGB").save(photo)
+    images = [known, photo]
+    export_bundle(
+        web_model,
+        root / "bundle",
+        labels=LABELS,
+        contract=InputContract(SIZE, SIZE),
+        formats=("tfjs", "onnx"),
+        probe_images=np.stack([load_image(p, SIZE, SIZE) for p in images]),
+        probe_names=[f"image:{p.name}" for p in images],
+        model_name="engines-test",
+        log=lambda *_: None,
+    )
+    return root / "bundle", images
+
+
+def _engine_timings(page) -> tuple[float, float]:
+    cold = float(page.get_attribute("#timings", "data-cold"))
+    warm = float(page.get_attribute("#timings", "data-warm"))
+    return cold, warm
+
+
+@pytest.mark.browser
+def test_page_runs_every_engine_like_python(engines_bundle, web_model, browser, shots):
+    """onnxruntime-web (wasm; WebGPU or its real reason), then TF.js on wasm, cpu and webgl:
+    each warmed up with cold and warm times shown, each giving Python's top-1 and probabilities
+    on the known image and on a real photo."""
+    from edgetl.data import load_image
+    from edgetl.serve import start_server, stop_server
+
+    bundle, images = engines_bundle
+    expected = web_model.predict(np.stack([load_image(p, SIZE, SIZE) for p in images]), verbose=0)
+    for e in expected:
+        top2 = np.sort(e)[-2:]
+        assert top2[1] - top2[0] > 1e-3, "test image too ambiguous"
+
+    def check(page, engine: str, atol: float) -> None:
+        for path, want in zip(images, expected, strict=True):
+            result = _classify_file(page, path)
+            assert result["engine"] == engine
+            assert page.get_attribute("#predictions", "data-top1") == LABELS[int(want.argmax())]
+            np.testing.assert_allclose(result["probabilities"], want, atol=atol, err_msg=engine)
+        assert engine in page.inner_text("#inference-time")
+        cold, warm = _engine_timings(page)
+        assert cold > 0 and warm > 0, (engine, cold, warm)
+        assert page.inner_text("#active-engine") == engine
+
+    server, url = start_server(bundle)
+    try:
+        page, errors = _open_app(browser, url)
+        assert page.evaluate("document.body.dataset.state") == "ready", page.inner_text("#error")
+        # The bundle has ONNX: the page picks onnxruntime-web on wasm, with threads and SIMD.
+        assert page.evaluate("document.body.dataset.engine") == "ort-wasm"
+        info = page.inner_text("#engine-info")
+        assert "ort 1.30.0" in info and "cross-origin isolated" in info, info
+        assert "load" in page.inner_text("#timings") and "warm" in page.inner_text("#timings")
+        check(page, "onnxruntime-web · wasm", 5e-4)
+        page.screenshot(path=str(shots / "engine_ort_wasm.png"), full_page=True)
+
+        page.select_option("#engine", "ort-webgpu")
+        page.wait_for_function(
+            "document.body.dataset.engine === 'ort-webgpu' || "
+            "!document.getElementById('error').hidden"
+        )
+        page.screenshot(path=str(shots / "engine_ort_webgpu.png"), full_page=True)
+        if page.evaluate("document.body.dataset.engine") == "ort-webgpu":
+            check(page, "onnxruntime-web · webgpu", 1e-3)
+        else:  # headless --disable-gpu: no adapter, said on the page; wasm keeps running
+            assert "WebGPU adapter" in page.inner_text("#error"), page.inner_text("#error")
+            assert page.inner_text("#active-engine") == "onnxruntime-web · wasm"
+
+        page.select_option("#engine", "tfjs")
+        page.wait_for_function("document.body.dataset.engine === 'tfjs'")
+        for backend, atol in (("wasm", 5e-4), ("cpu", 5e-4), ("webgl", 1e-3)):
+            page.select_option("#backend", backend)
+            page.wait_for_function(
+                f"document.getElementById('active-engine').textContent === 'TF.js · {backend}'"
+            )
+            check(page, f"TF.js · {backend}", atol)
+            page.screenshot(path=str(shots / f"engine_tfjs_{backend}.png"), full_page=True)
+        assert not errors, errors
+        page.close()
+    finally:
+        stop_server(server)
