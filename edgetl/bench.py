@@ -1,4 +1,4 @@
-"""Benchmarks: `python -m edgetl.bench [train|export|verify|all]` prints side-by-side tables.
+"""Benchmarks: `python -m edgetl.bench [train|export|verify|parity|browser|all]` prints side-by-side tables.
 
 Speed targets live here, never in timed unit tests. Every comparison runs both sides in one
 process on the same data, and prints the ratio.
@@ -10,6 +10,9 @@ process on the same data, and prints the ratio.
 * export: per backbone and artifact, file size, batch-1 latency in its own runtime, and the
           largest error against Keras on the golden probes.
 * verify: wall time of `edgetl verify` on a MobileNetV2 1.0/224 bundle with every format.
+* browser: batch-1 latency of every browser engine/backend in headless Chromium (onnxruntime-web
+          wasm/WebGPU, TF.js Layers and graph on wasm and WebGL) beside native onnxruntime and
+          LiteRT, download sizes of the web artifacts, and verify on the same bundle.
 * parity: detection power and false alarms of `edgetl verify`. Every corruption of
           edgetl.corrupt applied to every artifact it applies to (each re-hashed), verified on
           the real runtimes: caught or MISSED, with the error seen and the limit. Then honest
@@ -745,6 +748,190 @@ def bench_parity(work: Path, quick: bool, browser: bool = False) -> str:
     return "\n".join(lines)
 
 
+# ---------------------------------------------------------------- browser: engines in Chromium
+
+# (runtime, artifact id): every browser engine/backend the bench times, fastest first expected.
+BROWSER_PATHS = [
+    ("ort-web-wasm", "onnx"),
+    ("ort-web-webgpu", "onnx"),
+    ("tfjs-browser-wasm", "tfjs_graph"),
+    ("tfjs-browser-wasm", "tfjs_layers"),
+    ("tfjs-browser-wasm", "tfjs_layers_uint8"),
+    ("tfjs-browser-webgl", "tfjs_graph"),
+    ("tfjs-browser-webgl", "tfjs_layers"),
+]
+WEB_ARTIFACTS = ("onnx", "tfjs_layers", "tfjs_layers_float16", "tfjs_layers_uint8", "tfjs_graph")
+# The engines' own files a page downloads (served from node_modules by edgetl serve).
+ENGINE_FILES = {
+    "onnxruntime-web (wasm)": [
+        "ort/ort.wasm.min.mjs",
+        "ort/ort-wasm-simd-threaded.mjs",
+        "ort/ort-wasm-simd-threaded.wasm",
+    ],
+    "TF.js + wasm backend": [
+        "tf.min.js",
+        "tf-backend-wasm.min.js",
+        "tfjs-backend-wasm-threaded-simd.wasm",
+    ],
+}
+
+
+def _gzip_size(paths: list[Path]) -> int:
+    """Bytes on the wire from edgetl serve (gzip at its level) for these files."""
+    import gzip
+
+    from edgetl.serve import GZIP_LEVEL
+
+    return sum(len(gzip.compress(p.read_bytes(), compresslevel=GZIP_LEVEL)) for p in paths)
+
+
+def bench_browser(work: Path, quick: bool) -> str:
+    """Batch-1 latency of every browser engine/backend in headless Chromium beside native
+    onnxruntime and LiteRT (same bundle, same run), the download size of each web artifact,
+    and verify's verdicts on the same bundle (quantized TF.js top-1 on the probes)."""
+    from edgetl.manifest import Manifest
+    from edgetl.runtimes.base import RUNTIMES, Artifact, RuntimeUnavailable, load_runtimes
+    from edgetl.serve import default_roots
+    from edgetl.verifier import verify
+
+    name, alpha, size = BENCH_BACKBONE
+    runs, warmup = 30, 5
+    bundle, _ = parity_bundle(
+        work,
+        name,
+        alpha,
+        size,
+        quantizations=(),
+        export_options={"tfjs_graph": True, "tfjs_quantizations": ("float16", "uint8")},
+    )
+    manifest = Manifest.load(bundle)
+    load_runtimes()
+    probe = np.zeros((1, size, size, 3), np.float32)
+    native = {}
+    for rid in ("onnx", "tflite_float32"):
+        native[rid] = artifact_latency_ms(bundle, manifest.artifact(rid), probe)
+    ort_ms = native["onnx"][0]
+    rows = [
+        [rt, rid, "native", f"{ms:.2f}", "-", "1.00x" if rid == "onnx" else f"{ms / ort_ms:.2f}x"]
+        for rid, (ms, rt) in native.items()
+    ]
+    threads = os.cpu_count() or 1
+    paths = BROWSER_PATHS[:4] if quick else BROWSER_PATHS
+    browser_ms = {}
+    for rt_name, rid in paths:
+        rt = RUNTIMES.get(rt_name)
+        artifact = Artifact(manifest.artifact(rid), bundle)
+        try:
+            reason = rt.unavailable_reason()
+            if reason:
+                raise RuntimeUnavailable(reason)
+            stats = rt.benchmark(artifact, runs=runs, warmup=warmup, num_threads=threads)
+        except Exception as e:  # a backend that cannot start here is a row, not a crash
+            reason = str(e).splitlines()[0]
+            rows.append([rt_name, rid, "unavailable", "-", "-", reason[:90]])
+            continue
+        info = stats["info"]
+        detail = ", ".join(
+            f"{k}={info[k]}" for k in ("wasm_threads", "webgl_precision") if info.get(k)
+        )
+        median = float(stats["median_ms"])
+        browser_ms[(rt_name, rid)] = median
+        rows.append(
+            [
+                rt_name,
+                rid,
+                detail or info.get("backend", ""),
+                f"{median:.2f}",
+                f"{stats['first_ms']:.1f}",
+                f"{median / ort_ms:.2f}x",
+            ]
+        )
+    lines = [
+        f"Browser engines, {name} {alpha}/{size}, batch 1: median of {runs} runs after {warmup} "
+        f"warm-up runs (cold = the first run after load), {threads} logical cores, headless "
+        "Chromium (--disable-gpu: WebGL is SwiftShader, no WebGPU adapter)",
+        _table(rows, ["runtime", "artifact", "backend", "median ms", "cold ms", "vs onnxruntime"]),
+    ]
+    if browser_ms:
+        (best_rt, best_id), best = min(browser_ms.items(), key=lambda kv: kv[1])
+        verdict = "met" if best <= 2 * ort_ms else f"missed by {best / (2 * ort_ms):.2f}x"
+        lines.append(
+            f"fastest browser path: {best_rt} {best_id} {best:.2f} ms = {best / ort_ms:.2f}x "
+            f"native onnxruntime {ort_ms:.2f} ms (target <= 2x: {verdict})"
+        )
+
+    f32 = manifest.artifact("tfjs_layers")
+    size_rows = []
+    for rid in WEB_ARTIFACTS:
+        rec = manifest.artifact(rid)
+        files = [bundle / f.path for f in rec.files]
+        gz = _gzip_size(files)
+        size_rows.append(
+            [
+                rid,
+                rec.precision,
+                f"{rec.size / 1e6:.2f}",
+                f"{gz / 1e6:.2f}",
+                f"{rec.size / f32.size:.0%}",
+            ]
+        )
+    roots = default_roots(None).files
+    for engine, names in ENGINE_FILES.items():
+        files = [roots[n] for n in names if n in roots]
+        raw = sum(p.stat().st_size for p in files)
+        size_rows.append(
+            [engine, "engine code", f"{raw / 1e6:.2f}", f"{_gzip_size(files) / 1e6:.2f}", "-"]
+        )
+    lines += [
+        "Downloads (bundle artifacts and the engines' own files; gzip = what edgetl serve sends)",
+        _table(size_rows, ["artifact", "weights", "MB", "MB gzip", "vs TF.js float32"]),
+    ]
+
+    check = verify(
+        bundle,
+        runtimes=[
+            "onnxruntime-cpu",
+            "litert",
+            "tfjs-node-wasm",
+            "tfjs-browser-wasm",
+            "ort-web-wasm",
+            "ort-web-webgpu",
+        ],
+        localize_failures=False,
+    )
+    verdicts = [
+        [
+            p.artifact,
+            p.runtime,
+            p.status.upper(),
+            f"{p.stats.max_abs:.1e}" if p.stats else "-",
+            f"{p.stats.top1_agreement:.0%}" if p.stats else "-",
+            p.tolerance.describe(),
+        ]
+        for p in check.pairs
+    ]
+    lines += [
+        f"verify on the same bundle ({check.probes} golden probes): exit "
+        f"{'0' if check.ok else '1'}",
+        _table(verdicts, ["artifact", "runtime", "status", "max |err|", "top-1", "tolerance"]),
+    ]
+    lines += [
+        f"  {s.name}: unavailable: {s.reason}"
+        for s in check.runtimes
+        if not s.available and s.reason
+    ]
+    uint8 = [p for p in check.pairs if p.artifact == "tfjs_layers_uint8" and p.stats]
+    if uint8:
+        ratio = manifest.artifact("tfjs_layers_uint8").size / f32.size
+        top1 = min(p.stats.top1_agreement for p in uint8)
+        lines.append(
+            f"uint8 TF.js download {ratio:.0%} of float32 (target <= 30%: "
+            f"{'met' if ratio <= 0.3 else 'missed'}); top-1 on the probes {top1:.0%} "
+            f"(target 100%: {'met' if top1 == 1.0 else 'missed'})"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m edgetl.bench",
@@ -752,13 +939,17 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
-        "what", nargs="?", default="all", choices=["train", "export", "verify", "parity", "all"]
+        "what",
+        nargs="?",
+        default="all",
+        choices=["train", "export", "verify", "parity", "browser", "all"],
     )
     p.add_argument("--work", type=Path, help="scratch folder (default: a temp dir)")
     p.add_argument(
         "--quick",
         action="store_true",
-        help="export: MobileNetV2 1.0/224 only; parity: MobileNetV2 corruptions, 3-bundle sweep",
+        help="export: MobileNetV2 1.0/224 only; parity: MobileNetV2 corruptions, 3-bundle sweep; "
+        "browser: wasm paths only (no software WebGL)",
     )
     p.add_argument(
         "--browser", action="store_true", help="parity: also verify in Chromium (tfjs-browser-wasm)"
@@ -781,6 +972,8 @@ def main(argv: list[str] | None = None) -> int:
         print(bench_verify(bundle), flush=True)
     if args.what == "parity":  # not part of "all": it exports many bundles
         print(bench_parity(work / "parity", args.quick, args.browser), flush=True)
+    if args.what == "browser":  # not part of "all": it needs Chromium
+        print(bench_browser(work / "browser", args.quick), flush=True)
     return 0
 
 

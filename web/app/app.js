@@ -696,6 +696,7 @@ function wire() {
       $('engine').value = state.engine;
       showError(`Could not switch to ${wanted}`, errorText(err));
       document.body.dataset.state = 'ready'; // the previous engine still runs
+      setStatus(`Still on ${engineLabel()}.`);
     }
   });
   $('webcam-toggle').addEventListener('click', toggleWebcam);
