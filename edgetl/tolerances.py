@@ -150,11 +150,8 @@ TFLITE_INT8 = Tolerance(
 # chance (1/3 with 3 classes). With --data, accuracy lost as for int8 TFLite.
 # float16 shards are judged like TFLite float16 (float16_tolerance): their error measured
 # 0.34x .. 1.6x the bundle's float16-kernel floor on the same bundles (limit 20x).
-TFJS_UINT8 = Tolerance(
-    max_abs=None,
+TFJS_UINT8 = TFLITE_INT8.replace(
     min_top1=0.75,
-    top1_margin=0.2,
-    max_accuracy_drop=0.05,
     name="TFJS_UINT8",
     basis="TF.js uint8 weight shards: top-1 on decisive probes (margin >= 0.2) and accuracy drop",
 )

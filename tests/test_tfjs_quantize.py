@@ -9,8 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from edgetl.cli import main
-
 
 @pytest.fixture(scope="module")
 def quant_bundle(tmp_path_factory, tiny_run, sample_data) -> Path:
@@ -92,28 +90,3 @@ def test_verify_judges_quantized_tfjs_in_node_and_chromium(quant_bundle):
         assert u8.stats.max_abs > f16.stats.max_abs  # 256 levels per tensor: coarser
         assert pairs[("tfjs_layers", rt)].passed
     assert result.ok
-
-
-def _cli(capsys, *args) -> tuple[int, str]:
-    try:
-        code = main([str(a) for a in args])
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 2
-    cap = capsys.readouterr()
-    assert "Traceback" not in cap.out + cap.err
-    return code, cap.err
-
-
-def test_bad_tfjs_quantize_is_refused_before_any_work(tmp_path, capsys):
-    run = tmp_path / "run"
-    run.mkdir()
-    (run / "model.keras").write_bytes(b"not read")
-    out = tmp_path / "bundle"
-    code, err = _cli(capsys, "export", run, "--out", out, "--tfjs-quantize", "int4")
-    assert code == 2 and "int4" in err and "float16" in err and "uint8" in err, err
-    code, err = _cli(
-        capsys, "export", run, "--out", out, "--formats", "onnx", "--tfjs-quantize", "uint8"
-    )
-    assert code == 2 and "--tfjs-quantize applies to TF.js" in err, err
-    assert len(err.strip().splitlines()) == 1
-    assert not out.exists()
