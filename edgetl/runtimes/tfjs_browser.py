@@ -282,33 +282,44 @@ class TfjsBrowserRuntime(Runtime):
             return {OUTPUT_NAME: _decode(outs[0])}
         return {o["name"]: _decode(o) for o in outs}
 
-    def benchmark(
-        self, artifact: Artifact, runs: int = 30, warmup: int = 5, num_threads: int | None = None
-    ) -> dict:
-        """Batch-1 latency in Chromium (warm-up first): {"median_ms", "mean_ms", "min_ms",
-        "p90_ms", "first_ms", "times_ms", "info": {backend, wasm_simd, wasm_threads, ...}}."""
+    @contextlib.contextmanager
+    def benchmark_page(self, artifact: Artifact, num_threads: int | None = None):
+        """A harness page with `artifact` on this backend, kept open for repeated timing: yields
+        measure(runs, warmup) -> batch-1 latency statistics (see benchmark). The bench
+        interleaves several such pages so every engine sees the same load on a shared machine.
+        Raises RuntimeUnavailable when the backend does not start."""
         from edgetl.manifest import Manifest
 
         session = get_session()
         page, _, _log = session.harness_page(self.backend, num_threads, self.page_path)
         try:
-            contract = Manifest.load(artifact.bundle_dir).input.to_dict()
-            base = session.mount_bundle(artifact.bundle_dir)
-            return page.evaluate(
-                "(o) => window.edgetlHarness.benchmark(o)",
-                {
-                    "modelUrl": base + artifact.record.path,
-                    "format": artifact.format,
-                    "contract": contract,
-                    "layout": artifact.record.layout,
-                    "runs": runs,
-                    "warmup": warmup,
-                },
-            )
-        except Exception as e:
-            raise RuntimeError(f"{self.name} benchmark failed: {_js_error(e)}") from None
+            payload = {
+                "modelUrl": session.mount_bundle(artifact.bundle_dir) + artifact.record.path,
+                "format": artifact.format,
+                "contract": Manifest.load(artifact.bundle_dir).input.to_dict(),
+                "layout": artifact.record.layout,
+            }
+
+            def measure(runs: int = 30, warmup: int = 5) -> dict:
+                try:
+                    return page.evaluate(
+                        "(o) => window.edgetlHarness.benchmark(o)",
+                        {**payload, "runs": runs, "warmup": warmup},
+                    )
+                except Exception as e:
+                    raise RuntimeError(f"{self.name} benchmark failed: {_js_error(e)}") from None
+
+            yield measure
         finally:
             page.context.close()
+
+    def benchmark(
+        self, artifact: Artifact, runs: int = 30, warmup: int = 5, num_threads: int | None = None
+    ) -> dict:
+        """Batch-1 latency in Chromium (warm-up first): {"median_ms", "mean_ms", "min_ms",
+        "p90_ms", "first_ms", "times_ms", "info": {backend, wasm_simd, wasm_threads, ...}}."""
+        with self.benchmark_page(artifact, num_threads) as measure:
+            return measure(runs, warmup)
 
 
 for _backend in BACKENDS:
