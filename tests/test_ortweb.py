@@ -11,6 +11,15 @@ import pytest
 pytestmark = pytest.mark.browser
 
 
+def ort_web_version() -> str:
+    """The onnxruntime-web version pinned in web/package.json (what the page must report)."""
+    import json
+
+    from edgetl.runtimes.base import web_dir
+
+    return json.loads((web_dir() / "package.json").read_text())["dependencies"]["onnxruntime-web"]
+
+
 @pytest.fixture(scope="module")
 def ortweb():
     from edgetl.runtimes.base import RUNTIMES, load_runtimes
@@ -36,7 +45,7 @@ def test_ort_web_passes_verify_and_reports_what_ran(ortweb, tiny_bundle):
     assert wasm.stats.top1_agreement == 1.0
     info = wasm.info
     assert info["engine"] == "onnxruntime-web" and info["backend"] == "wasm"
-    assert info["ort_version"] == "1.30.0"
+    assert info["ort_version"] == ort_web_version()
     assert info["cross_origin_isolated"] is True
     assert info["wasm_threads"] == max(1, min(os.cpu_count() or 1, 16))
     webgpu = {s.name: s for s in result.runtimes}["ort-web-webgpu"]

@@ -667,6 +667,7 @@ def test_page_runs_every_engine_like_python(engines_bundle, web_model, browser, 
     each warmed up with cold and warm times shown, each giving Python's top-1 and probabilities
     on the known image and on a real photo."""
     from edgetl.data import load_image
+    from edgetl.runtimes.base import web_dir
     from edgetl.serve import start_server, stop_server
 
     bundle, images = engines_bundle
@@ -693,7 +694,9 @@ def test_page_runs_every_engine_like_python(engines_bundle, web_model, browser, 
         # The bundle has ONNX: the page picks onnxruntime-web on wasm, with threads and SIMD.
         assert page.evaluate("document.body.dataset.engine") == "ort-wasm"
         info = page.inner_text("#engine-info")
-        assert "ort 1.30.0" in info and "cross-origin isolated" in info, info
+        pinned = json.loads((web_dir() / "package.json").read_text())["dependencies"]
+        assert f"ort {pinned['onnxruntime-web']}" in info, info
+        assert "cross-origin isolated" in info, info
         assert "load" in page.inner_text("#timings") and "warm" in page.inner_text("#timings")
         check(page, "onnxruntime-web · wasm", 5e-4)
         page.screenshot(path=str(shots / "engine_ort_wasm.png"), full_page=True)
