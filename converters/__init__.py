@@ -42,6 +42,7 @@ class ExportOptions:
     nchw: bool = False  # ONNX input layout
     int8_io: str = "float32"  # int8 TFLite input/output dtype
     tfjs_graph: bool = False  # also a TF.js graph model
+    tfjs_quantizations: tuple[str, ...] = ()  # TF.js Layers variants beyond float32
 
     def metadata(self, contract) -> dict:
         """Labels, input contract and name, as stored inside ONNX/TFLite files."""
@@ -71,6 +72,20 @@ QUANTIZATIONS.register(Quantization("float16", "weights stored as float16; compu
 QUANTIZATIONS.register(Quantization("dynamic", "dynamic-range: int8 weights, float activations"))
 QUANTIZATIONS.register(
     Quantization("int8", "full integer: int8 weights and activations, calibrated on images")
+)
+
+# TF.js Layers variants beyond float32 (which is always written): weight shards stored smaller,
+# dequantized to float32 by tf.loadLayersModel (compute stays float32). A registry of its own:
+# "uint8" exists only here and "dynamic"/"int8" only for TFLite, so one --quantize list naming
+# both would mean different things per format.
+TFJS_QUANTIZATIONS: Registry[Quantization] = Registry("TF.js quantization")
+TFJS_QUANTIZATIONS.register(
+    Quantization("float16", "weight shards stored as float16 (half the download)")
+)
+TFJS_QUANTIZATIONS.register(
+    Quantization(
+        "uint8", "weight shards as uint8, affine per tensor (min/max, a quarter of the download)"
+    )
 )
 
 

@@ -36,6 +36,13 @@ MODEL_JSON = "model.json"
 # Weight shards of 4 MB: what tensorflowjs writes by default, cacheable by browsers.
 SHARD_BYTES = 4 * 1024 * 1024
 
+# TFJS_QUANTIZATIONS name -> tensorflowjs quantization_dtype_map (fnmatch patterns over weight
+# names; True = every weight not matched otherwise).
+QUANTIZATION_MAPS = {
+    "float16": {"float16": True},
+    "uint8": {"uint8": True},
+}
+
 # Keras layer classes TF.js 4.22 deserializes with the same meaning (tfjs-layers className list).
 SUPPORTED_LAYERS = frozenset(
     [
@@ -119,24 +126,25 @@ class TfjsConversionError(ValueError):
 
 
 def export_tfjs(model, out_dir: Path, *, contract, options) -> list:
-    """The bundle's TF.js artifacts under `out_dir`: tfjs/ (Layers) and, with
+    """The bundle's TF.js artifacts under `out_dir`: tfjs/ (Layers, float32), tfjs_<q>/ for
+    each of options.tfjs_quantizations (Layers with smaller weight shards) and, with
     options.tfjs_graph, tfjs_graph/ (graph model); returns their ArtifactRecords."""
     from edgetl.manifest import ArtifactRecord, folder_files
 
     out_dir = Path(out_dir)
+    # (artifact id, folder, graph, weight dtype): Layers float32, its quantized variants, graph
+    variants = [("tfjs_layers", "tfjs", False, None)]
+    variants += [(f"tfjs_layers_{q}", f"tfjs_{q}", False, q) for q in options.tfjs_quantizations]
+    if options.tfjs_graph:
+        variants.append(("tfjs_graph", "tfjs_graph", True, None))
     records = []
-    for artifact_id, folder, graph in (
-        ("tfjs_layers", "tfjs", False),
-        ("tfjs_graph", "tfjs_graph", True),
-    ):
-        if graph and not options.tfjs_graph:
-            continue
-        main = convert_tfjs(model, out_dir / folder, graph=graph)
+    for artifact_id, folder, graph, quantization in variants:
+        main = convert_tfjs(model, out_dir / folder, graph=graph, quantization=quantization)
         records.append(
             ArtifactRecord(
                 id=artifact_id,
-                format=artifact_id,
-                precision="float32",
+                format="tfjs_graph" if graph else "tfjs_layers",
+                precision=quantization or "float32",
                 path=main.relative_to(out_dir).as_posix(),
                 files=folder_files(out_dir, folder),
             )
@@ -144,23 +152,34 @@ def export_tfjs(model, out_dir: Path, *, contract, options) -> list:
     return records
 
 
-def convert_tfjs(model, out_dir: Path, *, graph: bool = False) -> Path:
+def convert_tfjs(
+    model, out_dir: Path, *, graph: bool = False, quantization: str | None = None
+) -> Path:
     """Write `model` as TF.js to `out_dir` and return the model.json path.
 
     graph=False: a Layers model (tf.loadLayersModel; trainable, layers addressable by name).
-    graph=True: a graph model from a TF SavedModel (tf.loadGraphModel; inference only)."""
+    graph=True: a graph model from a TF SavedModel (tf.loadGraphModel; inference only).
+    quantization: None (float32) or a TFJS_QUANTIZATIONS name ("float16", "uint8"): every
+    weight stored in that dtype by tensorflowjs' own writer; TF.js dequantizes at load."""
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise FileExistsError(f"{out_dir} is not empty")
     out_dir.mkdir(parents=True, exist_ok=True)
+    dtype_map = QUANTIZATION_MAPS[quantization] if quantization else None
     if graph:
-        return _export_graph(model, out_dir)
+        return _export_graph(model, out_dir, dtype_map)
     topology = layers_topology(model)
     groups = [weight_entries(model)]
     _quiet_tfdf()
     from tensorflowjs.converters.keras_h5_conversion import write_artifacts
 
-    write_artifacts(topology, groups, str(out_dir), weight_shard_size_bytes=SHARD_BYTES)
+    write_artifacts(
+        topology,
+        groups,
+        str(out_dir),
+        quantization_dtype_map=dtype_map,
+        weight_shard_size_bytes=SHARD_BYTES,
+    )
     return out_dir / MODEL_JSON
 
 
@@ -171,7 +190,7 @@ def _quiet_tfdf() -> None:
     os.environ.setdefault("TFDF_DISABLE_WELCOME_MESSAGE", "1")
 
 
-def _export_graph(model, out_dir: Path) -> Path:
+def _export_graph(model, out_dir: Path, dtype_map: dict | None = None) -> Path:
     _quiet_tfdf()
     from tensorflowjs.converters.tf_saved_model_conversion_v2 import convert_tf_saved_model
 
@@ -184,6 +203,7 @@ def _export_graph(model, out_dir: Path) -> Path:
             str(out_dir),
             signature_def="serving_default",
             saved_model_tags="serve",
+            quantization_dtype_map=dtype_map,
             weight_shard_size_bytes=SHARD_BYTES,
         )
     finally:

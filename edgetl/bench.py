@@ -1,4 +1,4 @@
-"""Benchmarks: `python -m edgetl.bench [train|export|verify|all]` prints side-by-side tables.
+"""Benchmarks: `python -m edgetl.bench [train|export|verify|parity|browser|all]` prints side-by-side tables.
 
 Speed targets live here, never in timed unit tests. Every comparison runs both sides in one
 process on the same data, and prints the ratio.
@@ -10,6 +10,9 @@ process on the same data, and prints the ratio.
 * export: per backbone and artifact, file size, batch-1 latency in its own runtime, and the
           largest error against Keras on the golden probes.
 * verify: wall time of `edgetl verify` on a MobileNetV2 1.0/224 bundle with every format.
+* browser: batch-1 latency of every browser engine/backend in headless Chromium (onnxruntime-web
+          wasm/WebGPU, TF.js Layers and graph on wasm and WebGL) beside native onnxruntime and
+          LiteRT, download sizes of the web artifacts, and verify on the same bundle.
 * parity: detection power and false alarms of `edgetl verify`. Every corruption of
           edgetl.corrupt applied to every artifact it applies to (each re-hashed), verified on
           the real runtimes: caught or MISSED, with the error seen and the limit. Then honest
@@ -21,11 +24,14 @@ process on the same data, and prints the ratio.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import os
 import shutil
+import statistics
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -327,10 +333,12 @@ def parity_bundle(
     weights: str = "fitted",
     seed: int = 0,
     quantizations: tuple[str, ...] = ("float16", "int8"),
+    export_options: dict | None = None,
 ) -> tuple[Path, Path]:
     """An honest bundle for the parity bench: locally made (data-fitted) or random backbone
     weights, a head fitted on the sample data's embeddings, probes and calibration from sample
     images drawn at twice the model size (so a resize fault has something to shrink).
+    `export_options`: more export_bundle arguments (formats, tfjs_quantizations, ...).
     Returns (bundle, data_dir)."""
     import keras
 
@@ -378,6 +386,7 @@ def parity_bundle(
         probe_names=names,
         model_name=f"{name}_{alpha}_{size}_{weights}_s{seed}",
         log=lambda *_: None,
+        **(export_options or {}),
     )
     return bundle, data
 
@@ -720,6 +729,251 @@ def bench_parity(work: Path, quick: bool, browser: bool = False) -> str:
     return "\n".join(lines)
 
 
+# ---------------------------------------------------------------- browser: engines in Chromium
+
+# (runtime, artifact id, threads): every browser engine/backend the bench times; threads None =
+# every logical core. ort-web-wasm also runs on 1 thread beside native onnxruntime on 1 thread:
+# on a shared 2-core machine that pair is the least disturbed by the other tenants.
+BROWSER_PATHS = [
+    ("ort-web-wasm", "onnx", None),
+    ("ort-web-wasm", "onnx", 1),
+    ("ort-web-webgpu", "onnx", None),
+    ("tfjs-browser-wasm", "tfjs_graph", None),
+    ("tfjs-browser-wasm", "tfjs_layers", None),
+    ("tfjs-browser-wasm", "tfjs_layers_uint8", None),
+    ("tfjs-browser-webgl", "tfjs_graph", None),
+    ("tfjs-browser-webgl", "tfjs_layers", None),
+]
+WEB_ARTIFACTS = ("onnx", "tfjs_layers", "tfjs_layers_float16", "tfjs_layers_uint8", "tfjs_graph")
+# The engines' own files a page downloads (served from node_modules by edgetl serve).
+ENGINE_FILES = {
+    "onnxruntime-web (wasm)": [
+        "ort/ort.wasm.min.mjs",
+        "ort/ort-wasm-simd-threaded.mjs",
+        "ort/ort-wasm-simd-threaded.wasm",
+    ],
+    "TF.js + wasm backend": [
+        "tf.min.js",
+        "tf-backend-wasm.min.js",
+        "tfjs-backend-wasm-threaded-simd.wasm",
+    ],
+}
+
+
+BROWSER_RUN_BLOCK = 3  # runs per engine per round of the interleaved timing
+
+
+def _time_block(fn, n: int = BROWSER_RUN_BLOCK) -> list[float]:
+    """n timed calls of fn, in ms."""
+    out = []
+    for _ in range(n):
+        t = time.perf_counter()
+        fn()
+        out.append((time.perf_counter() - t) * 1e3)
+    return out
+
+
+def _gzip_size(paths: list[Path]) -> int:
+    """Bytes on the wire from edgetl serve (gzip at its level) for these files."""
+    import gzip
+
+    from edgetl.serve import GZIP_LEVEL
+
+    return sum(len(gzip.compress(p.read_bytes(), compresslevel=GZIP_LEVEL)) for p in paths)
+
+
+def bench_browser(work: Path, quick: bool) -> str:
+    """Batch-1 latency of every browser engine/backend in headless Chromium beside native
+    onnxruntime and LiteRT (same bundle, same run), the download size of each web artifact,
+    and verify's verdicts on the same bundle (quantized TF.js top-1 on the probes)."""
+    from edgetl.runtimes.base import RunContext, load_runtimes
+
+    load_runtimes()
+    with contextlib.ExitStack() as stack:
+        context = stack.enter_context(RunContext())
+        lines = _browser_latency(work, quick, context, stack)
+    return "\n".join(lines)
+
+
+def _browser_latency(work: Path, quick: bool, context, stack) -> list[str]:
+    """The latency, download and verdict tables of bench_browser (sessions opened on `stack`)."""
+    from edgetl.manifest import Manifest
+    from edgetl.runtimes.base import RUNTIMES, Artifact, Options, RuntimeUnavailable
+    from edgetl.serve import default_roots
+    from edgetl.verifier import verify
+
+    name, alpha, size = BENCH_BACKBONE
+    runs, warmup = 30, 5
+    bundle, _ = parity_bundle(
+        work,
+        name,
+        alpha,
+        size,
+        quantizations=(),
+        export_options={"tfjs_graph": True, "tfjs_quantizations": ("float16", "uint8")},
+    )
+    manifest = Manifest.load(bundle)
+    cores = os.cpu_count() or 1
+    rounds = runs // BROWSER_RUN_BLOCK
+    # Native timers: each call times BROWSER_RUN_BLOCK runs. Every browser engine is timed with
+    # one page open at a time (idle pages' thread pools would steal the cores), in rounds that
+    # alternate a block of the engine with a block of each native runtime, so its ratio to
+    # native onnxruntime comes from samples taken under the same load from the machine's other
+    # tenants.
+    timers, meta = {}, {}
+    x = np.zeros((1, size, size, 3), np.float32)
+    natives = [
+        ("native", "onnxruntime-cpu", "onnx", cores),
+        ("native-1t", "onnxruntime-cpu", "onnx", 1),
+        ("litert", "litert", "tflite_float32", cores),
+    ]
+    for key, rt_name, rid, threads in natives:
+        artifact = Artifact(manifest.artifact(rid), bundle)
+        session = stack.enter_context(
+            RUNTIMES.get(rt_name).open(artifact, context, Options(threads=threads))
+        )
+        timers[key] = partial(_time_block, lambda s=session: s.infer(x))
+        meta[key] = (rt_name, rid, f"native, {threads} thread(s)")
+    for timer in timers.values():
+        timer()  # warm-up
+    native_times: dict[str, list[float]] = {k: [] for k in timers}
+    rows, browser = [], {}
+    for rt_name, rid, n_threads in BROWSER_PATHS:
+        if quick and rt_name == "tfjs-browser-webgl":
+            continue
+        rt = RUNTIMES.get(rt_name)
+        base = "native-1t" if n_threads == 1 else "native"
+        during = []  # the baseline's samples taken while this engine was being timed
+        try:
+            reason = rt.unavailable_reason()
+            if reason:
+                raise RuntimeUnavailable(reason)
+            artifact = Artifact(manifest.artifact(rid), bundle)
+            # a page of its own (Options.threads), closed before the next engine's opens
+            with rt.open(artifact, context, Options(threads=n_threads or cores)) as session:
+                first = session.benchmark(x, runs=1, warmup=warmup)  # load + warm-up; cold
+                samples = []
+                for _ in range(rounds):
+                    samples += session.benchmark(x, runs=BROWSER_RUN_BLOCK, warmup=0)["times_ms"]
+                    for key, timer in timers.items():
+                        block = timer()
+                        native_times[key] += block
+                        if key == base:
+                            during += block
+        except Exception as e:  # a backend that cannot start here is a row, not a crash
+            rows.append([rt_name, rid, "unavailable", "-", "-", str(e).splitlines()[0][:90]])
+            continue
+        info = first["info"]
+        detail = ", ".join(
+            f"{k}={info[k]}" for k in ("wasm_threads", "webgl_precision") if info.get(k)
+        )
+        med = statistics.median(samples)
+        ratio = med / statistics.median(during)
+        if base == "native":
+            browser[(rt_name, rid)] = (med, ratio)
+        rows.append(
+            [
+                rt_name,
+                rid,
+                detail,
+                f"{med:.2f}",
+                f"{first['first_ms']:.1f}",
+                f"{ratio:.2f}x" + (" (1 thread each)" if base == "native-1t" else ""),
+            ]
+        )
+    median = {k: statistics.median(v) for k, v in native_times.items() if v}
+    for key, (rt_name, rid, detail) in meta.items():
+        if key in median:
+            ratio = median[key] / median["native"]
+            rows.insert(0, [rt_name, rid, detail, f"{median[key]:.2f}", "-", f"{ratio:.2f}x"])
+    lines = [
+        f"Browser engines, {name} {alpha}/{size}, batch 1: median of {rounds * BROWSER_RUN_BLOCK} "
+        f"runs each after {warmup} warm-up runs (cold = the first run after load); each engine "
+        f"in blocks of {BROWSER_RUN_BLOCK} alternating with native blocks, its ratio taken "
+        f"against the native runs of its own rounds; {cores} logical cores; headless Chromium "
+        "(--disable-gpu: WebGL is SwiftShader, no WebGPU adapter)",
+        _table(rows, ["runtime", "artifact", "backend", "median ms", "cold ms", "vs onnxruntime"]),
+    ]
+    if browser:
+        (best_rt, best_id), (best, ratio) = min(browser.items(), key=lambda kv: kv[1][1])
+        verdict = "met" if ratio <= 2 else f"missed by {ratio / 2:.2f}x"
+        lines.append(
+            f"fastest browser path: {best_rt} {best_id} {best:.2f} ms = {ratio:.2f}x native "
+            f"onnxruntime in the same rounds (target <= 2x: {verdict})"
+        )
+
+    f32 = manifest.artifact("tfjs_layers")
+    size_rows = []
+    for rid in WEB_ARTIFACTS:
+        rec = manifest.artifact(rid)
+        files = [bundle / f.path for f in rec.files]
+        gz = _gzip_size(files)
+        size_rows.append(
+            [
+                rid,
+                rec.precision,
+                f"{rec.size / 1e6:.2f}",
+                f"{gz / 1e6:.2f}",
+                f"{rec.size / f32.size:.0%}",
+            ]
+        )
+    roots = default_roots(None).files
+    for engine, names in ENGINE_FILES.items():
+        files = [roots[n] for n in names if n in roots]
+        raw = sum(p.stat().st_size for p in files)
+        size_rows.append(
+            [engine, "engine code", f"{raw / 1e6:.2f}", f"{_gzip_size(files) / 1e6:.2f}", "-"]
+        )
+    lines += [
+        "Downloads (bundle artifacts and the engines' own files; gzip = what edgetl serve sends)",
+        _table(size_rows, ["artifact", "weights", "MB", "MB gzip", "vs TF.js float32"]),
+    ]
+
+    check = verify(
+        bundle,
+        runtimes=[
+            "onnxruntime-cpu",
+            "litert",
+            "tfjs-node-wasm",
+            "tfjs-browser-wasm",
+            "ort-web-wasm",
+            "ort-web-webgpu",
+        ],
+        localize_failures=False,
+    )
+    verdicts = [
+        [
+            p.artifact,
+            p.runtime,
+            p.status.upper(),
+            f"{p.stats.max_abs:.1e}" if p.stats else "-",
+            f"{p.stats.top1_agreement:.0%}" if p.stats else "-",
+            p.tolerance.describe(),
+        ]
+        for p in check.pairs
+    ]
+    lines += [
+        f"verify on the same bundle ({check.probes} golden probes): exit "
+        f"{'0' if check.ok else '1'}",
+        _table(verdicts, ["artifact", "runtime", "status", "max |err|", "top-1", "tolerance"]),
+    ]
+    lines += [
+        f"  {s.name}: unavailable: {s.reason}"
+        for s in check.runtimes
+        if not s.available and s.reason
+    ]
+    uint8 = [p for p in check.pairs if p.artifact == "tfjs_layers_uint8" and p.stats]
+    if uint8:
+        ratio = manifest.artifact("tfjs_layers_uint8").size / f32.size
+        top1 = min(p.stats.top1_agreement for p in uint8)
+        lines.append(
+            f"uint8 TF.js download {ratio:.0%} of float32 (target <= 30%: "
+            f"{'met' if ratio <= 0.3 else 'missed'}); top-1 on the probes {top1:.0%} "
+            f"(target 100%: {'met' if top1 == 1.0 else 'missed'})"
+        )
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m edgetl.bench",
@@ -727,13 +981,17 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
-        "what", nargs="?", default="all", choices=["train", "export", "verify", "parity", "all"]
+        "what",
+        nargs="?",
+        default="all",
+        choices=["train", "export", "verify", "parity", "browser", "all"],
     )
     p.add_argument("--work", type=Path, help="scratch folder (default: a temp dir)")
     p.add_argument(
         "--quick",
         action="store_true",
-        help="export: MobileNetV2 1.0/224 only; parity: MobileNetV2 corruptions, 3-bundle sweep",
+        help="export: MobileNetV2 1.0/224 only; parity: MobileNetV2 corruptions, 3-bundle sweep; "
+        "browser: wasm paths only (no software WebGL)",
     )
     p.add_argument(
         "--browser", action="store_true", help="parity: also verify in Chromium (tfjs-browser-wasm)"
@@ -756,6 +1014,8 @@ def main(argv: list[str] | None = None) -> int:
         print(bench_verify(bundle), flush=True)
     if args.what == "parity":  # not part of "all": it exports many bundles
         print(bench_parity(work / "parity", args.quick, args.browser), flush=True)
+    if args.what == "browser":  # not part of "all": it needs Chromium
+        print(bench_browser(work / "browser", args.quick), flush=True)
     return 0
 
 

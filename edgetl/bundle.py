@@ -112,6 +112,7 @@ def export_bundle(
     nchw: bool = False,
     int8_io: str = "float32",
     tfjs_graph: bool = False,
+    tfjs_quantizations: Sequence[str] = (),
     overwrite: bool = False,
     log=print,
 ) -> Manifest:
@@ -120,8 +121,8 @@ def export_bundle(
     Images (probes, calibration) are float32 (N, H, W, 3) in the contract's value range."""
     from edgetl.converters import ExportOptions
 
-    formats, quantizations = check_request(
-        model, labels, formats, quantizations, calibration_images
+    formats, quantizations, tfjs_quantizations = check_request(
+        model, labels, formats, quantizations, calibration_images, tfjs_quantizations
     )
     out_dir = Path(out_dir)
     check_out_dir(
@@ -139,6 +140,7 @@ def export_bundle(
         nchw=nchw,
         int8_io=int8_io,
         tfjs_graph=tfjs_graph,
+        tfjs_quantizations=tuple(tfjs_quantizations),
     )
     probe_set = (probe_images, probe_labels, probe_names)
     staging = Staging(out_dir, log=log)
@@ -150,14 +152,17 @@ def export_bundle(
     return manifest
 
 
-def check_request(model, labels, formats, quantizations, calibration_images):
+def check_request(model, labels, formats, quantizations, calibration_images, tfjs_quantizations=()):
     """Registered formats and quantizations that fit together, one label per model output."""
-    from edgetl.converters import FORMATS, QUANTIZATIONS
+    from edgetl.converters import FORMATS, QUANTIZATIONS, TFJS_QUANTIZATIONS
 
     formats = [FORMATS.check(f) for f in (FORMATS.names() if formats is None else formats)]
     quantizations = [QUANTIZATIONS.check(q) for q in quantizations]
+    tfjs_quantizations = [TFJS_QUANTIZATIONS.check(q) for q in tfjs_quantizations]
     if quantizations and "tflite" not in formats:
         raise UserError("--quantize applies to TFLite; add tflite to --formats")
+    if tfjs_quantizations and "tfjs" not in formats:
+        raise UserError("--tfjs-quantize applies to TF.js; add tfjs to --formats")
     if "int8" in quantizations and (calibration_images is None or len(calibration_images) == 0):
         raise UserError(
             "int8 needs calibration images: pass --calibration DATA_DIR (or export a "
@@ -167,7 +172,7 @@ def check_request(model, labels, formats, quantizations, calibration_images):
         raise UserError(
             f"{len(labels)} labels for a model with {model.outputs[0].shape[-1]} outputs"
         )
-    return formats, quantizations
+    return formats, quantizations, tfjs_quantizations
 
 
 def check_outputs_finite(model, contract: InputContract) -> None:

@@ -14,7 +14,7 @@ from edgetl.outdir import check_out_dir
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from edgetl.argtypes import add_number
-    from edgetl.converters import FORMATS, QUANTIZATIONS, describe
+    from edgetl.converters import FORMATS, QUANTIZATIONS, TFJS_QUANTIZATIONS, describe
 
     p.add_argument("model", help="an edgetl run directory, or a Keras .keras / .h5 classifier")
     p.add_argument(
@@ -60,6 +60,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--tfjs-graph", action="store_true", help="also write a TF.js graph model (inference only)"
     )
     p.add_argument(
+        "--tfjs-quantize",
+        default="",
+        help=f"extra TF.js Layers variants with smaller weight shards, comma-separated: "
+        f"{describe(TFJS_QUANTIZATIONS)}; float32 is always written",
+    )
+    p.add_argument(
         "--add-softmax",
         action="store_true",
         help="the model outputs logits (a linear last layer): append a Softmax layer so the "
@@ -70,11 +76,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from edgetl.bundle import export_from_source
-    from edgetl.converters import FORMATS, QUANTIZATIONS
+    from edgetl.converters import FORMATS, QUANTIZATIONS, TFJS_QUANTIZATIONS
     from edgetl.modelio import parse_labels, parse_range
 
     formats = FORMATS.parse_list(args.formats)
     quantizations = QUANTIZATIONS.parse_list(args.quantize) if args.quantize else []
+    tfjs_q = TFJS_QUANTIZATIONS.parse_list(args.tfjs_quantize) if args.tfjs_quantize else []
     if args.opset is not None:
         from edgetl.converters.onnx import MAX_OPSET, MIN_OPSET
 
@@ -86,6 +93,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--calibration {args.calibration}: not a directory")
     if quantizations and "tflite" not in formats:
         raise UserError("--quantize applies to TFLite; add tflite to --formats")
+    if tfjs_q and "tfjs" not in formats:
+        raise UserError("--tfjs-quantize applies to TF.js; add tfjs to --formats")
     given_labels = parse_labels(args.labels) if args.labels else None
     input_range = parse_range(args.input_range) if args.input_range else None
     model_path = Path(args.model)
@@ -116,6 +125,7 @@ def run(args: argparse.Namespace) -> int:
         nchw=args.nchw,
         int8_io=args.int8_io,
         tfjs_graph=args.tfjs_graph,
+        tfjs_quantizations=tfjs_q,
         overwrite=args.force,
     )
     print(f"bundle written to {args.out}")

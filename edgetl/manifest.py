@@ -5,6 +5,7 @@ A bundle directory looks like:
     manifest.json          this file's schema (MANIFEST_VERSION)
     labels.json            the class names, index = output position
     tfjs/model.json ...    artifact "tfjs_layers" (+ weight shards)
+    tfjs_<q>/model.json    artifacts "tfjs_layers_float16", "tfjs_layers_uint8" (--tfjs-quantize)
     tfjs_graph/model.json  artifact "tfjs_graph" (optional)
     model.onnx             artifact "onnx"
     model_<precision>.tflite   artifacts "tflite_float32", "tflite_float16", "tflite_dynamic", "tflite_int8"
@@ -91,7 +92,7 @@ class FileRecord:
 class ArtifactRecord:
     id: str  # unique in the bundle: "tfjs_layers", "onnx", "tflite_int8", ...
     format: str  # "tfjs_layers" | "tfjs_graph" | "onnx" | "tflite"
-    precision: str  # "float32" | "float16" | "dynamic" | "int8"
+    precision: str  # "float32" | "float16" | "dynamic" | "int8" | "uint8" (TF.js shards)
     path: str  # the main file (model.json, model.onnx, model_x.tflite), bundle-relative
     files: list[FileRecord] = field(default_factory=list)
     # Input/output tensor dtypes of the artifact itself (int8 TFLite may take uint8/int8).

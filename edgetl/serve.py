@@ -3,16 +3,24 @@
 The server is also what the browser runtime and the browser tests use (`start_server`). It maps a
 few fixed URL prefixes to fixed directories (or single files) and refuses any request that does
 not resolve, after percent-decoding and symlink resolution, to a regular file inside one of them.
-Every response carries COOP/COEP so the page is cross-origin isolated: the TF.js wasm backend
-needs SharedArrayBuffer for its threads.
+Every response carries COOP/COEP so the page is cross-origin isolated: the TF.js and
+onnxruntime-web wasm backends need SharedArrayBuffer for their threads.
+
+Like a static host: text, JSON, wasm and weight files are sent gzip-compressed when the client
+accepts it (compressed once per file version, kept in a small in-memory cache), and every file
+carries an ETag and Last-Modified with `Cache-Control: no-cache`, so a browser revalidates and
+gets 304 Not Modified instead of the bytes again (a re-exported bundle is seen at once).
 """
 
 from __future__ import annotations
 
 import argparse
+import email.utils
+import gzip
 import http.server
 import threading
 import urllib.parse
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +39,21 @@ VENDOR_FILES = {
     "tfjs-backend-wasm-simd.wasm": "@tensorflow/tfjs-backend-wasm/dist/tfjs-backend-wasm-simd.wasm",
     "tfjs-backend-wasm-threaded-simd.wasm": "@tensorflow/tfjs-backend-wasm/dist/tfjs-backend-wasm-threaded-simd.wasm",
 }
+# onnxruntime-web: the wasm-only and the WebGPU builds, and the wasm binaries each imports.
+ORT_DIST = "onnxruntime-web/dist/"
+VENDOR_FILES.update(
+    {
+        f"ort/{name}": ORT_DIST + name
+        for name in (
+            "ort.wasm.min.mjs",
+            "ort.webgpu.min.mjs",
+            "ort-wasm-simd-threaded.mjs",
+            "ort-wasm-simd-threaded.wasm",
+            "ort-wasm-simd-threaded.asyncify.mjs",
+            "ort-wasm-simd-threaded.asyncify.wasm",
+        )
+    }
+)
 
 # Content types from the standard table (mimetypes), with the few that must be exact for the
 # browser whatever the host's /etc/mime.types says: ES modules, wasm (streaming compilation
@@ -58,8 +81,59 @@ ISOLATION_HEADERS = {
     "Cross-Origin-Embedder-Policy": "require-corp",
     "Cross-Origin-Resource-Policy": "same-origin",
     "X-Content-Type-Options": "nosniff",
-    "Cache-Control": "no-store",
 }
+# Revalidate every time (ETag / Last-Modified): cheap 304s, never a stale bundle.
+CACHE_CONTROL = "no-cache"
+ERROR_CACHE_CONTROL = "no-store"
+# Worth gzipping: text, wasm (14 MB -> ~4 MB) and weights (uint8/float16 shards, ONNX, TFLite).
+COMPRESSIBLE = frozenset(
+    {".html", ".js", ".mjs", ".css", ".json", ".map", ".svg", ".txt", ".wasm", ".bin", ".onnx"}
+)
+MIN_COMPRESS_BYTES = 1024
+GZIP_LEVEL = 6  # 14 MB of wasm in ~0.6 s once, then served from the cache
+COMPRESSED_CACHE_BYTES = 256 * 1024 * 1024
+
+
+class _CompressedCache:
+    """gzip bodies keyed by (path, size, mtime): compressed once per file version."""
+
+    def __init__(self, limit: int = COMPRESSED_CACHE_BYTES) -> None:
+        self.limit = limit
+        self._items: OrderedDict[tuple, bytes] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple, data: bytes) -> bytes:
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+        body = gzip.compress(data, compresslevel=GZIP_LEVEL, mtime=0)
+        with self._lock:
+            self._items[key] = body
+            self._bytes += len(body)
+            while self._bytes > self.limit and len(self._items) > 1:
+                _, old = self._items.popitem(last=False)
+                self._bytes -= len(old)
+        return body
+
+
+def accepts_gzip(header: str | None) -> bool:
+    """Whether an Accept-Encoding header allows gzip (q > 0), "*" included."""
+    allowed = {}
+    for part in (header or "").split(","):
+        name, _, params = part.strip().partition(";")
+        q = 1.0
+        for p in params.split(";"):
+            k, _, v = p.strip().partition("=")
+            if k == "q":
+                try:
+                    q = float(v)
+                except ValueError:
+                    q = 0.0
+        if name:
+            allowed[name.strip().lower()] = q
+    return allowed.get("gzip", allowed.get("*", 0.0)) > 0
 
 
 def web_root() -> Path:
@@ -132,6 +206,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     server_version = "edgetl-serve"
     protocol_version = "HTTP/1.1"
     roots: Roots  # set on the per-server subclass
+    compressed: _CompressedCache  # set on the per-server subclass
     quiet: bool = True
 
     def _send_error(self, code: int, message: str) -> None:
@@ -139,6 +214,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.send_response(code)
         self.send_header("Content-Type", "text/plain; charset=utf-8")
         self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", ERROR_CACHE_CONTROL)
         for k, v in ISOLATION_HEADERS.items():
             self.send_header(k, v)
         self.end_headers()
@@ -157,18 +233,57 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._send_error(403 if climbing else 404, "Forbidden" if climbing else "Not Found")
             return
         try:
+            st = target.stat()
+            etag = f'"{st.st_size:x}-{st.st_mtime_ns:x}"'
+            if self._not_modified(etag, st.st_mtime):
+                self._send_headers(304, etag, st.st_mtime)
+                self.end_headers()
+                return
             data = target.read_bytes()
         except OSError:
             self._send_error(404, "Not Found")
             return
-        self.send_response(200)
+        suffix = target.suffix.lower()
+        encoding = None
+        if (
+            suffix in COMPRESSIBLE
+            and len(data) >= MIN_COMPRESS_BYTES
+            and accepts_gzip(self.headers.get("Accept-Encoding"))
+        ):
+            data = self.compressed.get((str(target), st.st_size, st.st_mtime_ns), data)
+            encoding = "gzip"
+        self._send_headers(200, etag, st.st_mtime)
         self.send_header("Content-Type", content_type(target))
         self.send_header("Content-Length", str(len(data)))
-        for k, v in ISOLATION_HEADERS.items():
-            self.send_header(k, v)
+        if encoding:
+            self.send_header("Content-Encoding", encoding)
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(data)
+
+    def _send_headers(self, code: int, etag: str, mtime: float) -> None:
+        self.send_response(code)
+        self.send_header("ETag", etag)
+        self.send_header("Last-Modified", email.utils.formatdate(mtime, usegmt=True))
+        self.send_header("Cache-Control", CACHE_CONTROL)
+        self.send_header("Vary", "Accept-Encoding")
+        for k, v in ISOLATION_HEADERS.items():
+            self.send_header(k, v)
+
+    def _not_modified(self, etag: str, mtime: float) -> bool:
+        """Conditional GET: If-None-Match wins over If-Modified-Since (RFC 9110)."""
+        inm = self.headers.get("If-None-Match")
+        if inm is not None:
+            tags = [t.strip().removeprefix("W/") for t in inm.split(",")]
+            return "*" in tags or etag in tags
+        ims = self.headers.get("If-Modified-Since")
+        if ims:
+            try:
+                since = email.utils.parsedate_to_datetime(ims).timestamp()
+            except (TypeError, ValueError):
+                return False
+            return int(mtime) <= since
+        return False
 
     def do_GET(self) -> None:
         self._serve()
@@ -211,7 +326,11 @@ def start_server(
                 "`edgetl export MODEL --out DIR`)"
             )
     roots = default_roots(bundle_dir)
-    handler = type("EdgetlHandler", (_Handler,), {"roots": roots, "quiet": quiet})
+    handler = type(
+        "EdgetlHandler",
+        (_Handler,),
+        {"roots": roots, "quiet": quiet, "compressed": _CompressedCache()},
+    )
     try:
         server = EdgetlServer((host, port), handler)
     except OSError as e:

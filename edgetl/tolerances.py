@@ -140,6 +140,23 @@ TFLITE_INT8 = Tolerance(
     basis="full int8: judged by top-1 on decisive probes (margin >= 0.2) and accuracy drop",
 )
 
+# TF.js Layers with uint8 weight shards (tensorflowjs' affine per-tensor min/max quantization of
+# every weight, dequantized to float32 at load): 256 levels over a whole conv kernel's range, so
+# element error says little. Measured with tfjs-node-wasm on 7 data-fitted bundles (locally made
+# weights, 16 probes each; Intel Xeon with AVX-512, 2 shared cores): max |error| 0.089 .. 0.64;
+# top-1 kept on decisive probes (margin >= 0.2): 87.5% (MobileNetV2 0.35/96 seed 0, 14 of 16),
+# 93.75% (MobileNetV1 0.25/128, MobileNetV2 0.35/96 seed 2, MobileNetV2 1.0/224), 100%
+# (MobileNetV2 0.35/96 seed 1, MobileNetV3-Small and -Large 0.75/96). 0.75 leaves one more flip
+# in 16 over the worst case; a wrong scale or swapped channels agrees at about chance (1/3 with
+# 3 classes). With --data, accuracy lost as for int8 TFLite.
+# float16 shards are judged like TFLite float16 (float16_tolerance): their error measured
+# 0.34x .. 1.84x the bundle's float16-kernel floor on the same 7 bundles (limit 20x).
+TFJS_UINT8 = TFLITE_INT8.replace(
+    min_top1=0.75,
+    name="TFJS_UINT8",
+    basis="TF.js uint8 weight shards: top-1 on decisive probes (margin >= 0.2) and accuracy drop",
+)
+
 
 def float32_tolerance(noise: dict | None, *, gpu: bool = False) -> Tolerance:
     """The float32 limit for a bundle with these noise floors (None: the fixed legacy one)."""
@@ -184,6 +201,8 @@ def default_tolerance(
         return TFLITE_DYNAMIC
     if record.precision == "int8":
         return TFLITE_INT8
+    if record.precision == "uint8":
+        return TFJS_UINT8
     if record.precision == "float16":
         return float16_tolerance(noise)
     webgl = (info or {}).get("webgl_precision")

@@ -302,6 +302,19 @@ def test_weights_of_another_backbone(tmp_path, capsys, good, local_weights, back
     assert len(text) < 2000
 
 
+def test_export_bad_tfjs_quantize_is_refused_before_any_work(tmp_path, capsys, fake_run):
+    out = tmp_path / "bundle"
+    before = snapshot(fake_run)
+    code, text = cli(capsys, "export", fake_run, "--out", out, "--tfjs-quantize", "int4")
+    assert code == 2 and "int4" in text and "float16" in text and "uint8" in text, text
+    code, text = cli(
+        capsys, "export", fake_run, "--out", out, "--formats", "onnx", "--tfjs-quantize", "uint8"
+    )
+    assert code == 2 and "--tfjs-quantize applies to TF.js" in text, text
+    assert len(text.strip().splitlines()) == 1
+    assert not out.exists() and snapshot(fake_run) == before
+
+
 def test_export_out_under_immutable_folder(tmp_path, capsys, fake_run):
     # /sys refuses new entries even to root (EPERM), like an immutable (chattr +i) folder.
     refused(

@@ -146,12 +146,17 @@ def _classify_file(page, path: Path) -> dict:
 # ---------------------------------------------------------------- server (no browser needed)
 
 
-def _raw_get(url: str, target: str) -> tuple[int, dict[str, str], bytes]:
+def _raw_get(
+    url: str, target: str, headers: dict[str, str] | None = None, method: str = "GET"
+) -> tuple[int, dict[str, str], bytes]:
     """Send the request target byte for byte (no client-side normalization of ../ or %2e)."""
     host, port = url.split("//")[1].rstrip("/").split(":")
+    extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
     with socket.create_connection((host, int(port)), timeout=10) as s:
         s.sendall(
-            f"GET {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode("latin-1")
+            f"{method} {target} HTTP/1.1\r\nHost: {host}\r\n{extra}Connection: close\r\n\r\n".encode(
+                "latin-1"
+            )
         )
         data = b""
         while chunk := s.recv(65536):
@@ -198,6 +203,52 @@ def test_server_serves_app_with_isolation_headers_and_mime_types(jail):
         assert status == 200, target
         assert headers["content-type"].startswith(mime), (target, headers["content-type"])
         assert headers["cross-origin-embedder-policy"] == "require-corp"
+
+
+def test_server_compresses_and_revalidates_like_a_static_host(jail, tmp_path):
+    import gzip
+
+    from edgetl.webdir import web_dir
+
+    app_js = (web_dir() / "app" / "app.js").read_bytes()
+    status, h, body = _raw_get(jail, "/app/app.js", {"Accept-Encoding": "br, gzip;q=0.8"})
+    assert status == 200 and h["content-encoding"] == "gzip"
+    assert gzip.decompress(body) == app_js and int(h["content-length"]) == len(body) < len(app_js)
+    assert "accept-encoding" in h["vary"].lower()
+    assert h["cache-control"] == "no-cache" and h["cross-origin-embedder-policy"] == "require-corp"
+    # No Accept-Encoding, or gzip refused with q=0: the bytes as they are.
+    for ask in ({}, {"Accept-Encoding": "gzip;q=0, identity"}):
+        status, plain, body = _raw_get(jail, "/app/app.js", ask)
+        assert status == 200 and "content-encoding" not in plain and body == app_js, ask
+    # HEAD: the compressed length, no body.
+    status, head, body = _raw_get(jail, "/app/app.js", {"Accept-Encoding": "gzip"}, "HEAD")
+    assert status == 200 and body == b"" and head["content-length"] == h["content-length"]
+    # wasm binaries compress too (onnxruntime-web's 14 MB one is served from node_modules).
+    status, w, body = _raw_get(
+        jail, "/vendor/ort/ort-wasm-simd-threaded.wasm", {"Accept-Encoding": "gzip"}
+    )
+    assert status == 200 and w["content-type"] == "application/wasm"
+    assert w["content-encoding"] == "gzip" and gzip.decompress(body)[:4] == b"\0asm"
+    # Revalidation: the ETag or the Last-Modified date gets a bodiless 304.
+    etag, modified = h["etag"], h["last-modified"]
+    for cond in (
+        {"If-None-Match": etag},
+        {"If-None-Match": f'"x", W/{etag}'},
+        {"If-Modified-Since": modified},
+    ):
+        status, nm, body = _raw_get(jail, "/app/app.js", cond)
+        assert status == 304 and body == b"" and nm["etag"] == etag, cond
+    status, _, _ = _raw_get(jail, "/app/app.js", {"If-None-Match": '"other"'})
+    assert status == 200
+    # A changed file gets a new ETag at once (a re-exported bundle is never stale).
+    status, m1, _ = _raw_get(jail, "/bundle/manifest.json")
+    bundle_manifest = tmp_path / "bundle" / "manifest.json"  # the jail fixture's bundle
+    bundle_manifest.write_text('{"changed": true}')
+    status, m2, body = _raw_get(jail, "/bundle/manifest.json", {"If-None-Match": m1["etag"]})
+    assert status == 200 and body == b'{"changed": true}' and m2["etag"] != m1["etag"]
+    # Errors are never cached.
+    status, e, _ = _raw_get(jail, "/bundle/missing.json")
+    assert status == 404 and e["cache-control"] == "no-store"
 
 
 @pytest.mark.parametrize(
@@ -455,7 +506,11 @@ def test_browser_runtimes_match_golden_probes(web_bundle):
     manifest = Manifest.load(web_bundle)
     probes = read_probes(web_bundle, manifest)
     # float32 backends: 1e-5; WebGL (float16 textures possible): 1e-3
-    names = [n for n, rt in load_runtimes().items() if isinstance(rt, TfjsBrowserRuntime)]
+    names = [
+        n
+        for n, rt in load_runtimes().items()
+        if isinstance(rt, TfjsBrowserRuntime) and "tfjs_layers" in rt.formats
+    ]
     tol = {n: 1e-3 if n.endswith("webgl") else 1e-5 for n in names}
     ran = []
     with RunContext() as context:
@@ -600,6 +655,113 @@ def test_non_0_255_model_passes_on_every_runtime_and_in_the_page(range_bundle, b
         page.screenshot(path=str(shots / "app_range_model.png"), full_page=True)
         assert page.get_attribute("#predictions", "data-top1") == LABELS[int(expected.argmax())]
         np.testing.assert_allclose(result["probabilities"], expected, atol=5e-4)
+        assert not errors, errors
+        page.close()
+    finally:
+        stop_server(server)
+
+
+# ---------------------------------------------------------------- every engine in the page
+
+
+@pytest.fixture(scope="session")
+def engines_bundle(tmp_path_factory, web_model) -> tuple[Path, list[Path]]:
+    """web_model as TF.js Layers + ONNX (the page then classifies on onnxruntime-web), and two
+    images: the known PNG and a real photo (matplotlib's grace_hopper.jpg, stored as PNG so the
+    browser and PIL decode the same pixels)."""
+    from matplotlib import cbook
+    from PIL import Image
+
+    from edgetl.bundle import export_bundle
+    from edgetl.data import load_image
+
+    root = tmp_path_factory.mktemp("enginesbundle")
+    known = _known_image(root / "known.png")
+    photo = root / "grace_hopper.png"
+    with Image.open(cbook.get_sample_data("grace_hopper.jpg")) as im:
+        im.convert("RGB").save(photo)
+    images = [known, photo]
+    export_bundle(
+        web_model,
+        root / "bundle",
+        labels=LABELS,
+        contract=InputContract(SIZE, SIZE),
+        formats=("tfjs", "onnx"),
+        probe_images=np.stack([load_image(p, SIZE, SIZE) for p in images]),
+        probe_names=[f"image:{p.name}" for p in images],
+        model_name="engines-test",
+        log=lambda *_: None,
+    )
+    return root / "bundle", images
+
+
+def _engine_timings(page) -> tuple[float, float]:
+    cold = float(page.get_attribute("#timings", "data-cold"))
+    warm = float(page.get_attribute("#timings", "data-warm"))
+    return cold, warm
+
+
+@pytest.mark.browser
+def test_page_runs_every_engine_like_python(engines_bundle, web_model, browser, shots):
+    """onnxruntime-web (wasm; WebGPU or its real reason), then TF.js on wasm, cpu and webgl:
+    each warmed up with cold and warm times shown, each giving Python's top-1 and probabilities
+    on the known image and on a real photo."""
+    from edgetl.data import load_image
+    from edgetl.serve import start_server, stop_server
+    from edgetl.webdir import web_dir
+
+    bundle, images = engines_bundle
+    expected = web_model.predict(np.stack([load_image(p, SIZE, SIZE) for p in images]), verbose=0)
+    for e in expected:
+        top2 = np.sort(e)[-2:]
+        assert top2[1] - top2[0] > 1e-3, "test image too ambiguous"
+
+    def check(page, engine: str, atol: float) -> None:
+        for path, want in zip(images, expected, strict=True):
+            result = _classify_file(page, path)
+            assert result["engine"] == engine
+            assert page.get_attribute("#predictions", "data-top1") == LABELS[int(want.argmax())]
+            np.testing.assert_allclose(result["probabilities"], want, atol=atol, err_msg=engine)
+        assert engine in page.inner_text("#inference-time")
+        cold, warm = _engine_timings(page)
+        assert cold > 0 and warm > 0, (engine, cold, warm)
+        assert page.inner_text("#active-engine") == engine
+
+    server, url = start_server(bundle)
+    try:
+        page, errors = _open_app(browser, url)
+        assert page.evaluate("document.body.dataset.state") == "ready", page.inner_text("#error")
+        # The bundle has ONNX: the page picks onnxruntime-web on wasm, with threads and SIMD.
+        assert page.evaluate("document.body.dataset.engine") == "ort-wasm"
+        info = page.inner_text("#engine-info")
+        pinned = json.loads((web_dir() / "package.json").read_text())["dependencies"]
+        assert f"ort {pinned['onnxruntime-web']}" in info, info
+        assert "cross-origin isolated" in info, info
+        assert "load" in page.inner_text("#timings") and "warm" in page.inner_text("#timings")
+        check(page, "onnxruntime-web · wasm", 5e-4)
+        page.screenshot(path=str(shots / "engine_ort_wasm.png"), full_page=True)
+
+        page.select_option("#engine", "ort-webgpu")
+        page.wait_for_function(
+            "document.body.dataset.engine === 'ort-webgpu' || "
+            "!document.getElementById('error').hidden"
+        )
+        page.screenshot(path=str(shots / "engine_ort_webgpu.png"), full_page=True)
+        if page.evaluate("document.body.dataset.engine") == "ort-webgpu":
+            check(page, "onnxruntime-web · webgpu", 1e-3)
+        else:  # headless --disable-gpu: no adapter, said on the page; wasm keeps running
+            assert "WebGPU adapter" in page.inner_text("#error"), page.inner_text("#error")
+            assert page.inner_text("#active-engine") == "onnxruntime-web · wasm"
+
+        page.select_option("#engine", "tfjs")
+        page.wait_for_function("document.body.dataset.engine === 'tfjs'")
+        for backend, atol in (("wasm", 5e-4), ("cpu", 5e-4), ("webgl", 1e-3)):
+            page.select_option("#backend", backend)
+            page.wait_for_function(
+                f"document.getElementById('active-engine').textContent === 'TF.js · {backend}'"
+            )
+            check(page, f"TF.js · {backend}", atol)
+            page.screenshot(path=str(shots / f"engine_tfjs_{backend}.png"), full_page=True)
         assert not errors, errors
         page.close()
     finally:

@@ -258,6 +258,7 @@ RUNTIME_MODULES = [
     "edgetl.runtimes.litert_runtime",
     "edgetl.runtimes.tfjs_node",
     "edgetl.runtimes.tfjs_browser",
+    "edgetl.runtimes.ortweb",
 ]
 
 

@@ -107,15 +107,16 @@ class Chromium:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def backend_page(self, backend: str):
-        """The harness page of `backend` (made once per Chromium; a backend that failed to start
-        fails again without retrying): (page, backend info, console log)."""
-        if backend not in self._pages:
+    def backend_page(self, backend: str, page_path: str = HARNESS_PAGE):
+        """The harness page `page_path` with `backend` (made once per Chromium; a backend that
+        failed to start fails again without retrying): (page, backend info, console log)."""
+        key = f"{page_path}#{backend}"
+        if key not in self._pages:
             try:
-                self._pages[backend] = self.harness_page(backend)
+                self._pages[key] = self.harness_page(backend, page_path=page_path)
             except RuntimeUnavailable as e:
-                self._pages[backend] = e
-        got = self._pages[backend]
+                self._pages[key] = e
+        got = self._pages[key]
         if isinstance(got, Exception):
             raise got
         return got
@@ -138,9 +139,12 @@ class Chromium:
             path.write_bytes(data)
         return f"{self.url}scratch/{name}"
 
-    def harness_page(self, backend: str, num_threads: int | None = None):
+    def harness_page(
+        self, backend: str, num_threads: int | None = None, page_path: str = HARNESS_PAGE
+    ):
         """A fresh harness page with `backend` initialized; returns (page, backend info, log).
         Close it with page.context.close(): each harness page has its own browser context.
+        `page_path` is the harness (TF.js by default; onnxruntime-web's has the same calls).
 
         `num_threads` sets the wasm thread count. TF.js 4.22 caps its XNNPACK pool at
         navigator.hardwareConcurrency / 2 (measured: 1 thread on a 2-core machine whatever
@@ -149,7 +153,8 @@ class Chromium:
         Raises RuntimeUnavailable when the backend does not start (e.g. no WebGL)."""
         context = self.browser.new_context()
         override = None
-        if num_threads and backend == "wasm" and 2 * num_threads > (os.cpu_count() or 1):
+        tfjs_wasm = backend == "wasm" and page_path == HARNESS_PAGE
+        if num_threads and tfjs_wasm and 2 * num_threads > (os.cpu_count() or 1):
             override = 2 * int(num_threads)
             context.add_init_script(
                 "Object.defineProperty(Navigator.prototype, 'hardwareConcurrency', "
@@ -161,14 +166,15 @@ class Chromium:
         page.on("console", lambda m: log.append(f"{m.type}: {m.text}"))
         page.on("pageerror", lambda e: log.append(f"pageerror: {e}"))
         try:
-            page.goto(self.url + HARNESS_PAGE)
+            page.goto(self.url + page_path)
             page.wait_for_function("window.edgetlHarnessReady === true")
             opts = {"backend": backend, **({"numThreads": num_threads} if num_threads else {})}
             try:
                 info = page.evaluate("(o) => window.edgetlHarness.init(o)", opts)
             except Exception as e:
+                engine = "TF.js" if page_path == HARNESS_PAGE else "onnxruntime-web"
                 raise RuntimeUnavailable(
-                    f"TF.js {backend} backend unavailable in Chromium: {_js_error(e)}"
+                    f"{engine} {backend} backend unavailable in Chromium: {_js_error(e)}"
                 ) from None
         except BaseException:
             page.context.close()
@@ -225,7 +231,7 @@ def _release_driver() -> None:
 def _js_error(e: Exception) -> str:
     text = str(e)
     # Playwright prefixes "Page.evaluate: Error: ..." and appends a call log; keep the message.
-    text = text.split("\nCall log:")[0].strip()
+    text = text.split("\nCall log:")[0].split("\n    at ")[0].strip()
     for prefix in ("Page.evaluate: ", "Error: "):
         if text.startswith(prefix):
             text = text[len(prefix) :]
@@ -245,12 +251,13 @@ class BrowserSession(Session):
         super().__init__(runtime, artifact)
         self.chromium = chromium
         self.own_page = bool(options.threads)
+        page_path = runtime.page_path
         if self.own_page:
             self.page, self.page_info, self.log = chromium.harness_page(
-                runtime.backend, options.threads
+                runtime.backend, options.threads, page_path
             )
         else:
-            self.page, self.page_info, self.log = chromium.backend_page(runtime.backend)
+            self.page, self.page_info, self.log = chromium.backend_page(runtime.backend, page_path)
         self.base = chromium.mount_bundle(artifact.bundle_dir)
 
     def _evaluate(self, call: str, options: dict):
@@ -272,6 +279,7 @@ class BrowserSession(Session):
                 "format": self.artifact.format,
                 "inputsUrl": self.chromium.publish_inputs(x),
                 "inputShape": list(x.shape),
+                "layout": self.artifact.record.layout,
             },
         )
         info = {**reply["info"], "timings": reply["timings"]}
@@ -290,6 +298,7 @@ class BrowserSession(Session):
                 "modelUrl": self.base + self.artifact.record.path,
                 "format": self.artifact.format,
                 "contract": contract,
+                "layout": self.artifact.record.layout,
                 "runs": runs,
                 "warmup": warmup,
             },
@@ -304,6 +313,7 @@ class BrowserSession(Session):
 class TfjsBrowserRuntime(TfjsRuntime):
     host = "browser"
     backends = BACKENDS
+    page_path = HARNESS_PAGE  # the harness page (edgetl.runtimes.ortweb has its own)
     # Under --disable-gpu WebGL is SwiftShader (software): none of these needs a GPU.
     gpu = False
     same_thread = True  # Playwright's sync API is bound to its thread

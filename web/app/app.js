@@ -1,8 +1,14 @@
-// edgetl's browser app: classify with a bundle's TF.js Layers model and keep training it here.
+// edgetl's browser app: classify with a bundle's model and keep training it here.
 //
 // Reads <bundle>/manifest.json (labels, input contract, artifacts) and loads the "tfjs_layers"
 // artifact with tf.loadLayersModel. The bundle is /bundle/ (what `edgetl serve` maps) unless the
-// page URL says ?bundle=/some/path/. ?backend=wasm|webgl|cpu picks the starting backend.
+// page URL says ?bundle=/some/path/. ?backend=wasm|webgl|cpu picks the starting TF.js backend.
+//
+// Classification engines: when the bundle has an ONNX artifact, the bundle's model runs on
+// onnxruntime-web (wasm with SIMD and threads; WebGPU where the browser has an adapter), the fast
+// path; otherwise, or when chosen, on TF.js. ?engine=ort-wasm|ort-webgpu|tfjs picks it. A trained
+// head always runs on TF.js (it exists only there). Every engine is warmed up after load, and the
+// page shows the load time, the first (cold) inference and the warm time per image.
 //
 // In-browser training follows the seed TF.js MobileNet example: freeze the loaded model, take its
 // penultimate "features_pool" output as an embedding, train a small new head on embeddings of the
@@ -11,9 +17,10 @@
 // window.edgetlApp exposes the same steps for scripts and tests:
 //   ready (Promise), classify(source), setClasses(names), addExample(classIndex, source),
 //   train({epochs, learningRate, hiddenUnits, onEpoch}), useModel('bundle'|'head'),
-//   save(url), switchBackend(name), state.
+//   save(url), switchBackend(name), switchEngine(name), state.
 
 import {BACKENDS, backendInfo, initBackend} from '/lib/backend.js';
+import {createSession, ortInfo, runSession, toNchw} from '/lib/ort_engine.js';
 import {checkContract, decodeImage, preprocess} from '/lib/preprocess.js';
 
 const tf = globalThis.tf;
@@ -21,6 +28,8 @@ const $ = (id) => document.getElementById(id);
 const TOP_K = 5;
 const FEATURE_LAYER = 'features_pool';
 const SAVE_NAME = 'edgetl-trained';
+const ENGINES = ['ort-wasm', 'ort-webgpu', 'tfjs'];
+const WARM_RUNS = 3; // after the cold run; the median is the warm time shown
 
 const state = {
   bundleUrl: '/bundle/',
@@ -37,7 +46,12 @@ const state = {
   history: [],
   webcam: null,
   busy: false,
-  lastResult: null, // the latest classification: {top, ms, probabilities, model}
+  lastResult: null, // the latest classification: {top, ms, probabilities, model, engine}
+  onnx: null, // the bundle's ONNX artifact record, if any
+  engine: 'tfjs', // which engine runs the bundle's model: ort-wasm | ort-webgpu | tfjs
+  sessions: {}, // ort backend -> InferenceSession
+  tfjsLoadMs: null, // manifest + TF.js model load
+  timings: {}, // engine key (ort-wasm, tfjs-webgl, ...) -> {load_ms, cold_ms, warm_ms}
 };
 
 // ------------------------------------------------------------------ messages
@@ -114,13 +128,15 @@ async function loadManifest(base) {
     throw new Error(`this bundle has no TF.js Layers model (artifacts: ${have}); export it ` +
                     'with `edgetl export MODEL --formats tfjs`.');
   }
-  return {manifest, labels, contract, layers};
+  const onnx = artifacts.find((a) => a && a.format === 'onnx' && typeof a.path === 'string');
+  return {manifest, labels, contract, layers, onnx: onnx || null};
 }
 
 async function loadBundle() {
   state.bundleUrl = bundleUrlFromPage();
   setStatus(`Reading ${state.bundleUrl}manifest.json…`);
-  const {manifest, labels, contract, layers} = await loadManifest(state.bundleUrl);
+  const {manifest, labels, contract, layers, onnx} = await loadManifest(state.bundleUrl);
+  state.onnx = onnx;
   state.manifest = manifest;
   state.labels = labels;
   state.contract = contract;
@@ -149,6 +165,7 @@ async function switchBackend(name) {
   try {
     const info = await initBackend(name);
     showBackend(info);
+    if (state.model) await warmTfjs();
     return info;
   } catch (e) {
     select.value = tf.getBackend() || select.value;
@@ -187,6 +204,112 @@ async function startBackend() {
   throw new Error(`no TF.js backend could start: ${failures.join('; ')}`);
 }
 
+// ------------------------------------------------------------------ engines and warm-up
+
+/** The first run (cold: wasm/shader compilation, allocation) and the median of WARM_RUNS more. */
+async function warmUp(once) {
+  const t0 = performance.now();
+  await once();
+  const cold = performance.now() - t0;
+  const times = [];
+  for (let i = 0; i < WARM_RUNS; i++) {
+    const t = performance.now();
+    await once();
+    times.push(performance.now() - t);
+  }
+  times.sort((a, b) => a - b);
+  return {cold_ms: cold, warm_ms: times[Math.floor(times.length / 2)]};
+}
+
+function zerosInput() {
+  return new Float32Array(state.contract.height * state.contract.width * 3);
+}
+
+/** The TF.js model on the active backend, warmed up (timed, kept per backend). */
+async function warmTfjs() {
+  const x = tf.zeros([1, state.contract.height, state.contract.width, 3]);
+  try {
+    const t = await warmUp(async () => {
+      const y = state.model.predict(x);
+      await y.data();
+      y.dispose();
+    });
+    state.timings[`tfjs-${tf.getBackend()}`] = {load_ms: state.tfjsLoadMs ?? null, ...t};
+  } finally {
+    x.dispose();
+  }
+  showEngine();
+}
+
+function ortBackend(engine) {
+  return engine.startsWith('ort-') ? engine.slice(4) : null;
+}
+
+/** Run the bundle's ONNX artifact on onnxruntime-web; NHWC input data in, probabilities out. */
+async function runOnnx(backend, data) {
+  const {height, width} = state.contract;
+  const nchw = state.onnx.layout === 'NCHW';
+  const shape = nchw ? [1, 3, height, width] : [1, height, width, 3];
+  const outs = await runSession(state.sessions[backend], nchw ? toNchw(data, [1, height, width, 3])
+                                                            : data, shape);
+  return outs[0].data;
+}
+
+/** Make `name` the engine of the bundle's model: load (once) and warm it up. */
+async function switchEngine(name) {
+  if (!ENGINES.includes(name)) throw new Error(`unknown engine "${name}"; use ${ENGINES}`);
+  const backend = ortBackend(name);
+  if (backend) {
+    if (!state.onnx) {
+      throw new Error('this bundle has no ONNX artifact; export it with `--formats tfjs,onnx`');
+    }
+    if (!state.sessions[backend]) {
+      setStatus(`Loading ${state.onnx.path} on onnxruntime-web (${backend})…`);
+      const t0 = performance.now();
+      const session = await createSession(`${state.bundleUrl}${state.onnx.path}`, backend);
+      const loadMs = performance.now() - t0;
+      state.sessions[backend] = session;
+      const input = zerosInput();
+      state.timings[name] = {load_ms: loadMs, ...await warmUp(() => runOnnx(backend, input))};
+    }
+  } else if (!state.timings[`tfjs-${tf.getBackend()}`]) {
+    await warmTfjs();
+  }
+  state.engine = name;
+  $('engine').value = name;
+  showEngine();
+  return name;
+}
+
+function engineKey() {
+  return state.engine === 'tfjs' ? `tfjs-${tf.getBackend()}` : state.engine;
+}
+
+function engineLabel() {
+  if (state.active === 'head' && state.trained) return `TF.js · ${tf.getBackend()}`;
+  const backend = ortBackend(state.engine);
+  return backend ? `onnxruntime-web · ${backend}` : `TF.js · ${tf.getBackend()}`;
+}
+
+function showEngine() {
+  $('active-engine').textContent = engineLabel();
+  document.body.dataset.engine = state.engine;
+  const backend = ortBackend(state.engine);
+  const bits = [];
+  if (backend) {
+    const info = ortInfo(backend);
+    bits.push(`ort ${info.ort_version}`, `${info.wasm_threads} thread(s)`, 'SIMD');
+    bits.push(info.cross_origin_isolated ? 'cross-origin isolated' : 'not isolated');
+  }
+  $('engine-info').textContent = bits.join(' · ');
+  const t = state.timings[engineKey()];
+  const ms = (v) => (v == null ? '–' : `${v.toFixed(1)} ms`);
+  $('timings').textContent = t ? `load ${ms(t.load_ms)} · first inference (cold) ` +
+                                 `${ms(t.cold_ms)} · warm ${ms(t.warm_ms)} per image` : '–';
+  $('timings').dataset.cold = t ? String(t.cold_ms) : '';
+  $('timings').dataset.warm = t ? String(t.warm_ms) : '';
+}
+
 // ------------------------------------------------------------------ classification
 
 function currentModel() {
@@ -203,16 +326,27 @@ async function classify(source) {
   const model = currentModel();
   const labels = currentLabels();
   const x = preprocess(source, state.contract);
+  const backend = model === state.model ? ortBackend(state.engine) : null;
   let y;
   try {
-    const t0 = performance.now();
-    y = model.predict(x);
-    const probs = await y.data();
-    const ms = performance.now() - t0;
+    let probs;
+    let ms;
+    if (backend) {
+      const data = await x.data();
+      const t0 = performance.now();
+      probs = await runOnnx(backend, data);
+      ms = performance.now() - t0;
+    } else {
+      const t0 = performance.now();
+      y = model.predict(x);
+      probs = await y.data();
+      ms = performance.now() - t0;
+    }
     const ranked = Array.from(probs, (p, i) => ({label: labels[i] ?? `#${i}`, index: i, p}))
         .sort((a, b) => b.p - a.p).slice(0, Math.min(TOP_K, labels.length));
     showPredictions(ranked, ms);
-    state.lastResult = {top: ranked, ms, probabilities: Array.from(probs), model: state.active};
+    state.lastResult = {top: ranked, ms, probabilities: Array.from(probs), model: state.active,
+                        engine: engineLabel()};
     return state.lastResult;
   } finally {
     x.dispose();
@@ -233,8 +367,9 @@ function showPredictions(ranked, ms) {
   }));
   list.dataset.top1 = ranked.length ? ranked[0].label : '';
   list.dataset.count = String(Number(list.dataset.count || 0) + 1);
-  $('inference-time').textContent = `${ms.toFixed(1)} ms (${tf.getBackend()})`;
+  $('inference-time').textContent = `${ms.toFixed(1)} ms (${engineLabel()})`;
   $('active-model').textContent = state.active === 'head' ? 'your trained head' : 'bundle';
+  showEngine();
 }
 
 function drawPreview(image) {
@@ -511,6 +646,7 @@ function useModel(which) {
   if (which === 'head' && !state.trained) throw new Error('train a head first');
   state.active = which === 'head' ? 'head' : 'bundle';
   $('active-model').textContent = state.active === 'head' ? 'your trained head' : 'bundle';
+  showEngine();
   return state.active;
 }
 
@@ -550,6 +686,19 @@ function wire() {
       showError(`Could not switch to ${e.target.value}`, errorText(err));
     }
   });
+  $('engine').addEventListener('change', async (e) => {
+    const wanted = e.target.value;
+    try {
+      await switchEngine(wanted);
+      clearError();
+      setStatus(`Ready: ${engineLabel()}.`);
+    } catch (err) {
+      $('engine').value = state.engine;
+      showError(`Could not switch to ${wanted}`, errorText(err));
+      document.body.dataset.state = 'ready'; // the previous engine still runs
+      setStatus(`Still on ${engineLabel()}.`);
+    }
+  });
   $('webcam-toggle').addEventListener('click', toggleWebcam);
   $('set-classes').addEventListener('click', () => {
     try {
@@ -578,12 +727,28 @@ async function main() {
     throw new Error('TF.js did not load (/vendor/tf.min.js); serve the app with `edgetl serve`.');
   }
   const info = await startBackend();
+  const t0 = performance.now();
   await loadBundle();
+  state.tfjsLoadMs = performance.now() - t0;
   setClasses($('class-names').value.split(','));
-  // Warm-up: the first predict compiles kernels (WebGL shaders); keep that out of timings.
-  tf.tidy(() => state.model.predict(tf.zeros([1, state.contract.height, state.contract.width, 3])));
+  // Warm-up: the first predict compiles kernels (WebGL shaders, wasm); keep it out of what the
+  // user waits for, and show it apart (cold) from the time per image (warm).
+  await warmTfjs();
+  for (const option of $('engine').options) {
+    option.disabled = option.value !== 'tfjs' && !state.onnx;
+  }
+  const wanted = new URLSearchParams(location.search).get('engine');
+  const engine = wanted || (state.onnx ? 'ort-wasm' : 'tfjs');
+  try {
+    await switchEngine(engine);
+  } catch (e) {
+    // The TF.js model is loaded and warm: the page stays usable, and says why.
+    await switchEngine('tfjs');
+    $('engine-note').textContent = `${engine} is unavailable: ${errorText(e)}; using TF.js.`;
+  }
   document.body.dataset.state = 'ready';
-  setStatus(`Ready: ${state.labels.length} classes on ${info.backend}.`);
+  setStatus(`Ready: ${state.labels.length} classes on ${engineLabel()} (TF.js ${info.backend} ` +
+            'for training).');
   return state;
 }
 
@@ -594,4 +759,4 @@ const ready = main().catch((e) => {
 ready.catch(() => {}); // reported on the page; keep the console free of an unhandled rejection
 
 window.edgetlApp = {ready, state, classify, setClasses, addExample, train, useModel, save,
-                    switchBackend, backendInfo, BACKENDS};
+                    switchBackend, switchEngine, backendInfo, BACKENDS, ENGINES};

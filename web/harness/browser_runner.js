@@ -13,11 +13,11 @@
 // window.edgetlHarnessReady is true once this module has loaded.
 
 import {backendInfo, initBackend} from '/lib/backend.js';
+import {fetchFloat32, timeRuns, toBase64} from '/lib/float32.js';
 import {preprocess} from '/lib/preprocess.js';
 
 const tf = globalThis.tf;
 const models = new Map(); // modelUrl -> loaded model, so a benchmark after a run loads nothing
-const LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
 
 async function loadModel(modelUrl, format) {
   const key = `${format}:${modelUrl}`;
@@ -34,34 +34,6 @@ async function loadModel(modelUrl, format) {
 function outputNames(model, count) {
   const names = model.outputNames || (model.outputs || []).map((o) => o.name);
   return Array.from({length: count}, (_, i) => names[i] || `output_${i}`);
-}
-
-function toBase64(float32) {
-  let bytes = new Uint8Array(float32.buffer, float32.byteOffset, float32.byteLength);
-  if (!LITTLE_ENDIAN) {
-    const copy = new DataView(new ArrayBuffer(float32.byteLength));
-    float32.forEach((v, i) => copy.setFloat32(i * 4, v, true));
-    bytes = new Uint8Array(copy.buffer);
-  }
-  let binary = '';
-  const chunk = 0x8000;
-  for (let i = 0; i < bytes.length; i += chunk) {
-    binary += String.fromCharCode.apply(null, bytes.subarray(i, i + chunk));
-  }
-  return btoa(binary);
-}
-
-async function fetchFloat32(url, shape) {
-  const response = await fetch(url);
-  if (!response.ok) throw new Error(`GET ${url}: HTTP ${response.status}`);
-  const buffer = await response.arrayBuffer();
-  const count = shape.reduce((a, b) => a * b, 1);
-  if (buffer.byteLength !== count * 4) {
-    throw new Error(`${url}: ${buffer.byteLength} bytes, expected ${count * 4} for [${shape}]`);
-  }
-  if (LITTLE_ENDIAN) return new Float32Array(buffer);
-  const view = new DataView(buffer);
-  return Float32Array.from({length: count}, (_, i) => view.getFloat32(i * 4, true));
 }
 
 function predict(model, x) {
@@ -113,18 +85,7 @@ async function benchmark({modelUrl, format, contract, runs = 30, warmup = 5}) {
     return dt;
   };
   try {
-    const warm = [];
-    for (let i = 0; i < warmup; i++) warm.push(await once());
-    const times = [];
-    for (let i = 0; i < runs; i++) times.push(await once());
-    const sorted = [...times].sort((a, b) => a - b);
-    const mean = times.reduce((a, b) => a + b, 0) / times.length;
-    return {
-      runs, warmup, first_ms: warm[0] ?? null, times_ms: times, mean_ms: mean,
-      median_ms: sorted[Math.floor(sorted.length / 2)], min_ms: sorted[0],
-      p90_ms: sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * 0.9))],
-      info: await backendInfo(),
-    };
+    return {...await timeRuns(once, {runs, warmup}), info: await backendInfo()};
   } finally {
     x.dispose();
   }
