@@ -70,10 +70,17 @@ def test_every_runtime_declares_its_capabilities_as_flags():
         assert rt.name == name and rt.formats, name
         assert rt.layer_formats <= rt.formats, name
     assert [n for n, rt in runtimes.items() if rt.reference] == ["keras"]
-    assert set(runtimes.select(same_thread=True)) == {
-        n for n in runtimes.names() if n.startswith("tfjs-browser-")
+    from edgetl.runtimes.tfjs_browser import TfjsBrowserRuntime
+
+    # Playwright's sync API binds every runtime that drives Chromium to one thread
+    in_chromium = {n for n, rt in runtimes.items() if isinstance(rt, TfjsBrowserRuntime)}
+    assert {"tfjs-browser-wasm", "ort-web-wasm"} <= in_chromium
+    assert set(runtimes.select(same_thread=True)) == in_chromium
+    assert set(runtimes.select(gpu=True)) == {
+        "onnxruntime-cuda",
+        "onnxruntime-tensorrt",
+        "ort-web-webgpu",
     }
-    assert runtimes.select(gpu=True) == ["onnxruntime-cuda", "onnxruntime-tensorrt"]
 
 
 def test_open_refuses_an_artifact_of_another_format():
