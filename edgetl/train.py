@@ -12,6 +12,7 @@ import json
 import sys
 import time
 import warnings
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -145,16 +146,21 @@ def fit(
     schedule: str = "constant",
     mixup: float = 0.0,
     from_start: bool = False,
+    strategy=None,
 ) -> tuple[dict, int]:
     """Adam on the model's trainable variables with seeded per-epoch shuffling, class weights as
     sample weights, label smoothing, optional cosine decay and mixup, and early stopping on
     validation loss (best epoch kept; `from_start`: the starting weights count as epoch 0).
     Returns (history, best epoch: the one whose weights the model holds, `epochs` if none).
+    `x` is an array or edgetl.pipeline.ImageFiles (streamed from disk, bounded memory); under
+    a tf.distribute `strategy` each replica takes its slice of the same global batch.
 
     A small compiled loop rather than `model.fit`: on cached embeddings Keras' fit spends ~1 s
     of its ~2 s per 10 epochs in set-up (measured), more than the training itself. The same
     loop serves every path, so the cached and the full-forward runs see identical batches."""
     import keras
+
+    from edgetl.pipeline import iter_batches
 
     x, y = train
     rng, mix_rng = np.random.default_rng(seed), np.random.default_rng(seed + 7)
@@ -163,7 +169,7 @@ def fit(
         steps = epochs * -(-len(x) // batch_size)
         lr = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=steps)
     loss_fn = keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing)
-    train_step, evaluate_split = _compiled_steps(model, keras.optimizers.Adam(lr), loss_fn)
+    train_step, evaluate_split = _compiled_steps(model, lr, loss_fn, strategy)
     history: dict[str, list[float]] = {"loss": [], "accuracy": []}
     if val is not None:
         history["val_loss"], history["val_accuracy"] = [], []
@@ -173,18 +179,15 @@ def fit(
     for epoch in range(1, epochs + 1):
         total_loss = correct = 0.0
         order = rng.permutation(len(x))
-        for i in range(0, len(x), batch_size):
+        starts = range(0, len(x), batch_size)
+        for i, xb in zip(starts, iter_batches(x, batch_size, order), strict=True):
             idx = order[i : i + batch_size]
-            xb, yb, wb = (
-                x[idx] if transform is None else transform(x[idx]),
-                y[idx],
-                sample_weights[idx],
-            )
+            xb, yb, wb = (xb if transform is None else transform(xb), y[idx], sample_weights[idx])
             if mixup > 0:
                 xb, yb, wb = _mix(mix_rng, xb, yb, wb, mixup)
-            loss, p = train_step(xb, yb, wb)
-            total_loss += float(loss) * len(idx)
-            correct += float((p.numpy().argmax(1) == yb.argmax(1)).sum())
+            loss, right = train_step(xb, yb, wb)
+            total_loss += loss * len(idx)
+            correct += right
         history["loss"].append(total_loss / len(x))
         history["accuracy"].append(correct / len(x))
         _check_finite(history["loss"][-1], epoch, learning_rate, desc)
@@ -202,26 +205,58 @@ def fit(
     return history, best.epoch if best.weights is not None else epochs
 
 
-def _compiled_steps(model, optimizer, loss_fn):
-    """(train_step(x, y, w) -> (loss, probabilities), evaluate_split(x, y) -> (loss, accuracy))."""
+def _compiled_steps(model, learning_rate, loss_fn, strategy=None):
+    """(train_step(x, y, w) -> (mean loss, correct count), evaluate_split(x, y) -> (loss,
+    accuracy)). One code path for one process and for tf.distribute: each replica computes
+    sum(w * loss) / global batch size on its slice, the optimizer sums the gradients across
+    replicas, so the update is the single-process one."""
+    import keras
     import tensorflow as tf
 
-    variables = model.trainable_variables
+    from edgetl.pipeline import iter_batches
 
-    @tf.function(reduce_retracing=True)
-    def train_step(xb, yb, wb):
+    strategy = strategy or tf.distribute.get_strategy()
+    replicas = strategy.num_replicas_in_sync
+    variables = model.trainable_variables
+    with strategy.scope():
+        optimizer = keras.optimizers.Adam(learning_rate)
+        optimizer.build(variables)
+
+    def step(xb, yb, wb, n):
         with tf.GradientTape() as tape:
             p = model(xb, training=True)
-            loss = loss_fn(yb, p, sample_weight=wb)
+            loss = tf.reduce_sum(loss_fn.call(yb, p) * wb) / n  # unreduced loss per image
         optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables, strict=True))
-        return loss, p
+        right = tf.reduce_sum(tf.cast(tf.argmax(p, 1) == tf.argmax(yb, 1), tf.float32))
+        return loss, right
+
+    @tf.function(reduce_retracing=True)
+    def distributed_step(xb, yb, wb, n):
+        loss, right = strategy.run(step, args=(xb, yb, wb, n))
+        total = tf.distribute.ReduceOp.SUM
+        return strategy.reduce(total, loss, axis=None), strategy.reduce(total, right, axis=None)
+
+    def train_step(xb, yb, wb) -> tuple[float, float]:
+        n = tf.constant(float(len(xb)))
+        if replicas == 1:
+            args = (xb, yb, wb)
+        else:  # the same global batch on every worker; replica r takes slice r
+            parts = [np.array_split(a, replicas) for a in (xb, yb, wb)]
+            args = tuple(
+                strategy.experimental_distribute_values_from_function(
+                    lambda ctx, p=p: p[ctx.replica_id_in_sync_group]
+                )
+                for p in parts
+            )
+        loss, right = distributed_step(*args, n)
+        return float(loss), float(right)
 
     @tf.function(reduce_retracing=True)
     def infer(xb):
         return model(xb, training=False)
 
     def evaluate_split(xs, ys) -> tuple[float, float]:
-        p = np.concatenate([infer(xs[i : i + 256]).numpy() for i in range(0, len(xs), 256)])
+        p = np.concatenate([infer(b).numpy() for b in iter_batches(xs, 256)])
         return float(loss_fn(ys, p)), float((p.argmax(1) == ys.argmax(1)).mean())
 
     return train_step, evaluate_split
@@ -266,6 +301,7 @@ class Job:
     y: np.ndarray
     sample_weights: np.ndarray
     progress: bool = True
+    strategy: object = None  # tf.distribute strategy (edgetl.distribute.choose_strategy)
     timings: dict[str, float] = field(default_factory=dict)
     history: dict[str, list[float]] = field(default_factory=dict)
     emb_stats: dict = field(default_factory=dict)
@@ -292,6 +328,7 @@ class Job:
             patience=c.patience,
             sample_weights=self.sample_weights[idx],
             label_smoothing=c.label_smoothing,
+            strategy=self.strategy,
             **kw,
         )
         for k, v in history.items():
@@ -406,17 +443,15 @@ def stage1_cached(job: Job, model, head_cfg):
     return head, emb
 
 
-def stage1_full_forward(job: Job, model) -> np.ndarray:
-    """Stage 1 through the frozen backbone every epoch (needed by --augment); returns the
-    decoded images."""
+def stage1_full_forward(job: Job, model):
+    """Stage 1 through the frozen backbone every epoch (needed by --augment), images streamed
+    from disk; returns them (edgetl.pipeline.ImageFiles)."""
     import keras
 
-    from edgetl.data import load_images
+    from edgetl.pipeline import ImageFiles
 
     c = job.config
-    t = time.perf_counter()
-    images = load_images(job.folder.files, job.size, job.size, progress=job.progress)
-    job.timings["decode_s"] = time.perf_counter() - t
+    images = ImageFiles(job.folder.files, job.size, job.size)
     t = time.perf_counter()
     keras.utils.set_random_seed(c.seed)
     job.fit(
@@ -428,19 +463,19 @@ def stage1_full_forward(job: Job, model) -> np.ndarray:
         desc="head (augmented)" if c.augment else "head (full forward)",
     )
     job.timings["stage1_full_forward_s"] = time.perf_counter() - t
-    job.timings["stage1_s"] = job.timings["decode_s"] + job.timings["stage1_full_forward_s"]
+    job.timings["stage1_s"] = job.timings["stage1_full_forward_s"]
     return images
 
 
-def stage2_fine_tune(job: Job, model, base, images: np.ndarray | None) -> np.ndarray:
+def stage2_fine_tune(job: Job, model, base, images):
     """Unfreeze the top of the backbone at a low learning rate; the best epoch is kept, and
-    the stage-1 weights count as epoch 0. Returns the decoded images."""
-    from edgetl.data import load_images
+    the stage-1 weights count as epoch 0. Images are streamed from disk (returned)."""
+    from edgetl.pipeline import ImageFiles
 
     c = job.config
     t = time.perf_counter()
     if images is None:
-        images = load_images(job.folder.files, job.size, job.size, progress=job.progress)
+        images = ImageFiles(job.folder.files, job.size, job.size)
     k = set_fine_tune(base, c.fine_tune_layers)
     print(
         f"  stage 2: unfroze the top {k} of {len(base.layers)} backbone layers "
@@ -467,19 +502,15 @@ def final_metrics(job: Job, model, head, emb, images) -> dict:
     the embeddings came from, head(embedding) is the model's output (to ~1e-5); after stage 2
     or with augmentation the full Keras model runs on the images. With `refit`, `head` is the
     one chosen on validation, before the refit saw those images."""
-    from edgetl.data import load_images
     from edgetl.metrics import evaluate
+    from edgetl.pipeline import ImageFiles, predict
 
     eval_idx = job.val_idx if job.has_val else job.train_idx
     if emb is not None and "stage2_s" not in job.timings:
         probs = np.asarray(head.predict(emb[eval_idx], batch_size=256, verbose=0))
     else:
-        if images is None:
-            files = [job.folder.files[i] for i in eval_idx]
-            eval_images = load_images(files, job.size, job.size)
-        else:
-            eval_images = images[eval_idx]
-        probs = np.asarray(model.predict(eval_images, batch_size=32, verbose=0))
+        images = images if images is not None else ImageFiles(job.folder.files, job.size, job.size)
+        probs = predict(model, images[eval_idx], batch_size=32)
     metrics = evaluate(probs, job.folder.labels[eval_idx], job.classes)
     metrics["split"] = "validation" if job.has_val else "train (no validation split)"
     metrics["train_count"], metrics["val_count"] = len(job.train_idx), len(job.val_idx)
@@ -546,11 +577,17 @@ def train(
 
     RUN_DIR follows edgetl's one output rule (edgetl.outdir): refused if it exists and is not
     empty unless `overwrite`, never inside the data folder, and written complete or not at all."""
+    from edgetl.distribute import choose_strategy, describe
+
     config = config or TrainConfig()
     t_all = time.perf_counter()
     run_dir = Path(run_dir)
     job = prepare(Path(data_dir), run_dir, config, overwrite, progress)
-    model, base, head_cfg = build_model(job)
+    if config.augment or config.full_forward or config.fine_tune_layers:
+        job.strategy = choose_strategy()  # tf.distribute: one process unless a cluster is set
+        print(f"  training on {describe(job.strategy)}")
+    with job.strategy.scope() if job.strategy is not None else nullcontext():
+        model, base, head_cfg = build_model(job)
     head = emb = images = None
     if config.augment or config.full_forward:
         images = stage1_full_forward(job, model)
