@@ -68,6 +68,11 @@ def iter_batches(x, batch_size: int, order=None) -> Iterator[np.ndarray]:
 
 
 def predict(model, x, batch_size: int = 32) -> np.ndarray:
-    """The model's outputs on an array or ImageFiles, batch by batch (bounded memory)."""
-    outs = [np.asarray(model.predict_on_batch(b)) for b in iter_batches(x, batch_size)]
+    """The model's outputs on an array or ImageFiles, batch by batch (bounded memory). A plain
+    compiled call, not `model.predict`: under tf.distribute predict splits each batch across
+    the workers and returns every worker's rows."""
+    import tensorflow as tf
+
+    infer = tf.function(lambda b: model(b, training=False), reduce_retracing=True)
+    outs = [infer(b).numpy() for b in iter_batches(x, batch_size)]
     return np.concatenate(outs) if outs else np.zeros((0, *model.output_shape[1:]), np.float32)
