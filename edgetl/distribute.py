@@ -15,12 +15,21 @@ from __future__ import annotations
 import json
 import os
 
+from edgetl.errors import UserError
+
 CLUSTER_ENV = "EDGETL_CLUSTER"
 
 
 def cluster_setting(flag: str | None = None) -> str:
     """The flag if given, else $EDGETL_CLUSTER; '' means one plain process."""
-    return (flag if flag is not None else os.environ.get(CLUSTER_ENV, "")).strip()
+    setting = (flag if flag is not None else os.environ.get(CLUSTER_ENV, "")).strip()
+    if setting not in ("", "ray") and not setting.startswith("ray://"):
+        raise UserError(
+            f"cluster setting {setting!r} (--cluster or ${CLUSTER_ENV}) is not one of: '' (one "
+            "process), 'ray' (local Ray, or $RAY_ADDRESS), 'ray://HOST:PORT'; multi-worker "
+            "training is set by TF_CONFIG"
+        )
+    return setting
 
 
 def ray_address(setting: str) -> str | None:

@@ -57,6 +57,7 @@ class TrainConfig:
     refit: bool = False  # after early stopping, a new head on train + val for the best epochs
     cache_dir: str | None = None  # None: default cache; "" disables the embedding cache
     embedding_runtime: str = "auto"  # auto (onnxruntime, else keras) | onnxruntime | keras
+    cluster: str | None = None  # None: $EDGETL_CLUSTER; "ray" / "ray://..." (edgetl.distribute)
 
 
 @dataclass
@@ -416,7 +417,9 @@ def stage1_cached(job: Job, model, head_cfg):
     c = job.config
     t = time.perf_counter()
     cache_dir = None if c.cache_dir == "" else Path(c.cache_dir or default_cache_dir())
-    cache = EmbeddingCache(embedding_model(model), cache_dir, runtime=c.embedding_runtime)
+    cache = EmbeddingCache(
+        embedding_model(model), cache_dir, runtime=c.embedding_runtime, cluster=c.cluster
+    )
     emb = cache.embed_files(job.folder.files, progress=job.progress)
     job.timings["embeddings_s"] = time.perf_counter() - t
     job.emb_stats = asdict(cache.stats)
@@ -756,6 +759,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="stage 1 without the embedding cache (slow; for comparison)",
     )
     p.add_argument("--embedding-runtime", default="auto", choices=["auto", "onnxruntime", "keras"])
+    p.add_argument(
+        "--cluster",
+        help="embedding extraction on Ray: 'ray' (a local Ray, or the cluster at $RAY_ADDRESS) "
+        "or 'ray://HOST:PORT'; needs a --cache-dir the workers share (default: "
+        "$EDGETL_CLUSTER, else one process). Multi-worker training is set by TF_CONFIG",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -772,11 +781,13 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def run(args: argparse.Namespace) -> int:
+    from edgetl.distribute import cluster_setting
     from edgetl.models.base import resolve
     from edgetl.outdir import check_out_dir
     from edgetl.weightsfile import check_weights_file
 
     config = config_from_args(args)
+    cluster_setting(config.cluster)  # refuse a bad setting before TensorFlow is imported
     bb, alpha, _ = resolve(config.backbone, config.alpha, config.size)
     # The cheap refusals first, before TensorFlow is imported.
     if not args.data_dir.is_dir():
