@@ -110,11 +110,12 @@ def ort_batch_throughput(extractor: Path, size: int, batch: int = 32, runs: int 
     return batch * runs / (time.perf_counter() - t)
 
 
-def bench_scale(work: Path, quick: bool = False, log=print, sizes=None) -> str:
+def bench_scale(work: Path, quick: bool = False, log=None, sizes=None) -> str:
     from edgetl.bench import _table
     from edgetl.data import load_images, scan_image_folder
     from edgetl.models.base import make_local_weights
 
+    log = log or (lambda line: print(line, flush=True))  # progress lines in a log file too
     name, alpha, size = MODEL
     sizes = sizes or (SIZES_QUICK if quick else SIZES_FULL)
     t = time.perf_counter()
