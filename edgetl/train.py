@@ -216,9 +216,13 @@ def _compiled_steps(model, learning_rate, loss_fn, strategy=None):
 
     from edgetl.pipeline import iter_batches
 
-    strategy = strategy or tf.distribute.get_strategy()
-    replicas = strategy.num_replicas_in_sync
     variables = model.trainable_variables
+    strategy = strategy or tf.distribute.get_strategy()
+    if not all(strategy.extended.variable_created_in_scope(v.value) for v in variables):
+        # A model built outside the strategy (the stage-1 head on cached embeddings): cheap,
+        # so every worker trains it alike in its own process.
+        strategy = tf.distribute.get_strategy()
+    replicas = strategy.num_replicas_in_sync
     with strategy.scope():
         optimizer = keras.optimizers.Adam(learning_rate)
         optimizer.build(variables)

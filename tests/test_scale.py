@@ -121,11 +121,10 @@ def test_multi_worker_training_equals_one_process(tmp_path, sample_data, local_w
         batch_size=8,
         dropout=0.0,
         patience=0,
-        full_forward=True,
         fine_tune_layers=10,
         fine_tune_epochs=1,
         fine_tune_learning_rate=1e-4,
-        cache_dir="",
+        cache_dir=str(tmp_path / "cache"),
     )
     env = {k: v for k, v in os.environ.items() if k not in ("TF_CONFIG", "EDGETL_CLUSTER")}
     run = [sys.executable, "-c", TRAIN_SCRIPT, str(sample_data)]
