@@ -81,4 +81,6 @@ def is_chief(strategy) -> bool:
 def describe(strategy) -> str:
     n = strategy.num_replicas_in_sync
     name = type(strategy).__name__
+    # tf.distribute.MultiWorkerMirroredStrategy's class is CollectiveAllReduceStrategy.
+    name = {"CollectiveAllReduceStrategy": "MultiWorkerMirroredStrategy"}.get(name, name)
     return "one process" if n == 1 and name.startswith("_Default") else f"{name}, {n} replicas"
