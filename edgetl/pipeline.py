@@ -57,9 +57,34 @@ class ImageFiles:
         return ds.batch(batch_size).prefetch(PREFETCH_BATCHES).as_numpy_iterator()
 
 
+@dataclass
+class Rows:
+    """Rows `idx` of an in-memory array, not copied: a training subset of a 50k x 1280
+    embedding matrix would be another 200 MB."""
+
+    data: np.ndarray
+    idx: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.idx)
+
+    def __getitem__(self, i) -> Rows:
+        return Rows(self.data, self.idx[np.asarray(i)])
+
+    def batches(self, batch_size: int, order=None) -> Iterator[np.ndarray]:
+        idx = self.idx if order is None else self.idx[np.asarray(order)]
+        for i in range(0, len(idx), batch_size):
+            yield self.data[idx[i : i + batch_size]]
+
+
+def rows(x, idx):
+    """x[idx] without copying an in-memory array (ImageFiles subsets are lists of paths)."""
+    return x[idx] if isinstance(x, ImageFiles | Rows) else Rows(x, np.asarray(idx))
+
+
 def iter_batches(x, batch_size: int, order=None) -> Iterator[np.ndarray]:
-    """Batches of an in-memory array or of ImageFiles, in `order` (default: as stored)."""
-    if isinstance(x, ImageFiles):
+    """Batches of an array, Rows or ImageFiles, in `order` (default: as stored)."""
+    if isinstance(x, ImageFiles | Rows):
         yield from x.batches(batch_size, order)
         return
     order = np.arange(len(x)) if order is None else order

@@ -321,13 +321,15 @@ class Job:
 
     def fit(self, m, x, *, stage: str, idx=None, val=True, **kw) -> tuple[dict, int]:
         """One fit on the seeded split (or on `idx`), shared by every stage."""
+        from edgetl.pipeline import rows
+
         c = self.config
         idx = self.train_idx if idx is None else idx
-        val_xy = (x[self.val_idx], self.y[self.val_idx]) if val and self.has_val else None
+        val_xy = (rows(x, self.val_idx), self.y[self.val_idx]) if val and self.has_val else None
         kw = {"seed": c.seed, "learning_rate": c.learning_rate, "epochs": c.epochs, **kw}
         history, best = fit(
             m,
-            (x[idx], self.y[idx]),
+            (rows(x, idx), self.y[idx]),
             val_xy,
             batch_size=c.batch_size,
             patience=c.patience,
