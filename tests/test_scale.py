@@ -30,6 +30,19 @@ def test_pipeline_gives_the_pixels_of_load_images(sample_data):
     assert np.array_equal(got, expected[order])
 
 
+def test_rows_batch_like_the_indexed_array_without_copying_it():
+    from edgetl.pipeline import iter_batches, rows
+
+    x = np.arange(40, dtype=np.float32).reshape(20, 2)
+    idx, order = np.array([3, 5, 7, 11, 13, 17]), np.array([5, 0, 2, 4, 1, 3])
+    sub = rows(x, idx)
+    assert len(sub) == 6 and sub.data is x
+    got = list(iter_batches(sub, 4, order))
+    want = list(iter_batches(x[idx], 4, order))
+    assert [g.tolist() for g in got] == [w.tolist() for w in want]
+    assert np.array_equal(np.concatenate(list(iter_batches(sub[[1, 2]], 8))), x[[5, 7]])
+
+
 def _embedding_model(local_weights):
     from edgetl.models.base import build_backbone
 
