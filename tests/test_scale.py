@@ -121,7 +121,8 @@ def test_multi_worker_training_equals_one_process(tmp_path, sample_data, local_w
     """Stage 1 (full forward) and stage 2 on 2 MultiWorkerMirroredStrategy workers over
     localhost (TF_CONFIG) give the single-process weights: same global batches, each worker
     half of each; dropout 0 (a dropout mask drawn per replica differs from one drawn for the
-    whole batch, a real and expected difference). Measured: weights differ by at most 7.1e-8
+    whole batch, a real and expected difference). Measured: weights differ by at most 3e-8 here
+    and 7.1e-8 with --full-forward stage 1
     (Intel Xeon, 2 cores; the gradient sum across workers rounds differently), so 1e-6
     leaves 14x."""
     name, alpha, size = TINY
