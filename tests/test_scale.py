@@ -118,7 +118,7 @@ def _head_and_base(run_dir: Path) -> list[np.ndarray]:
 
 @pytest.mark.slow
 def test_multi_worker_training_equals_one_process(tmp_path, sample_data, local_weights):
-    """Stage 1 (full forward) and stage 2 on 2 MultiWorkerMirroredStrategy workers over
+    """Stage 1 (cached embeddings) and stage 2 on 2 MultiWorkerMirroredStrategy workers over
     localhost (TF_CONFIG) give the single-process weights: same global batches, each worker
     half of each; dropout 0 (a dropout mask drawn per replica differs from one drawn for the
     whole batch, a real and expected difference). Measured: weights differ by at most 3e-8 here
