@@ -1,4 +1,5 @@
-"""Benchmarks: `python -m edgetl.bench [train|export|verify|parity|browser|all]` prints side-by-side tables.
+"""Benchmarks: `python -m edgetl.bench [train|export|verify|parity|browser|scale|all]`
+prints side-by-side tables.
 
 Speed targets live here, never in timed unit tests. Every comparison runs both sides in one
 process on the same data, and prints the ratio.
@@ -19,6 +20,8 @@ process on the same data, and prints the ratio.
           bundles under what other machines vary (threads, graph optimizations, XNNPACK,
           oneDNN, batch size, seeds, sizes, random vs data-fitted weights, all 4 backbones):
           the worst honest error per format and the false alarms (target 0).
+* scale:  wall time, images/s and peak RSS of train stage 1, stage 2 and verify --data on
+          generated folders of 1k, 10k and 50k images (--quick: 1k, 5k); edgetl.bench_scale.
 """
 
 from __future__ import annotations
@@ -984,14 +987,14 @@ def main(argv: list[str] | None = None) -> int:
         "what",
         nargs="?",
         default="all",
-        choices=["train", "export", "verify", "parity", "browser", "all"],
+        choices=["train", "export", "verify", "parity", "browser", "scale", "all"],
     )
     p.add_argument("--work", type=Path, help="scratch folder (default: a temp dir)")
     p.add_argument(
         "--quick",
         action="store_true",
         help="export: MobileNetV2 1.0/224 only; parity: MobileNetV2 corruptions, 3-bundle sweep; "
-        "browser: wasm paths only (no software WebGL)",
+        "browser: wasm paths only (no software WebGL); scale: 1k and 5k images",
     )
     p.add_argument(
         "--browser", action="store_true", help="parity: also verify in Chromium (tfjs-browser-wasm)"
@@ -1016,6 +1019,10 @@ def main(argv: list[str] | None = None) -> int:
         print(bench_parity(work / "parity", args.quick, args.browser), flush=True)
     if args.what == "browser":  # not part of "all": it needs Chromium
         print(bench_browser(work / "browser", args.quick), flush=True)
+    if args.what == "scale":  # not part of "all": it generates and trains on 61k images
+        from edgetl.bench_scale import bench_scale
+
+        print(bench_scale(work / "scale", args.quick), flush=True)
     return 0
 
 

@@ -15,7 +15,7 @@ HEAD_OUTPUT = "probabilities"
 
 @dataclass(frozen=True)
 class HeadConfig:
-    hidden_units: int = 128
+    hidden_units: int = 128  # 0: no hidden layer (dropout, then the softmax Dense)
     dropout: float = 0.2
     seed: int = 0
 
@@ -33,12 +33,14 @@ def _head_layers(num_classes: int, head: HeadConfig):
     import keras
 
     init = keras.initializers.GlorotUniform
-    dense = keras.layers.Dense(
-        head.hidden_units,
-        activation="relu",
-        name=HEAD_DENSE,
-        kernel_initializer=init(seed=head.seed),
-    )
+    dense = None
+    if head.hidden_units:
+        dense = keras.layers.Dense(
+            head.hidden_units,
+            activation="relu",
+            name=HEAD_DENSE,
+            kernel_initializer=init(seed=head.seed),
+        )
     drop = keras.layers.Dropout(head.dropout, seed=head.seed, name=HEAD_DROPOUT)
     out = keras.layers.Dense(
         num_classes,
@@ -48,7 +50,7 @@ def _head_layers(num_classes: int, head: HeadConfig):
     )
 
     def apply(x):
-        return out(drop(dense(x)))
+        return out(drop(x if dense is None else dense(x)))
 
     return apply
 
@@ -71,8 +73,10 @@ def embedding_model(classifier):
 
 
 def copy_head_weights(head_model, classifier) -> None:
+    names = {layer.name for layer in head_model.layers}
     for name in (HEAD_DENSE, HEAD_OUTPUT):
-        classifier.get_layer(name).set_weights(head_model.get_layer(name).get_weights())
+        if name in names:  # no HEAD_DENSE in a head without a hidden layer
+            classifier.get_layer(name).set_weights(head_model.get_layer(name).get_weights())
 
 
 def find_base(classifier):

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edgetl.errors import UserError
+
 EXTRACTOR_OUTPUT = "embedding"
 
 
@@ -62,6 +64,8 @@ class EmbeddingStats:
     from_cache: int = 0
     extractor_from_cache: bool = False
     seconds: float = 0.0
+    images_per_s: float = 0.0  # of the images computed (decoding overlapped with the backbone)
+    workers: str = "this process"  # or "ray: N CPUs" (edgetl.cluster)
     notes: list[str] = field(default_factory=list)
 
 
@@ -73,21 +77,25 @@ class EmbeddingCache:
         *,
         runtime: str = "auto",
         batch_size: int = 32,
+        cluster: str | None = None,
     ) -> None:
         self.model = embedding_model
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.runtime = runtime
         self.batch_size = batch_size
+        self.cluster = cluster  # None: $EDGETL_CLUSTER (edgetl.distribute.cluster_setting)
         self.key = backbone_key(embedding_model)
         _, self.h, self.w, _ = embedding_model.input_shape
         self.stats = EmbeddingStats()
         self._session = None
 
     def embed_files(self, paths: list[Path], progress: bool = True) -> np.ndarray:
-        """Embeddings for image files (decoded and resized exactly as at inference)."""
+        """Embeddings for image files (decoded and resized exactly as at inference), streamed in
+        batches; with a Ray cluster setting, the missing ones are computed by Ray workers."""
         import time
 
-        from edgetl.data import load_images, show_progress
+        from edgetl.data import show_progress
+        from edgetl.distribute import cluster_setting, ray_address
         from edgetl.manifest import sha256_file
 
         t0 = time.perf_counter()
@@ -107,24 +115,53 @@ class EmbeddingCache:
                 except (OSError, ValueError):
                     pass  # unreadable cache entry: recompute it
             missing.append(i)
+        address = ray_address(cluster_setting(self.cluster))
         if missing:
+            self._onnx_session()  # the one-off conversion is not extraction throughput
+        t1 = time.perf_counter()
+        if missing and address is not None:
+            from edgetl.cluster import embed_on_ray
+
+            if self.cache_dir is None or self._onnx_session() is None:
+                raise UserError(
+                    "Ray embedding needs the onnxruntime extractor and a cache folder the "
+                    "workers share (--cache-dir or $EDGETL_CACHE)"
+                )
+            todo = [paths[i] for i in missing]
+            cpus = embed_on_ray(
+                address,
+                self._extractor_path,
+                self.cache_dir,
+                self.key,
+                todo,
+                [keys[i] for i in missing],
+                (self.h, self.w),
+                self.batch_size,
+            )
+            self.stats.workers = f"ray: {cpus} CPUs"
+            for i in missing:
+                out[i] = np.load(self._cache_file(keys[i]))
+        elif missing:
             bar = None
             if progress and len(missing) > self.batch_size and show_progress():
                 from tqdm import tqdm
 
                 bar = tqdm(total=len(missing), desc="embedding images", unit="img", leave=False)
-            for s in range(0, len(missing), self.batch_size):
-                idx = missing[s : s + self.batch_size]
-                images = load_images([paths[i] for i in idx], self.h, self.w)
-                vecs = self.embed_arrays(images)
-                for j, i in enumerate(idx):
+
+            def keep(start: int, vecs: np.ndarray) -> None:
+                for j, i in enumerate(missing[start : start + len(vecs)]):
                     out[i] = vecs[j]
                     self._store(keys[i], vecs[j])
                 if bar is not None:
-                    bar.update(len(idx))
+                    bar.update(len(vecs))
+
+            todo = [paths[i] for i in missing]
+            embed_streamed(self.embed_arrays, todo, (self.h, self.w), self.batch_size, keep)
             if bar is not None:
                 bar.close()
+        if missing:
             self.stats.computed += len(missing)
+            self.stats.images_per_s = len(missing) / max(time.perf_counter() - t1, 1e-9)
         elif not self.stats.runtime:
             self.stats.runtime = "cache"
         self.stats.seconds += time.perf_counter() - t0
@@ -143,16 +180,11 @@ class EmbeddingCache:
     def _cache_file(self, key: str) -> Path | None:
         if self.cache_dir is None:
             return None
-        return self.cache_dir / "embeddings" / self.key / f"{key}.npy"
+        return cache_file(self.cache_dir, self.key, key)
 
     def _store(self, key: str, vec: np.ndarray) -> None:
-        path = self._cache_file(key)
-        if path is None:
-            return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        from edgetl.outdir import atomic_write
-
-        atomic_write(path, lambda f: np.save(f, vec))
+        if self.cache_dir is not None:
+            store_vector(self.cache_dir, self.key, key, vec)
 
     def _onnx_session(self):
         """An onnxruntime session for the backbone, converting (and caching) it on first use."""
@@ -185,6 +217,7 @@ class EmbeddingCache:
             self._session = ort.InferenceSession(
                 str(path), opts, providers=["CPUExecutionProvider"]
             )
+            self._extractor_path = path
         except Exception as e:  # conversion of an exotic backbone: Keras still works
             if self.runtime == "onnxruntime":
                 raise
@@ -196,3 +229,27 @@ class EmbeddingCache:
                 self._tmpdir = tmpdir  # keep alive as long as the session
         self.stats.runtime = "onnxruntime"
         return self._session
+
+
+def cache_file(cache_dir: Path, backbone: str, image_key: str) -> Path:
+    """Where one image's vector lives: content-addressed, so any worker may write it."""
+    return Path(cache_dir) / "embeddings" / backbone / f"{image_key}.npy"
+
+
+def store_vector(cache_dir: Path, backbone: str, image_key: str, vec: np.ndarray) -> None:
+    path = cache_file(cache_dir, backbone, image_key)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    from edgetl.outdir import atomic_write
+
+    atomic_write(path, lambda f: np.save(f, vec))
+
+
+def embed_streamed(run_batch, paths: list[Path], size: tuple[int, int], batch_size: int, keep):
+    """Run `run_batch` on `paths` in batches of `batch_size` (fixed boundaries: batch b holds
+    paths[b*batch_size:...], so a shard of whole batches gives the same vectors bit for bit),
+    decoding through edgetl.pipeline ahead of the model; keep(start, vectors) per batch."""
+    from edgetl.pipeline import ImageFiles
+
+    images = ImageFiles(list(paths), *size).batches(batch_size)
+    for start, batch in zip(range(0, len(paths), batch_size), images, strict=True):
+        keep(start, run_batch(batch))

@@ -12,12 +12,14 @@ import json
 import sys
 import time
 import warnings
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from edgetl.errors import UserError
+from edgetl.metrics import CONFUSION_PNG, CURVES_PNG
 from edgetl.probes import MIN_OUTPUT_SPREAD
 
 METRICS_FILE = "metrics.json"
@@ -25,10 +27,6 @@ METRICS_FILE = "metrics.json"
 
 class TrainingDiverged(UserError):
     """The loss became NaN or infinite: the run stops and writes no model."""
-
-
-CURVES_PNG = "training_curves.png"
-CONFUSION_PNG = "confusion_matrix.png"
 
 
 @dataclass
@@ -54,8 +52,12 @@ class TrainConfig:
     fine_tune_layers: float = 0  # N top layers (>= 1) or a fraction of the base (< 1); 0 = off
     fine_tune_epochs: int = 5
     fine_tune_learning_rate: float = 1e-5
+    schedule: str = "constant"  # constant | cosine (decay to 0 over the epochs of stage 1)
+    mixup: float = 0.0  # stage 1 on embeddings: mixup Beta(a, a) within each batch; 0 = off
+    refit: bool = False  # after early stopping, a new head on train + val for the best epochs
     cache_dir: str | None = None  # None: default cache; "" disables the embedding cache
     embedding_runtime: str = "auto"  # auto (onnxruntime, else keras) | onnxruntime | keras
+    cluster: str | None = None  # None: $EDGETL_CLUSTER; "ray" / "ray://..." (edgetl.distribute)
 
 
 @dataclass
@@ -97,6 +99,37 @@ def balanced_class_weights(labels: np.ndarray, n: int) -> np.ndarray:
     return w.astype(np.float32)
 
 
+class _BestEpoch:
+    """Early stopping on validation loss; keeps the best epoch's weights (epoch 0: the weights
+    the fit started from, so a stage that only makes things worse changes nothing)."""
+
+    def __init__(self, variables, patience: int) -> None:
+        self.variables, self.patience = variables, patience
+        self.loss, self.epoch, self.weights, self.waited = np.inf, 0, None, 0
+
+    def update(self, loss: float, epoch: int) -> bool:
+        """Record one epoch's validation loss; True when patience has run out."""
+        if loss < self.loss:
+            self.loss, self.epoch, self.waited = loss, epoch, 0
+            self.weights = [v.numpy() for v in self.variables]
+            return False
+        self.waited += 1
+        return self.waited >= self.patience
+
+    def restore(self) -> None:
+        if self.weights is not None:
+            for v, w in zip(self.variables, self.weights, strict=True):
+                v.assign(w)
+
+
+def _mix(rng, xb, yb, wb, alpha: float):
+    """Mixup (Zhang et al. 2018) inside one batch: cheap augmentation of cached embeddings."""
+    lam = rng.beta(alpha, alpha, size=(len(xb), 1)).astype(np.float32)
+    perm = rng.permutation(len(xb))
+    w = lam[:, 0] * wb + (1 - lam[:, 0]) * wb[perm]
+    return lam * xb + (1 - lam) * xb[perm], lam * yb + (1 - lam) * yb[perm], w
+
+
 def fit(
     model,
     train: tuple,
@@ -111,79 +144,136 @@ def fit(
     label_smoothing: float = 0.0,
     transform=None,
     desc: str = "",
-) -> dict:
+    schedule: str = "constant",
+    mixup: float = 0.0,
+    from_start: bool = False,
+    strategy=None,
+) -> tuple[dict, int]:
     """Adam on the model's trainable variables with seeded per-epoch shuffling, class weights as
-    sample weights, label smoothing, and early stopping on validation loss (best weights kept).
+    sample weights, label smoothing, optional cosine decay and mixup, and early stopping on
+    validation loss (best epoch kept; `from_start`: the starting weights count as epoch 0).
+    Returns (history, best epoch: the one whose weights the model holds, `epochs` if none).
+    `x` is an array or edgetl.pipeline.ImageFiles (streamed from disk, bounded memory); under
+    a tf.distribute `strategy` each replica takes its slice of the same global batch.
 
     A small compiled loop rather than `model.fit`: on cached embeddings Keras' fit spends ~1 s
     of its ~2 s per 10 epochs in set-up (measured), more than the training itself. The same
     loop serves every path, so the cached and the full-forward runs see identical batches."""
     import keras
-    import tensorflow as tf
+
+    from edgetl.pipeline import iter_batches
 
     x, y = train
-    rng = np.random.default_rng(seed)
-    optimizer = keras.optimizers.Adam(learning_rate)
+    rng, mix_rng = np.random.default_rng(seed), np.random.default_rng(seed + 7)
+    lr = learning_rate
+    if schedule == "cosine":
+        steps = epochs * -(-len(x) // batch_size)
+        lr = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=steps)
     loss_fn = keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing)
-    variables = model.trainable_variables
-
-    @tf.function(reduce_retracing=True)
-    def train_step(xb, yb, wb):
-        with tf.GradientTape() as tape:
-            p = model(xb, training=True)
-            loss = loss_fn(yb, p, sample_weight=wb)
-        optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables, strict=True))
-        return loss, p
-
-    @tf.function(reduce_retracing=True)
-    def infer(xb):
-        return model(xb, training=False)
-
-    def evaluate_split(xs, ys) -> tuple[float, float]:
-        p = np.concatenate([infer(xs[i : i + 256]).numpy() for i in range(0, len(xs), 256)])
-        return float(loss_fn(ys, p)), float((p.argmax(1) == ys.argmax(1)).mean())
-
+    train_step, evaluate_split = _compiled_steps(model, lr, loss_fn, strategy)
     history: dict[str, list[float]] = {"loss": [], "accuracy": []}
     if val is not None:
         history["val_loss"], history["val_accuracy"] = [], []
-    best, best_weights, waited = np.inf, None, 0
-    for epoch in range(epochs):
-        order = rng.permutation(len(x))
+    best = _BestEpoch(model.trainable_variables, patience)
+    if val is not None and patience > 0 and from_start:
+        best.update(evaluate_split(*val)[0], 0)
+    for epoch in range(1, epochs + 1):
         total_loss = correct = 0.0
-        for i in range(0, len(x), batch_size):
+        order = rng.permutation(len(x))
+        starts = range(0, len(x), batch_size)
+        for i, xb in zip(starts, iter_batches(x, batch_size, order), strict=True):
             idx = order[i : i + batch_size]
-            xb = x[idx] if transform is None else transform(x[idx])
-            loss, p = train_step(xb, y[idx], sample_weights[idx])
-            total_loss += float(loss) * len(idx)
-            correct += float((p.numpy().argmax(1) == y[idx].argmax(1)).sum())
+            xb, yb, wb = (xb if transform is None else transform(xb), y[idx], sample_weights[idx])
+            if mixup > 0:
+                xb, yb, wb = _mix(mix_rng, xb, yb, wb, mixup)
+            loss, right = train_step(xb, yb, wb)
+            total_loss += loss * len(idx)
+            correct += right
         history["loss"].append(total_loss / len(x))
         history["accuracy"].append(correct / len(x))
-        if not np.isfinite(history["loss"][-1]):
-            raise TrainingDiverged(
-                f"training diverged: the {desc or 'training'} loss is {history['loss'][-1]} at "
-                f"epoch {epoch + 1} (learning rate {learning_rate:g}); nothing was written. "
-                "Try a lower learning rate (--lr, --fine-tune-lr)."
-            )
+        _check_finite(history["loss"][-1], epoch, learning_rate, desc)
         line = f"loss {history['loss'][-1]:.4f}, accuracy {history['accuracy'][-1]:.4f}"
         if val is not None:
             vl, va = evaluate_split(*val)
             history["val_loss"].append(vl)
             history["val_accuracy"].append(va)
             line += f", val_loss {vl:.4f}, val_accuracy {va:.4f}"
-        print(f"  {desc} epoch {epoch + 1}/{epochs}: {line}", flush=True)
-        if val is not None and patience > 0:
-            if history["val_loss"][-1] < best:
-                best, waited = history["val_loss"][-1], 0
-                best_weights = [v.numpy() for v in variables]
-            else:
-                waited += 1
-                if waited >= patience:
-                    print(f"  {desc}: early stop, best val_loss {best:.4f} restored", flush=True)
-                    break
-    if best_weights is not None:
-        for v, w in zip(variables, best_weights, strict=True):
-            v.assign(w)
-    return history
+        print(f"  {desc} epoch {epoch}/{epochs}: {line}", flush=True)
+        if val is not None and patience > 0 and best.update(history["val_loss"][-1], epoch):
+            print(f"  {desc}: early stop, best val_loss {best.loss:.4f} restored", flush=True)
+            break
+    best.restore()
+    return history, best.epoch if best.weights is not None else epochs
+
+
+def _compiled_steps(model, learning_rate, loss_fn, strategy=None):
+    """(train_step(x, y, w) -> (mean loss, correct count), evaluate_split(x, y) -> (loss,
+    accuracy)). One code path for one process and for tf.distribute: each replica computes
+    sum(w * loss) / global batch size on its slice, the optimizer sums the gradients across
+    replicas, so the update is the single-process one."""
+    import keras
+    import tensorflow as tf
+
+    from edgetl.pipeline import iter_batches
+
+    variables = model.trainable_variables
+    strategy = strategy or tf.distribute.get_strategy()
+    if not all(strategy.extended.variable_created_in_scope(v.value) for v in variables):
+        # A model built outside the strategy (the stage-1 head on cached embeddings): cheap,
+        # so every worker trains it alike in its own process.
+        strategy = tf.distribute.get_strategy()
+    replicas = strategy.num_replicas_in_sync
+    with strategy.scope():
+        optimizer = keras.optimizers.Adam(learning_rate)
+        optimizer.build(variables)
+
+    def step(xb, yb, wb, n):
+        with tf.GradientTape() as tape:
+            p = model(xb, training=True)
+            loss = tf.reduce_sum(loss_fn.call(yb, p) * wb) / n  # unreduced loss per image
+        optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables, strict=True))
+        right = tf.reduce_sum(tf.cast(tf.argmax(p, 1) == tf.argmax(yb, 1), tf.float32))
+        return loss, right
+
+    @tf.function(reduce_retracing=True)
+    def distributed_step(xb, yb, wb, n):
+        loss, right = strategy.run(step, args=(xb, yb, wb, n))
+        total = tf.distribute.ReduceOp.SUM
+        return strategy.reduce(total, loss, axis=None), strategy.reduce(total, right, axis=None)
+
+    def train_step(xb, yb, wb) -> tuple[float, float]:
+        n = tf.constant(float(len(xb)))
+        if replicas == 1:
+            args = (xb, yb, wb)
+        else:  # the same global batch on every worker; replica r takes slice r
+            parts = [np.array_split(a, replicas) for a in (xb, yb, wb)]
+            args = tuple(
+                strategy.experimental_distribute_values_from_function(
+                    lambda ctx, p=p: p[ctx.replica_id_in_sync_group]
+                )
+                for p in parts
+            )
+        loss, right = distributed_step(*args, n)
+        return float(loss), float(right)
+
+    @tf.function(reduce_retracing=True)
+    def infer(xb):
+        return model(xb, training=False)
+
+    def evaluate_split(xs, ys) -> tuple[float, float]:
+        p = np.concatenate([infer(b).numpy() for b in iter_batches(xs, 256)])
+        return float(loss_fn(ys, p)), float((p.argmax(1) == ys.argmax(1)).mean())
+
+    return train_step, evaluate_split
+
+
+def _check_finite(loss: float, epoch: int, learning_rate: float, desc: str) -> None:
+    if not np.isfinite(loss):
+        raise TrainingDiverged(
+            f"training diverged: the {desc or 'training'} loss is {loss} at epoch {epoch} "
+            f"(learning rate {learning_rate:g}); nothing was written. "
+            "Try a lower learning rate (--lr, --fine-tune-lr)."
+        )
 
 
 def set_fine_tune(base, top: float) -> int:
@@ -201,32 +291,288 @@ def set_fine_tune(base, top: float) -> int:
     return k
 
 
-def evaluate(probabilities: np.ndarray, labels: np.ndarray, classes: list[str]) -> dict:
-    """Accuracy, per-class precision/recall/F1/support and the confusion matrix."""
-    n = len(classes)
-    pred = probabilities.argmax(axis=1)
-    cm = np.zeros((n, n), dtype=np.int64)
-    for t, p in zip(labels, pred, strict=True):
-        cm[t, p] += 1
-    per_class = {}
-    for i, c in enumerate(classes):
-        tp = cm[i, i]
-        prec = tp / cm[:, i].sum() if cm[:, i].sum() else 0.0
-        rec = tp / cm[i].sum() if cm[i].sum() else 0.0
-        f1 = 2 * prec * rec / (prec + rec) if prec + rec else 0.0
-        per_class[c] = {
-            "precision": float(prec),
-            "recall": float(rec),
-            "f1": float(f1),
-            "support": int(cm[i].sum()),
+@dataclass
+class Job:
+    """What every stage of one run shares: the scanned folder, the seeded split, targets and
+    sample weights, and the resolved backbone."""
+
+    config: TrainConfig
+    folder: object  # edgetl.data.ImageFolder
+    backbone: object  # edgetl.models.base.Backbone
+    alpha: float
+    size: int
+    train_idx: np.ndarray
+    val_idx: np.ndarray
+    y: np.ndarray
+    sample_weights: np.ndarray
+    progress: bool = True
+    strategy: object = None  # tf.distribute strategy (edgetl.distribute.choose_strategy)
+    timings: dict[str, float] = field(default_factory=dict)
+    history: dict[str, list[float]] = field(default_factory=dict)
+    emb_stats: dict = field(default_factory=dict)
+
+    @property
+    def classes(self) -> list[str]:
+        return self.folder.classes
+
+    @property
+    def has_val(self) -> bool:
+        return len(self.val_idx) > 0
+
+    def fit(self, m, x, *, stage: str, idx=None, val=True, **kw) -> tuple[dict, int]:
+        """One fit on the seeded split (or on `idx`), shared by every stage."""
+        from edgetl.pipeline import rows
+
+        c = self.config
+        idx = self.train_idx if idx is None else idx
+        val_xy = (rows(x, self.val_idx), self.y[self.val_idx]) if val and self.has_val else None
+        kw = {"seed": c.seed, "learning_rate": c.learning_rate, "epochs": c.epochs, **kw}
+        history, best = fit(
+            m,
+            (rows(x, idx), self.y[idx]),
+            val_xy,
+            batch_size=c.batch_size,
+            patience=c.patience,
+            sample_weights=self.sample_weights[idx],
+            label_smoothing=c.label_smoothing,
+            strategy=self.strategy,
+            **kw,
+        )
+        for k, v in history.items():
+            self.history[f"{stage}_{k}"] = v
+        return history, best
+
+
+def prepare(data_dir: Path, run_dir: Path, config: TrainConfig, overwrite: bool, progress: bool):
+    """The cheap refusals, the folder scan and the seeded stratified split."""
+    from edgetl.data import scan_image_folder, stratified_split
+    from edgetl.models.base import resolve
+    from edgetl.outdir import check_out_dir
+    from edgetl.weightsfile import check_weights_file
+
+    bb, alpha, size = resolve(config.backbone, config.alpha, config.size)  # refuse early
+    check_out_dir(run_dir, force=overwrite, data_dirs={"data folder": Path(data_dir)})
+    check_weights_file(config.weights, bb.name, alpha)
+    folder = scan_image_folder(data_dir)
+    for path, why in folder.skipped:
+        print(f"  skipped {path}: {why}")
+    n = len(folder.classes)
+    print(
+        f"{len(folder.files)} images in {n} classes: "
+        + ", ".join(f"{c} ({k})" for c, k in folder.counts().items())
+    )
+    train_idx, val_idx = stratified_split(folder.labels, config.val_split, config.seed)
+    cw = np.ones(n, np.float32)
+    if config.class_weights:
+        cw = balanced_class_weights(folder.labels[train_idx], n)
+    return Job(
+        config,
+        folder,
+        bb,
+        alpha,
+        size,
+        train_idx,
+        val_idx,
+        one_hot(folder.labels, n),
+        cw[folder.labels].astype(np.float32),
+        progress,
+    )
+
+
+def build_model(job: Job):
+    """The classifier on the requested backbone weights; a file that fills only part of the
+    network is refused rather than leaving layers random."""
+    import keras
+
+    from edgetl.classifier import HeadConfig, build_classifier, find_base
+    from edgetl.models.base import BackboneConfigError, build_backbone
+    from edgetl.weightsfile import explain_weights_error
+
+    c, name = job.config, job.backbone.name
+    keras.utils.set_random_seed(c.seed)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            features = build_backbone(name, job.alpha, job.size, c.weights)
+        partial = [w for w in caught if "freshly-initialized" in str(w.message)]
+        for w in caught:
+            if w not in partial:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        if partial:  # Keras loaded only some layers: the rest would stay random, silently
+            raise ValueError(f"{len(partial)} layer group(s) found no weights in the file")
+    except (UserError, BackboneConfigError):
+        raise
+    except Exception as e:
+        raise UserError(explain_weights_error(c.weights, name, job.alpha, e)) from None
+    head_cfg = HeadConfig(c.hidden_units, c.dropout, c.seed)
+    model = build_classifier(features, len(job.classes), head_cfg)
+    base = find_base(model)
+    if base is not None:
+        base.trainable = False
+    return model, base, head_cfg
+
+
+def stage1_cached(job: Job, model, head_cfg):
+    """Stage 1 on cached embeddings; with `refit`, a fresh head then trains on train + val for
+    the epoch count early stopping chose. Returns (the head chosen on validation, embeddings)."""
+    import keras
+
+    from edgetl.classifier import build_head_model, copy_head_weights, embedding_model
+    from edgetl.embeddings import EmbeddingCache, default_cache_dir
+
+    c = job.config
+    t = time.perf_counter()
+    cache_dir = None if c.cache_dir == "" else Path(c.cache_dir or default_cache_dir())
+    cache = EmbeddingCache(
+        embedding_model(model), cache_dir, runtime=c.embedding_runtime, cluster=c.cluster
+    )
+    emb = cache.embed_files(job.folder.files, progress=job.progress)
+    job.timings["embeddings_s"] = time.perf_counter() - t
+    job.emb_stats = asdict(cache.stats)
+    print(
+        f"  embeddings: {cache.stats.computed} computed with {cache.stats.runtime or 'cache'}"
+        f", {cache.stats.from_cache} from cache ({job.timings['embeddings_s']:.1f} s)"
+    )
+    t = time.perf_counter()
+    n = len(job.classes)
+    keras.utils.set_random_seed(c.seed)
+    head = build_head_model(emb.shape[1], n, head_cfg)
+    mix = {"schedule": c.schedule, "mixup": c.mixup}
+    _, best_epoch = job.fit(head, emb, stage="stage1", desc="head", **mix)
+    final = head
+    if c.refit and job.has_val:
+        everything = np.concatenate([job.train_idx, job.val_idx])
+        print(f"  refit: a new head on train + val ({len(everything)} images), {best_epoch} epochs")
+        keras.utils.set_random_seed(c.seed)
+        final = build_head_model(emb.shape[1], n, head_cfg)
+        job.fit(final, emb, stage="refit", idx=everything, val=False, epochs=best_epoch, **mix)
+    copy_head_weights(final, model)
+    job.timings["stage1_head_s"] = time.perf_counter() - t
+    job.timings["stage1_s"] = job.timings["embeddings_s"] + job.timings["stage1_head_s"]
+    return head, emb
+
+
+def stage1_full_forward(job: Job, model):
+    """Stage 1 through the frozen backbone every epoch (needed by --augment), images streamed
+    from disk; returns them (edgetl.pipeline.ImageFiles)."""
+    import keras
+
+    from edgetl.pipeline import ImageFiles
+
+    c = job.config
+    images = ImageFiles(job.folder.files, job.size, job.size)
+    t = time.perf_counter()
+    keras.utils.set_random_seed(c.seed)
+    job.fit(
+        model,
+        images,
+        stage="stage1",
+        schedule=c.schedule,
+        transform=make_augmenter(c.seed) if c.augment else None,
+        desc="head (augmented)" if c.augment else "head (full forward)",
+    )
+    job.timings["stage1_full_forward_s"] = time.perf_counter() - t
+    job.timings["stage1_s"] = job.timings["stage1_full_forward_s"]
+    return images
+
+
+def stage2_fine_tune(job: Job, model, base, images):
+    """Unfreeze the top of the backbone at a low learning rate; the best epoch is kept, and
+    the stage-1 weights count as epoch 0. Images are streamed from disk (returned)."""
+    from edgetl.pipeline import ImageFiles
+
+    c = job.config
+    t = time.perf_counter()
+    if images is None:
+        images = ImageFiles(job.folder.files, job.size, job.size)
+    k = set_fine_tune(base, c.fine_tune_layers)
+    print(
+        f"  stage 2: unfroze the top {k} of {len(base.layers)} backbone layers "
+        "(BatchNormalization kept frozen)"
+    )
+    job.fit(
+        model,
+        images,
+        stage="stage2",
+        epochs=c.fine_tune_epochs,
+        seed=c.seed + 1,
+        learning_rate=c.fine_tune_learning_rate,
+        transform=make_augmenter(c.seed) if c.augment else None,
+        desc="fine-tune",
+        from_start=True,
+    )
+    job.timings["stage2_s"] = time.perf_counter() - t
+    base.trainable = False  # saved frozen: a later load trains the head only by default
+    return images
+
+
+def final_metrics(job: Job, model, head, emb, images) -> dict:
+    """Metrics on the held-out images (train set if none). While the backbone is the frozen one
+    the embeddings came from, head(embedding) is the model's output (to ~1e-5); after stage 2
+    or with augmentation the full Keras model runs on the images. With `refit`, `head` is the
+    one chosen on validation, before the refit saw those images."""
+    from edgetl.metrics import evaluate
+    from edgetl.pipeline import ImageFiles, predict
+
+    eval_idx = job.val_idx if job.has_val else job.train_idx
+    if emb is not None and "stage2_s" not in job.timings:
+        probs = np.asarray(head.predict(emb[eval_idx], batch_size=256, verbose=0))
+    else:
+        images = images if images is not None else ImageFiles(job.folder.files, job.size, job.size)
+        probs = predict(model, images[eval_idx], batch_size=32)
+    metrics = evaluate(probs, job.folder.labels[eval_idx], job.classes)
+    metrics["split"] = "validation" if job.has_val else "train (no validation split)"
+    metrics["train_count"], metrics["val_count"] = len(job.train_idx), len(job.val_idx)
+    metrics["history"] = job.history
+    # A model whose outputs do not depend on its input (a dead backbone: `--weights none` and a
+    # short run) trains "fine" and exports fine, but no parity check can see anything in it.
+    spread = float(probs.std(axis=0).max()) if len(probs) > 1 else 0.0
+    metrics["output_spread"] = spread
+    if spread < MIN_OUTPUT_SPREAD:
+        print(
+            f"warning: the model's outputs barely depend on its input (largest spread across "
+            f"{len(probs)} images {spread:.2g}): the backbone gives no usable features. Use "
+            "pretrained --weights (imagenet or a file); verify cannot prove parity on it.",
+            file=sys.stderr,
+        )
+    return metrics
+
+
+def write_run_dir(run_dir: Path, job: Job, model, metrics: dict, data_dir: Path) -> None:
+    """RUN_DIR, staged and swapped in whole (edgetl.outdir): model, labels, contract, metrics,
+    train info and the two plots."""
+    from edgetl.contract import CONTRACT_FILE, LABELS_FILE, InputContract, save_labels
+    from edgetl.metrics import CONFUSION_PNG, CURVES_PNG, plot_confusion, plot_curves
+    from edgetl.modelio import MODEL_FILE, TRAIN_INFO_FILE
+    from edgetl.outdir import Staging
+
+    if not all(np.all(np.isfinite(w)) for w in model.get_weights()):
+        raise TrainingDiverged(
+            "training produced NaN/Inf weights; nothing was written. Try a lower learning rate."
+        )
+    staging = Staging(run_dir)
+    with staging as tmp:
+        model.save(tmp / MODEL_FILE)
+        save_labels(tmp / LABELS_FILE, job.classes)
+        InputContract(
+            height=job.size,
+            width=job.size,
+            internal_preprocessing=job.backbone.internal_preprocessing,
+        ).save(tmp / CONTRACT_FILE)
+        (tmp / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
+        info = {
+            "data_dir": str(Path(data_dir).resolve()),
+            "backbone": job.backbone.name,
+            "alpha": job.alpha,
+            "size": job.size,
+            "config": asdict(job.config),
+            "embeddings": job.emb_stats,
+            "skipped": [[str(p), why] for p, why in job.folder.skipped],
         }
-    return {
-        "accuracy": float((pred == labels).mean()) if len(labels) else float("nan"),
-        "count": len(labels),
-        "per_class": per_class,
-        "confusion_matrix": cm.tolist(),
-        "classes": classes,
-    }
+        (tmp / TRAIN_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+        plot_curves(job.history, tmp / CURVES_PNG)
+        plot_confusion(metrics, tmp / CONFUSION_PNG)
+        staging.commit()
 
 
 def train(
@@ -240,283 +586,37 @@ def train(
 
     RUN_DIR follows edgetl's one output rule (edgetl.outdir): refused if it exists and is not
     empty unless `overwrite`, never inside the data folder, and written complete or not at all."""
+    from edgetl.distribute import choose_strategy, describe
+
     config = config or TrainConfig()
-    import keras
-
-    from edgetl.classifier import (
-        HeadConfig,
-        build_classifier,
-        build_head_model,
-        copy_head_weights,
-        embedding_model,
-        find_base,
-    )
-    from edgetl.contract import CONTRACT_FILE, LABELS_FILE, InputContract, save_labels
-    from edgetl.data import load_images, scan_image_folder, stratified_split
-    from edgetl.embeddings import EmbeddingCache, default_cache_dir
-    from edgetl.modelio import MODEL_FILE, TRAIN_INFO_FILE
-    from edgetl.models.base import BackboneConfigError, build_backbone, resolve
-    from edgetl.outdir import Staging, check_out_dir
-    from edgetl.weightsfile import check_weights_file, explain_weights_error
-
-    timings: dict[str, float] = {}
     t_all = time.perf_counter()
-    bb, alpha, size = resolve(config.backbone, config.alpha, config.size)  # refuse early
     run_dir = Path(run_dir)
-    check_out_dir(run_dir, force=overwrite, data_dirs={"data folder": Path(data_dir)})
-    check_weights_file(config.weights, bb.name, alpha)
-    folder = scan_image_folder(data_dir)
-    for path, why in folder.skipped:
-        print(f"  skipped {path}: {why}")
-    classes, labels = folder.classes, folder.labels
-    n = len(classes)
-    print(
-        f"{len(folder.files)} images in {n} classes: "
-        + ", ".join(f"{c} ({k})" for c, k in folder.counts().items())
-    )
-    train_idx, val_idx = stratified_split(labels, config.val_split, config.seed)
-    has_val = len(val_idx) > 0
-
-    keras.utils.set_random_seed(config.seed)
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            features = build_backbone(bb.name, alpha, size, config.weights)
-        partial = [w for w in caught if "freshly-initialized" in str(w.message)]
-        for w in caught:
-            if w not in partial:
-                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-        if partial:  # Keras loaded only some layers: the rest would stay random, silently
-            raise ValueError(f"{len(partial)} layer group(s) found no weights in the file")
-    except (UserError, BackboneConfigError):
-        raise
-    except Exception as e:
-        raise UserError(explain_weights_error(config.weights, bb.name, alpha, e)) from None
-    head_cfg = HeadConfig(config.hidden_units, config.dropout, config.seed)
-    model = build_classifier(features, n, head_cfg)
-    base = find_base(model)
-    if base is not None:
-        base.trainable = False
-
-    y = one_hot(labels, n)
-    cw = (
-        balanced_class_weights(labels[train_idx], n)
-        if config.class_weights
-        else np.ones(n, np.float32)
-    )
-    sw = cw[labels].astype(np.float32)
-    history: dict[str, list[float]] = {}
-
-    def run_stage(m, x, *, epochs, seed, learning_rate, transform=None, desc=""):
-        """One fit on the seeded split, shared by the cached, full-forward and fine-tune stages."""
-        val = (x[val_idx], y[val_idx]) if has_val else None
-        return fit(
-            m,
-            (x[train_idx], y[train_idx]),
-            val,
-            epochs=epochs,
-            batch_size=config.batch_size,
-            seed=seed,
-            patience=config.patience,
-            sample_weights=sw[train_idx],
-            learning_rate=learning_rate,
-            label_smoothing=config.label_smoothing,
-            transform=transform,
-            desc=desc,
-        )
-
-    emb_stats = {}
-    images = emb = None
-
-    if not (config.augment or config.full_forward):
-        t = time.perf_counter()
-        cache_dir = (
-            None if config.cache_dir == "" else Path(config.cache_dir or default_cache_dir())
-        )
-        cache = EmbeddingCache(embedding_model(model), cache_dir, runtime=config.embedding_runtime)
-        emb = cache.embed_files(folder.files, progress=progress)
-        timings["embeddings_s"] = time.perf_counter() - t
-        emb_stats = asdict(cache.stats)
-        print(
-            f"  embeddings: {cache.stats.computed} computed with {cache.stats.runtime or 'cache'}"
-            f", {cache.stats.from_cache} from cache ({timings['embeddings_s']:.1f} s)"
-        )
-        t = time.perf_counter()
-        keras.utils.set_random_seed(config.seed)
-        head = build_head_model(emb.shape[1], n, head_cfg)
-        h1 = run_stage(
-            head,
-            emb,
-            epochs=config.epochs,
-            seed=config.seed,
-            learning_rate=config.learning_rate,
-            desc="head",
-        )
-        copy_head_weights(head, model)
-        timings["stage1_head_s"] = time.perf_counter() - t
-        timings["stage1_s"] = timings["embeddings_s"] + timings["stage1_head_s"]
+    job = prepare(Path(data_dir), run_dir, config, overwrite, progress)
+    if config.augment or config.full_forward or config.fine_tune_layers:
+        job.strategy = choose_strategy()  # tf.distribute: one process unless a cluster is set
+        print(f"  training on {describe(job.strategy)}")
+    with job.strategy.scope() if job.strategy is not None else nullcontext():
+        model, base, head_cfg = build_model(job)
+    head = emb = images = None
+    if config.augment or config.full_forward:
+        images = stage1_full_forward(job, model)
     else:
-        t = time.perf_counter()
-        images = load_images(folder.files, size, size, progress=progress)
-        timings["decode_s"] = time.perf_counter() - t
-        t = time.perf_counter()
-        keras.utils.set_random_seed(config.seed)
-        h1 = run_stage(
-            model,
-            images,
-            epochs=config.epochs,
-            seed=config.seed,
-            learning_rate=config.learning_rate,
-            transform=make_augmenter(config.seed) if config.augment else None,
-            desc="head (augmented)" if config.augment else "head (full forward)",
-        )
-        timings["stage1_full_forward_s"] = time.perf_counter() - t
-        timings["stage1_s"] = timings["decode_s"] + timings["stage1_full_forward_s"]
-    for k, v in h1.items():
-        history[f"stage1_{k}"] = v
-
+        head, emb = stage1_cached(job, model, head_cfg)
     if config.fine_tune_layers and base is not None:
-        t = time.perf_counter()
-        if images is None:
-            images = load_images(folder.files, size, size, progress=progress)
-        k = set_fine_tune(base, config.fine_tune_layers)
-        print(
-            f"  stage 2: unfroze the top {k} of {len(base.layers)} backbone layers "
-            "(BatchNormalization kept frozen)"
-        )
-        h2 = run_stage(
-            model,
-            images,
-            epochs=config.fine_tune_epochs,
-            seed=config.seed + 1,
-            learning_rate=config.fine_tune_learning_rate,
-            transform=make_augmenter(config.seed) if config.augment else None,
-            desc="fine-tune",
-        )
-        for key, v in h2.items():
-            history[f"stage2_{key}"] = v
-        timings["stage2_s"] = time.perf_counter() - t
-        base.trainable = False  # saved frozen: a later load trains the head only by default
-
-    # Final metrics on the held-out images (train set if none). While the backbone is the
-    # frozen one the embeddings came from, head(embedding) is the model's output (to ~1e-5);
-    # after stage 2 or with augmentation the full Keras model runs on the images.
-    eval_idx = val_idx if has_val else train_idx
-    if emb is not None and "stage2_s" not in timings:
-        probs = np.asarray(head.predict(emb[eval_idx], batch_size=256, verbose=0))
-    else:
-        if images is None:
-            eval_images = load_images([folder.files[i] for i in eval_idx], size, size)
-        else:
-            eval_images = images[eval_idx]
-        probs = np.asarray(model.predict(eval_images, batch_size=32, verbose=0))
-    metrics = evaluate(probs, labels[eval_idx], classes)
-    metrics["split"] = "validation" if has_val else "train (no validation split)"
-    metrics["train_count"], metrics["val_count"] = len(train_idx), len(val_idx)
-    metrics["history"] = history
-    # A model whose outputs do not depend on its input (a dead backbone: `--weights none` and a
-    # short run) trains "fine" and exports fine, but no parity check can see anything in it.
-    spread = float(probs.std(axis=0).max()) if len(probs) > 1 else 0.0
-    metrics["output_spread"] = spread
-    if spread < MIN_OUTPUT_SPREAD:
-        print(
-            f"warning: the model's outputs barely depend on its input (largest spread across "
-            f"{len(probs)} images {spread:.2g}): the backbone gives no usable features. Use "
-            "pretrained --weights (imagenet or a file); verify cannot prove parity on it.",
-            file=sys.stderr,
-        )
-    timings["total_s"] = time.perf_counter() - t_all
-    metrics["timings"] = timings
-
-    if not all(np.all(np.isfinite(w)) for w in model.get_weights()):
-        raise TrainingDiverged(
-            "training produced NaN/Inf weights; nothing was written. Try a lower learning rate."
-        )
-    staging = Staging(run_dir)
-    with staging as tmp:
-        model.save(tmp / MODEL_FILE)
-        save_labels(tmp / LABELS_FILE, classes)
-        InputContract(
-            height=size, width=size, internal_preprocessing=bb.internal_preprocessing
-        ).save(tmp / CONTRACT_FILE)
-        (tmp / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
-        info = {
-            "data_dir": str(Path(data_dir).resolve()),
-            "backbone": bb.name,
-            "alpha": alpha,
-            "size": size,
-            "config": asdict(config),
-            "embeddings": emb_stats,
-            "skipped": [[str(p), why] for p, why in folder.skipped],
-        }
-        (tmp / TRAIN_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
-        plot_curves(history, tmp / CURVES_PNG)
-        plot_confusion(metrics, tmp / CONFUSION_PNG)
-        staging.commit()
+        images = stage2_fine_tune(job, model, base, images)
+    metrics = final_metrics(job, model, head, emb, images)
+    job.timings["total_s"] = time.perf_counter() - t_all
+    metrics["timings"] = job.timings
+    write_run_dir(run_dir, job, model, metrics, Path(data_dir))
     return TrainResult(
         run_dir=run_dir,
-        labels=classes,
-        history=history,
+        labels=job.classes,
+        history=job.history,
         metrics=metrics,
-        timings=timings,
-        embedding_stats=emb_stats,
-        skipped=[(str(p), w) for p, w in folder.skipped],
+        timings=job.timings,
+        embedding_stats=job.emb_stats,
+        skipped=[(str(p), w) for p, w in job.folder.skipped],
     )
-
-
-def plot_curves(history: dict[str, list[float]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
-        offset = 0
-        for stage in ("stage1", "stage2"):
-            for split in ("", "val_"):
-                vals = history.get(f"{stage}_{split}{metric}")
-                if vals:
-                    xs = np.arange(offset + 1, offset + len(vals) + 1)
-                    ax.plot(xs, vals, marker=".", label=f"{stage} {split or 'train_'}{metric}")
-            offset += len(history.get(f"{stage}_{metric}", []))
-        ax.set_xlabel("epoch")
-        ax.set_title(metric)
-        ax.legend(fontsize=8)
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def plot_confusion(metrics: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    cm = np.asarray(metrics["confusion_matrix"])
-    classes = metrics["classes"]
-    fig, ax = plt.subplots(figsize=(1.2 + 0.6 * len(classes), 1 + 0.6 * len(classes)))
-    ax.imshow(cm, cmap="Blues")
-    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
-    ax.set_yticks(range(len(classes)), classes)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    for i in range(cm.shape[0]):
-        for j in range(cm.shape[1]):
-            ax.text(
-                j,
-                i,
-                str(cm[i, j]),
-                ha="center",
-                va="center",
-                color="white" if cm[i, j] > cm.max() / 2 else "black",
-            )
-    ax.set_title(f"{metrics['split']}: accuracy {metrics['accuracy']:.3f}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 # ---------------------------------------------------------------- CLI
@@ -580,7 +680,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="fraction of each class held out for validation",
     )
     add_number(p, "--seed", kind=int, lo=0, hi=2**32 - 1, default=d.seed)
-    add_number(p, "--hidden-units", kind=int, lo=1, hi=65_536, default=d.hidden_units)
+    add_number(
+        p,
+        "--hidden-units",
+        kind=int,
+        lo=0,
+        hi=65_536,
+        default=d.hidden_units,
+        help="units of the head's hidden layer (0: none, dropout then the softmax layer)",
+    )
     add_number(p, "--dropout", kind=float, lo=0, hi=1, hi_open=True, default=d.dropout)
     add_number(
         p, "--label-smoothing", kind=float, lo=0, hi=1, hi_open=True, default=d.label_smoothing
@@ -606,12 +714,34 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="per-epoch augmentation (flip, rotation, zoom, contrast); needs full "
         "forward passes, so the embedding cache is not used",
     )
+    p.add_argument(
+        "--schedule",
+        default=d.schedule,
+        choices=["constant", "cosine"],
+        help="stage 1 learning rate: constant, or cosine decay to 0 over the epochs",
+    )
+    add_number(
+        p,
+        "--mixup",
+        kind=float,
+        lo=0,
+        hi=100,
+        default=d.mixup,
+        help="stage 1 on cached embeddings: mixup with Beta(a, a) weights (0: off)",
+    )
+    p.add_argument(
+        "--refit",
+        action=argparse.BooleanOptionalAction,
+        default=d.refit,
+        help="after early stopping picks the epoch count, train a new head on train + val for "
+        "that many epochs (cached embeddings only; metrics.json scores the head chosen before)",
+    )
     add_number(
         p,
         "--fine-tune-layers",
         kind=float,
         lo=0,
-        default=0,
+        default=d.fine_tune_layers,
         help="stage 2: unfreeze the top N backbone layers (or a fraction < 1; 0: no stage 2)",
     )
     add_number(p, "--fine-tune-epochs", kind=int, lo=1, hi=100_000, default=d.fine_tune_epochs)
@@ -635,6 +765,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="stage 1 without the embedding cache (slow; for comparison)",
     )
     p.add_argument("--embedding-runtime", default="auto", choices=["auto", "onnxruntime", "keras"])
+    p.add_argument(
+        "--cluster",
+        help="embedding extraction on Ray: 'ray' (a local Ray, or the cluster at $RAY_ADDRESS) "
+        "or 'ray://HOST:PORT'; needs a --cache-dir the workers share (default: "
+        "$EDGETL_CLUSTER, else one process). Multi-worker training is set by TF_CONFIG",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -651,11 +787,13 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def run(args: argparse.Namespace) -> int:
+    from edgetl.distribute import cluster_setting
     from edgetl.models.base import resolve
     from edgetl.outdir import check_out_dir
     from edgetl.weightsfile import check_weights_file
 
     config = config_from_args(args)
+    cluster_setting(config.cluster)  # refuse a bad setting before TensorFlow is imported
     bb, alpha, _ = resolve(config.backbone, config.alpha, config.size)
     # The cheap refusals first, before TensorFlow is imported.
     if not args.data_dir.is_dir():
