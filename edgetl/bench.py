@@ -74,6 +74,14 @@ def seed_recipe(
     """The seed posts' recipe, literally: decode every image, freeze the base, `model.fit` on
     images for every epoch. Returns (stage-1 seconds: decoding + fit, final val accuracy);
     same split, head and batch size as edgetl's."""
+    _, seconds, val_acc = fit_seed_recipe(data, name, alpha, size, weights, epochs, seed)
+    return seconds, val_acc
+
+
+def fit_seed_recipe(
+    data: Path, name: str, alpha: float, size: int, weights: str, epochs: int, seed: int = 0
+):
+    """seed_recipe's work; returns (the trained model, stage-1 seconds, final val accuracy)."""
     import keras
 
     from edgetl.classifier import build_classifier, find_base
@@ -93,7 +101,7 @@ def seed_recipe(
     h = model.fit(
         x[tr], y[tr], validation_data=(x[va], y[va]), epochs=epochs, batch_size=32, verbose=0
     )
-    return time.perf_counter() - t, float(h.history["val_accuracy"][-1])
+    return model, time.perf_counter() - t, float(h.history["val_accuracy"][-1])
 
 
 def bench_train(work: Path, images_per_class: int = 54, epochs: int = 10) -> str:
@@ -749,7 +757,10 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
-        "what", nargs="?", default="all", choices=["train", "export", "verify", "parity", "all"]
+        "what",
+        nargs="?",
+        default="all",
+        choices=["train", "export", "verify", "parity", "accuracy", "int8", "all"],
     )
     p.add_argument("--work", type=Path, help="scratch folder (default: a temp dir)")
     p.add_argument(
@@ -778,6 +789,13 @@ def main(argv: list[str] | None = None) -> int:
         print(bench_verify(bundle), flush=True)
     if args.what == "parity":  # not part of "all": it exports many bundles
         print(bench_parity(work / "parity", args.quick, args.browser), flush=True)
+    if args.what in ("accuracy", "int8"):  # not part of "all": needs the [bench] extra
+        from edgetl import bench_accuracy
+
+        if args.what == "int8":
+            print(bench_accuracy.int8_table(work / "accuracy"), flush=True)
+        else:
+            print(bench_accuracy.bench_accuracy(work / "accuracy", args.quick), flush=True)
     return 0
 
 
