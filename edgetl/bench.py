@@ -771,6 +771,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--browser", action="store_true", help="parity: also verify in Chromium (tfjs-browser-wasm)"
     )
+    p.add_argument(
+        "--seeds", help="accuracy: comma-separated training seeds (default 0,1,2; --quick: 0)"
+    )
     args = p.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     work = args.work or Path(tempfile.mkdtemp(prefix="edgetl-bench-"))
@@ -795,7 +798,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.what == "int8":
             print(bench_accuracy.int8_table(work / "accuracy"), flush=True)
         else:
-            print(bench_accuracy.bench_accuracy(work / "accuracy", args.quick), flush=True)
+            seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else None
+            text = bench_accuracy.bench_accuracy(work / "accuracy", args.quick, seeds)
+            print(text, flush=True)
     return 0
 
 
