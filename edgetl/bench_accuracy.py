@@ -60,7 +60,7 @@ class Recipe:
     changes: dict = field(default_factory=dict)  # TrainConfig fields; "stock" is seed_recipe
     stock: bool = False
     cold: bool = False  # edgetl with a fresh embedding cache (ONNX conversion + every image)
-    costly: bool = False  # full forward passes every epoch: first seed, budgets <= 30 only
+    costly: bool = False  # full forward passes every epoch: seed 0, budgets <= 30 only
 
     def runs_on(self, per_class: int, seed: int, quick: bool) -> bool:
         """Costly rows (and the cold cache) run on seed 0 only, and the full-forward ones on
