@@ -1,8 +1,11 @@
 """`edgetl train DATA_DIR --out RUN_DIR`: fine-tune a new head on a pretrained MobileNet.
 
 Stage 1 trains the head on cached backbone embeddings (edgetl.embeddings) unless per-epoch
-augmentation needs real forward passes; stage 2 (optional) unfreezes the top of the backbone
-at a low learning rate with BatchNormalization kept in inference mode.
+augmentation needs real forward passes, then (refit) a new head on train + val for the epoch
+count early stopping chose; stage 2 (optional) unfreezes the top of the backbone at a low
+learning rate with BatchNormalization kept in inference mode, keeping its best epoch. One
+function per step: prepare -> build_model -> stage1_* -> stage2_fine_tune -> final_metrics
+-> write_run_dir; metrics and plots live in edgetl.metrics.
 """
 
 from __future__ import annotations
