@@ -176,23 +176,12 @@ def fit(
     best = _BestEpoch(model.trainable_variables, patience)
     if val is not None and patience > 0 and from_start:
         best.update(evaluate_split(*val)[0], 0)
+    mix = None if mixup <= 0 else (lambda xb, yb, wb: _mix(mix_rng, xb, yb, wb, mixup))
     for epoch in range(1, epochs + 1):
-        total_loss = correct = 0.0
         order = rng.permutation(len(x))
-        for i in range(0, len(x), batch_size):
-            idx = order[i : i + batch_size]
-            xb, yb, wb = (
-                x[idx] if transform is None else transform(x[idx]),
-                y[idx],
-                sample_weights[idx],
-            )
-            if mixup > 0:
-                xb, yb, wb = _mix(mix_rng, xb, yb, wb, mixup)
-            loss, p = train_step(xb, yb, wb)
-            total_loss += float(loss) * len(idx)
-            correct += float((p.numpy().argmax(1) == yb.argmax(1)).sum())
-        history["loss"].append(total_loss / len(x))
-        history["accuracy"].append(correct / len(x))
+        loss, acc = _epoch(train_step, (x, y, sample_weights), order, batch_size, transform, mix)
+        history["loss"].append(loss)
+        history["accuracy"].append(acc)
         _check_finite(history["loss"][-1], epoch, learning_rate, desc)
         line = f"loss {history['loss'][-1]:.4f}, accuracy {history['accuracy'][-1]:.4f}"
         if val is not None:
@@ -206,6 +195,21 @@ def fit(
             break
     best.restore()
     return history, best.epoch if best.weights is not None else epochs
+
+
+def _epoch(train_step, data: tuple, order, batch_size: int, transform, mix) -> tuple[float, float]:
+    """One pass over the shuffled batches; returns (mean loss, accuracy)."""
+    x, y, w = data
+    total_loss = correct = 0.0
+    for i in range(0, len(x), batch_size):
+        idx = order[i : i + batch_size]
+        xb, yb, wb = x[idx] if transform is None else transform(x[idx]), y[idx], w[idx]
+        if mix is not None:
+            xb, yb, wb = mix(xb, yb, wb)
+        loss, p = train_step(xb, yb, wb)
+        total_loss += float(loss) * len(idx)
+        correct += float((p.numpy().argmax(1) == yb.argmax(1)).sum())
+    return total_loss / len(x), correct / len(x)
 
 
 def _compiled_steps(model, optimizer, loss_fn):
