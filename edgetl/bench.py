@@ -1,4 +1,4 @@
-"""Benchmarks: `python -m edgetl.bench [train|export|verify|all]` prints side-by-side tables.
+"""Benchmarks: `python -m edgetl.bench [train|export|verify|parity|accuracy|int8|all]`.
 
 Speed targets live here, never in timed unit tests. Every comparison runs both sides in one
 process on the same data, and prints the ratio.
@@ -10,6 +10,9 @@ process on the same data, and prints the ratio.
 * export: per backbone and artifact, file size, batch-1 latency in its own runtime, and the
           largest error against Keras on the golden probes.
 * verify: wall time of `edgetl verify` on a MobileNetV2 1.0/224 bundle with every format.
+* accuracy: test accuracy and wall time of every training option on real digits with a real
+          pretrained backbone, beside the stock Keras recipe (edgetl.bench_accuracy); int8:
+          the same data's TFLite float32 / dynamic / int8 accuracy through verify --data.
 * parity: detection power and false alarms of `edgetl verify`. Every corruption of
           edgetl.corrupt applied to every artifact it applies to (each re-hashed), verified on
           the real runtimes: caught or MISSED, with the error seen and the limit. Then honest
