@@ -769,7 +769,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--quick",
         action="store_true",
-        help="export: MobileNetV2 1.0/224 only; parity: MobileNetV2 corruptions, 3-bundle sweep",
+        help="export: MobileNetV2 1.0/224 only; parity: MobileNetV2 corruptions, 3-bundle sweep; "
+        "accuracy: seed 0, fewer rows, full-forward rows at 10/class only",
     )
     p.add_argument(
         "--browser", action="store_true", help="parity: also verify in Chromium (tfjs-browser-wasm)"
