@@ -778,6 +778,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--seeds", help="accuracy: comma-separated training seeds (default 0,1,2; --quick: 0)"
     )
+    p.add_argument(
+        "--budgets", help="accuracy: comma-separated labels per class (default 10,30,100)"
+    )
     args = p.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     work = args.work or Path(tempfile.mkdtemp(prefix="edgetl-bench-"))
@@ -803,7 +806,8 @@ def main(argv: list[str] | None = None) -> int:
             print(bench_accuracy.int8_table(work / "accuracy"), flush=True)
         else:
             seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else None
-            text = bench_accuracy.bench_accuracy(work / "accuracy", args.quick, seeds)
+            budgets = tuple(int(x) for x in (args.budgets or "10,30,100").split(","))
+            text = bench_accuracy.bench_accuracy(work / "accuracy", args.quick, seeds, budgets)
             print(text, flush=True)
     return 0
 

@@ -256,7 +256,9 @@ def _mean_spread(values: list[float], scale: float = 1.0, digits: int = 1) -> st
     return f"{m:.{digits}f} ± {(max(values) - min(values)) * scale / 2:.{digits}f}"
 
 
-def accuracy_table(work: Path, quick: bool, seeds: list[int]) -> tuple[str, dict]:
+def accuracy_table(
+    work: Path, quick: bool, seeds: list[int], budgets: tuple[int, ...] = BUDGETS
+) -> tuple[str, dict]:
     """Runs every recipe on every budget and seed; returns (table, results)."""
     from edgetl.data import scan_image_folder
 
@@ -271,7 +273,7 @@ def accuracy_table(work: Path, quick: bool, seeds: list[int]) -> tuple[str, dict
     results: dict[tuple[str, int], list[tuple[float, float]]] = {}
     t_all = time.perf_counter()
     for seed in seeds:  # seed-major: an interrupted run still covers every budget
-        for per_class in BUDGETS:
+        for per_class in budgets:
             data = subset(pool, per_class, seed, work / "train" / f"n{per_class}_s{seed}")
             for r in recipes(quick):
                 if not r.runs_on(per_class, seed, quick):
@@ -367,7 +369,9 @@ def int8_table(work: Path, per_class: int = BUDGETS[-1], seed: int = 0) -> str:
     )
 
 
-def bench_accuracy(work: Path, quick: bool, seeds: list[int] | None = None) -> str:
+def bench_accuracy(
+    work: Path, quick: bool, seeds: list[int] | None = None, budgets: tuple[int, ...] = BUDGETS
+) -> str:
     seeds = seeds or ([0] if quick else [0, 1, 2])
-    text, _ = accuracy_table(work, quick, seeds)
+    text, _ = accuracy_table(work, quick, seeds, budgets)
     return text + "\n\n" + int8_table(work)
