@@ -1,5 +1,5 @@
-"""Benchmarks: `python -m edgetl.bench [train|export|verify|parity|browser|scale|all]`
-prints side-by-side tables.
+"""Benchmarks: `python -m edgetl.bench
+[train|export|verify|parity|browser|scale|accuracy|int8|all]` prints side-by-side tables.
 
 Speed targets live here, never in timed unit tests. Every comparison runs both sides in one
 process on the same data, and prints the ratio.
@@ -14,6 +14,9 @@ process on the same data, and prints the ratio.
 * browser: batch-1 latency of every browser engine/backend in headless Chromium (onnxruntime-web
           wasm/WebGPU, TF.js Layers and graph on wasm and WebGL) beside native onnxruntime and
           LiteRT, download sizes of the web artifacts, and verify on the same bundle.
+* accuracy: test accuracy and wall time of every training option on real digits with a real
+          pretrained backbone, beside the stock Keras recipe (edgetl.bench_accuracy); int8:
+          the same data's TFLite float32 / dynamic / int8 accuracy through verify --data.
 * parity: detection power and false alarms of `edgetl verify`. Every corruption of
           edgetl.corrupt applied to every artifact it applies to (each re-hashed), verified on
           the real runtimes: caught or MISSED, with the error seen and the limit. Then honest
@@ -77,6 +80,14 @@ def seed_recipe(
     """The seed posts' recipe, literally: decode every image, freeze the base, `model.fit` on
     images for every epoch. Returns (stage-1 seconds: decoding + fit, final val accuracy);
     same split, head and batch size as edgetl's."""
+    _, seconds, val_acc = fit_seed_recipe(data, name, alpha, size, weights, epochs, seed)
+    return seconds, val_acc
+
+
+def fit_seed_recipe(
+    data: Path, name: str, alpha: float, size: int, weights: str, epochs: int, seed: int = 0
+):
+    """seed_recipe's work; returns (the trained model, stage-1 seconds, final val accuracy)."""
     import keras
 
     from edgetl.classifier import build_classifier, find_base
@@ -96,7 +107,7 @@ def seed_recipe(
     h = model.fit(
         x[tr], y[tr], validation_data=(x[va], y[va]), epochs=epochs, batch_size=32, verbose=0
     )
-    return time.perf_counter() - t, float(h.history["val_accuracy"][-1])
+    return model, time.perf_counter() - t, float(h.history["val_accuracy"][-1])
 
 
 def bench_train(work: Path, images_per_class: int = 54, epochs: int = 10) -> str:
@@ -987,17 +998,34 @@ def main(argv: list[str] | None = None) -> int:
         "what",
         nargs="?",
         default="all",
-        choices=["train", "export", "verify", "parity", "browser", "scale", "all"],
+        choices=[
+            "train",
+            "export",
+            "verify",
+            "parity",
+            "browser",
+            "scale",
+            "accuracy",
+            "int8",
+            "all",
+        ],
     )
     p.add_argument("--work", type=Path, help="scratch folder (default: a temp dir)")
     p.add_argument(
         "--quick",
         action="store_true",
         help="export: MobileNetV2 1.0/224 only; parity: MobileNetV2 corruptions, 3-bundle sweep; "
-        "browser: wasm paths only (no software WebGL); scale: 1k and 5k images",
+        "browser: wasm paths only (no software WebGL); scale: 1k and 5k images; "
+        "accuracy: seed 0, fewer rows, full-forward rows at 10/class only",
     )
     p.add_argument(
         "--browser", action="store_true", help="parity: also verify in Chromium (tfjs-browser-wasm)"
+    )
+    p.add_argument(
+        "--seeds", help="accuracy: comma-separated training seeds (default 0,1,2; --quick: 0)"
+    )
+    p.add_argument(
+        "--budgets", help="accuracy: comma-separated labels per class (default 10,30,100)"
     )
     args = p.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -1023,6 +1051,16 @@ def main(argv: list[str] | None = None) -> int:
         from edgetl.bench_scale import bench_scale
 
         print(bench_scale(work / "scale", args.quick), flush=True)
+    if args.what in ("accuracy", "int8"):  # not part of "all": needs the [bench] extra
+        from edgetl import bench_accuracy
+
+        if args.what == "int8":
+            print(bench_accuracy.int8_table(work / "accuracy"), flush=True)
+        else:
+            seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else None
+            budgets = tuple(int(x) for x in (args.budgets or "10,30,100").split(","))
+            text = bench_accuracy.bench_accuracy(work / "accuracy", args.quick, seeds, budgets)
+            print(text, flush=True)
     return 0
 
 

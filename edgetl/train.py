@@ -1,8 +1,11 @@
 """`edgetl train DATA_DIR --out RUN_DIR`: fine-tune a new head on a pretrained MobileNet.
 
 Stage 1 trains the head on cached backbone embeddings (edgetl.embeddings) unless per-epoch
-augmentation needs real forward passes; stage 2 (optional) unfreezes the top of the backbone
-at a low learning rate with BatchNormalization kept in inference mode.
+augmentation needs real forward passes, then (refit) a new head on train + val for the epoch
+count early stopping chose; stage 2 (optional) unfreezes the top of the backbone at a low
+learning rate with BatchNormalization kept in inference mode, keeping its best epoch. One
+function per step: prepare -> build_model -> stage1_* -> stage2_fine_tune -> final_metrics
+-> write_run_dir; metrics and plots live in edgetl.metrics.
 """
 
 from __future__ import annotations
@@ -35,16 +38,19 @@ class TrainConfig:
     alpha: float | None = None
     size: int | None = None
     weights: str | None = "imagenet"
-    epochs: int = 20
+    # Defaults from `python -m edgetl.bench accuracy` (README "Accuracy from few labels"):
+    # 100 epochs with patience 10 (stage 1 on embeddings costs ~ms an epoch), label smoothing
+    # 0.1 and the refit on train + val each won points there; the rest stayed as they were.
+    epochs: int = 100
     batch_size: int = 32
     learning_rate: float = 1e-3
     val_split: float = 0.2
     seed: int = 0
     hidden_units: int = 128
     dropout: float = 0.2
-    label_smoothing: float = 0.0
+    label_smoothing: float = 0.1
     class_weights: bool = True
-    patience: int = 5
+    patience: int = 10
     augment: bool = False
     # Stage 1 without the embedding cache: model.fit through the frozen base every epoch (the
     # seed posts' recipe). Only for comparison (bench, tests); --augment implies it.
@@ -54,7 +60,7 @@ class TrainConfig:
     fine_tune_learning_rate: float = 1e-5
     schedule: str = "constant"  # constant | cosine (decay to 0 over the epochs of stage 1)
     mixup: float = 0.0  # stage 1 on embeddings: mixup Beta(a, a) within each batch; 0 = off
-    refit: bool = False  # after early stopping, a new head on train + val for the best epochs
+    refit: bool = True  # after early stopping, a new head on train + val for the best epochs
     cache_dir: str | None = None  # None: default cache; "" disables the embedding cache
     embedding_runtime: str = "auto"  # auto (onnxruntime, else keras) | onnxruntime | keras
     cluster: str | None = None  # None: $EDGETL_CLUSTER; "ray" / "ray://..." (edgetl.distribute)
@@ -656,7 +662,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=d.weights,
         help="'imagenet' (Keras download/cache), a local weights file, or 'none'",
     )
-    add_number(p, "--epochs", kind=int, lo=1, hi=100_000, default=d.epochs)
+    add_number(
+        p,
+        "--epochs",
+        kind=int,
+        lo=1,
+        hi=100_000,
+        default=d.epochs,
+        help="most epochs of stage 1 (early stopping ends it sooner); 100 with patience 10 "
+        "against 20 with 5 (bench: +1.2 at 10, +1.5 at 30, +0.4 at 100 labels/class points against v0.1)",
+    )
     add_number(p, "--batch-size", kind=int, lo=1, hi=65_536, default=d.batch_size)
     add_number(
         p,
@@ -677,7 +692,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         hi=1,
         hi_open=True,
         default=d.val_split,
-        help="fraction of each class held out for validation",
+        help="fraction of each class held out for validation (0.1: bench: +3.1 at 10, +0.7 at 30, +0.1 at 100 labels/class; 0.3: "
+        "bench: -3.6 at 10, -0.4 at 30, -0.3 at 100 labels/class, points against v0.1's 0.2)",
     )
     add_number(p, "--seed", kind=int, lo=0, hi=2**32 - 1, default=d.seed)
     add_number(
@@ -687,11 +703,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         lo=0,
         hi=65_536,
         default=d.hidden_units,
-        help="units of the head's hidden layer (0: none, dropout then the softmax layer)",
+        help="units of the head's hidden layer (0: none, dropout then the softmax layer; "
+        "bench: -3.1 at 10, -1.3 at 30, -1.2 at 100 labels/class points against v0.1)",
     )
     add_number(p, "--dropout", kind=float, lo=0, hi=1, hi_open=True, default=d.dropout)
     add_number(
-        p, "--label-smoothing", kind=float, lo=0, hi=1, hi_open=True, default=d.label_smoothing
+        p,
+        "--label-smoothing",
+        kind=float,
+        lo=0,
+        hi=1,
+        hi_open=True,
+        default=d.label_smoothing,
+        help="(bench: +0.4 at 10, +0.6 at 30, +0.5 at 100 labels/class points against v0.1's 0)",
     )
     p.add_argument(
         "--no-class-weights",
@@ -706,19 +730,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         lo=0,
         hi=100_000,
         default=d.patience,
-        help="early stopping patience on validation loss (0: off)",
+        help="early stopping patience on validation loss (0: off; off in v0.1: bench: +0.0 at 10, +0.4 at 30, -0.1 at 100 labels/class "
+        "points)",
     )
     p.add_argument(
         "--augment",
         action="store_true",
         help="per-epoch augmentation (flip, rotation, zoom, contrast); needs full "
-        "forward passes, so the embedding cache is not used",
+        "forward passes, so the embedding cache is not used (bench: -2.0 at 10, -3.2 at 30 labels/class, +298 s points, seed 0)",
     )
     p.add_argument(
         "--schedule",
         default=d.schedule,
         choices=["constant", "cosine"],
-        help="stage 1 learning rate: constant, or cosine decay to 0 over the epochs",
+        help="stage 1 learning rate: constant, or cosine decay to 0 over the epochs (cosine: "
+        "bench: -3.1 at 10, -1.4 at 30, -0.3 at 100 labels/class points against v0.1)",
     )
     add_number(
         p,
@@ -727,14 +753,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         lo=0,
         hi=100,
         default=d.mixup,
-        help="stage 1 on cached embeddings: mixup with Beta(a, a) weights (0: off)",
+        help="stage 1 on cached embeddings: mixup with Beta(a, a) weights (0: off; 0.2: "
+        "bench: -0.6 at 10, +0.7 at 30, -0.2 at 100 labels/class points against v0.1)",
     )
     p.add_argument(
         "--refit",
         action=argparse.BooleanOptionalAction,
         default=d.refit,
         help="after early stopping picks the epoch count, train a new head on train + val for "
-        "that many epochs (cached embeddings only; metrics.json scores the head chosen before)",
+        "that many epochs (cached embeddings only; metrics.json scores the head chosen before; "
+        "bench: +0.7 at 10, +1.7 at 30, +0.4 at 100 labels/class points against v0.1)",
     )
     add_number(
         p,
@@ -742,7 +770,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         kind=float,
         lo=0,
         default=d.fine_tune_layers,
-        help="stage 2: unfreeze the top N backbone layers (or a fraction < 1; 0: no stage 2)",
+        help="stage 2: unfreeze the top N backbone layers (or a fraction < 1; 0: no stage 2; "
+        "30: bench: +1.0 at 10, +2.0 at 30 labels/class, +100 s points, seed 0)",
     )
     add_number(p, "--fine-tune-epochs", kind=int, lo=1, hi=100_000, default=d.fine_tune_epochs)
     add_number(

@@ -127,6 +127,7 @@ def test_embedding_cache_gives_the_same_head_as_plain_training(
         weights=str(local_weights(name)),
         epochs=3,
         patience=0,
+        refit=False,  # the refit runs on cached embeddings only
         cache_dir=str(cache_dir),
     )
     cached = train(sample_data, tmp_path / "cached", TrainConfig(**common), progress=False)
@@ -313,3 +314,113 @@ def test_train_warns_when_outputs_do_not_depend_on_the_input(
     assert main(args) == 0
     assert "outputs barely depend on its input" in capsys.readouterr().err
     assert json.loads((out / "metrics.json").read_text())["output_spread"] < 1e-3
+
+
+def _toy_problem(seed: int = 0):
+    """An overlapping 3-class problem on 16-d 'embeddings' and a linear softmax model."""
+    import keras
+
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(3, 16)).astype(np.float32) * 0.5  # overlapping classes
+    labels = rng.integers(0, 3, size=120)
+    x = centers[labels] + rng.normal(size=(120, 16)).astype(np.float32)
+    y = np.eye(3, dtype=np.float32)[labels]
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input((16,))
+    model = keras.Model(inp, keras.layers.Dense(3, activation="softmax")(inp))
+    return model, x, y
+
+
+def test_fit_keeps_the_starting_weights_when_every_epoch_is_worse():
+    """Stage 2's rule: the weights it started from count as epoch 0, so a fine-tune that only
+    makes validation worse (here: a learning rate far too high) leaves the model unchanged."""
+    from edgetl.train import fit
+
+    model, x, y = _toy_problem()
+    good = dict(epochs=30, batch_size=32, seed=0, patience=5, sample_weights=np.ones(120))
+    fit(model, (x[:90], y[:90]), (x[90:], y[90:]), learning_rate=0.05, **good)
+    start = [w.copy() for w in model.get_weights()]
+    bad = dict(good, epochs=3, patience=3)
+    history, best = fit(
+        model, (x[:90], y[:90]), (x[90:], y[90:]), learning_rate=50.0, from_start=True, **bad
+    )
+    assert best == 0 and len(history["val_loss"]) == 3
+    for a, b in zip(model.get_weights(), start, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_fit_restores_the_best_epoch_and_reports_it():
+    from edgetl.train import fit
+
+    model, x, y = _toy_problem(1)
+    common = dict(batch_size=32, seed=0, sample_weights=np.ones(120), learning_rate=0.05)
+    history, best = fit(model, (x[:90], y[:90]), (x[90:], y[90:]), epochs=40, patience=40, **common)
+    vl = history["val_loss"]
+    assert best == int(np.argmin(vl)) + 1
+    p = model.predict(x[90:], verbose=0)
+    import keras
+
+    restored = float(keras.losses.CategoricalCrossentropy()(y[90:], p))
+    assert abs(restored - min(vl)) < 1e-5
+
+
+def test_fit_mixup_and_cosine_change_training_but_not_the_batches():
+    from edgetl.train import fit
+
+    runs = {}
+    for name, kw in {
+        "plain": {},
+        "mixup": {"mixup": 0.2},
+        "cosine": {"schedule": "cosine"},
+    }.items():
+        model, x, y = _toy_problem(2)
+        h, _ = fit(
+            model,
+            (x, y),
+            None,
+            epochs=5,
+            batch_size=32,
+            seed=0,
+            patience=0,
+            sample_weights=np.ones(120),
+            learning_rate=0.05,
+            **kw,
+        )
+        runs[name] = h["loss"]
+    assert runs["mixup"] != runs["plain"] and runs["cosine"] != runs["plain"]
+    assert runs["cosine"][0] == pytest.approx(runs["plain"][0], rel=0.05)  # same start
+
+
+@pytest.mark.slow
+def test_refit_and_linear_head(tmp_path, sample_data, local_weights, cache_dir):
+    """--hidden-units 0 gives dropout + softmax Dense only; --refit trains a new head on
+    train + val for the epoch count early stopping chose, and metrics score the head chosen on
+    validation before the refit saw those images."""
+    import keras
+
+    from edgetl.classifier import HEAD_DENSE, HEAD_OUTPUT
+    from edgetl.train import TrainConfig, train
+
+    name, alpha, size = TINY
+    r = train(
+        sample_data,
+        tmp_path / "refit",
+        TrainConfig(
+            backbone=name,
+            alpha=alpha,
+            size=size,
+            weights=str(local_weights(name)),
+            epochs=8,
+            patience=2,
+            hidden_units=0,
+            refit=True,
+            cache_dir=str(cache_dir),
+        ),
+        progress=False,
+    )
+    chosen = int(np.argmin(r.history["stage1_val_loss"])) + 1
+    assert len(r.history["refit_loss"]) == chosen
+    assert r.metrics["split"] == "validation" and r.metrics["count"] == r.metrics["val_count"]
+    model = keras.models.load_model(tmp_path / "refit" / "model.keras", compile=False)
+    names = [layer.name for layer in model.layers]
+    assert HEAD_DENSE not in names and HEAD_OUTPUT in names
