@@ -800,24 +800,10 @@ def bench_browser(work: Path, quick: bool) -> str:
     """Batch-1 latency of every browser engine/backend in headless Chromium beside native
     onnxruntime and LiteRT (same bundle, same run), the download size of each web artifact,
     and verify's verdicts on the same bundle (quantized TF.js top-1 on the probes)."""
+    from edgetl.manifest import Manifest
     from edgetl.runtimes.base import RunContext, load_runtimes
 
-    load_runtimes()
-    with contextlib.ExitStack() as stack:
-        context = stack.enter_context(RunContext())
-        lines = _browser_latency(work, quick, context, stack)
-    return "\n".join(lines)
-
-
-def _browser_latency(work: Path, quick: bool, context, stack) -> list[str]:
-    """The latency, download and verdict tables of bench_browser (sessions opened on `stack`)."""
-    from edgetl.manifest import Manifest
-    from edgetl.runtimes.base import RUNTIMES, Artifact, Options, RuntimeUnavailable
-    from edgetl.serve import default_roots
-    from edgetl.verifier import verify
-
     name, alpha, size = BENCH_BACKBONE
-    runs, warmup = 30, 5
     bundle, _ = parity_bundle(
         work,
         name,
@@ -827,15 +813,22 @@ def _browser_latency(work: Path, quick: bool, context, stack) -> list[str]:
         export_options={"tfjs_graph": True, "tfjs_quantizations": ("float16", "uint8")},
     )
     manifest = Manifest.load(bundle)
+    load_runtimes()
+    with contextlib.ExitStack() as stack:
+        context = stack.enter_context(RunContext())
+        lines = _latency_table(bundle, manifest, quick, context, stack)
+    lines += _download_table(bundle, manifest)
+    lines += _verdict_table(bundle, manifest)
+    return "\n".join(lines)
+
+
+def _native_timers(bundle: Path, manifest, x: np.ndarray, context, stack) -> tuple[dict, dict]:
+    """Block timers of native onnxruntime (all cores, 1 thread) and LiteRT, through their
+    sessions (opened on `stack`): {key: timer() -> BROWSER_RUN_BLOCK times in ms}, {key: row}."""
+    from edgetl.runtimes.base import RUNTIMES, Artifact, Options
+
     cores = os.cpu_count() or 1
-    rounds = runs // BROWSER_RUN_BLOCK
-    # Native timers: each call times BROWSER_RUN_BLOCK runs. Every browser engine is timed with
-    # one page open at a time (idle pages' thread pools would steal the cores), in rounds that
-    # alternate a block of the engine with a block of each native runtime, so its ratio to
-    # native onnxruntime comes from samples taken under the same load from the machine's other
-    # tenants.
     timers, meta = {}, {}
-    x = np.zeros((1, size, size, 3), np.float32)
     natives = [
         ("native", "onnxruntime-cpu", "onnx", cores),
         ("native-1t", "onnxruntime-cpu", "onnx", 1),
@@ -850,6 +843,44 @@ def _browser_latency(work: Path, quick: bool, context, stack) -> list[str]:
         meta[key] = (rt_name, rid, f"native, {threads} thread(s)")
     for timer in timers.values():
         timer()  # warm-up
+    return timers, meta
+
+
+def _time_engine(rt, artifact, x, context, threads, rounds, warmup, timers, native_times, base):
+    """One browser engine in a page of its own (Options.threads, closed before the next
+    engine's opens), its blocks alternating with every native timer's: (first run stats, its
+    samples, the `base` native samples taken in the same rounds)."""
+    from edgetl.runtimes.base import Options
+
+    during = []
+    with rt.open(artifact, context, Options(threads=threads)) as session:
+        first = session.benchmark(x, runs=1, warmup=warmup)  # load + warm-up; cold
+        samples = []
+        for _ in range(rounds):
+            samples += session.benchmark(x, runs=BROWSER_RUN_BLOCK, warmup=0)["times_ms"]
+            for key, timer in timers.items():
+                block = timer()
+                native_times[key] += block
+                if key == base:
+                    during += block
+    return first, samples, during
+
+
+def _latency_table(bundle: Path, manifest, quick: bool, context, stack) -> list[str]:
+    """Every browser path's median beside native onnxruntime's, measured in the same rounds.
+
+    Every browser engine is timed with one page open at a time (idle pages' thread pools would
+    steal the cores), in rounds that alternate a block of the engine with a block of each
+    native runtime, so its ratio to native onnxruntime comes from samples taken under the same
+    load from the machine's other tenants."""
+    from edgetl.runtimes.base import RUNTIMES, Artifact, RuntimeUnavailable
+
+    name, alpha, size = BENCH_BACKBONE
+    runs, warmup = 30, 5
+    cores = os.cpu_count() or 1
+    rounds = runs // BROWSER_RUN_BLOCK
+    x = np.zeros((1, size, size, 3), np.float32)
+    timers, meta = _native_timers(bundle, manifest, x, context, stack)
     native_times: dict[str, list[float]] = {k: [] for k in timers}
     rows, browser = [], {}
     for rt_name, rid, n_threads in BROWSER_PATHS:
@@ -857,23 +888,15 @@ def _browser_latency(work: Path, quick: bool, context, stack) -> list[str]:
             continue
         rt = RUNTIMES.get(rt_name)
         base = "native-1t" if n_threads == 1 else "native"
-        during = []  # the baseline's samples taken while this engine was being timed
         try:
             reason = rt.unavailable_reason()
             if reason:
                 raise RuntimeUnavailable(reason)
             artifact = Artifact(manifest.artifact(rid), bundle)
-            # a page of its own (Options.threads), closed before the next engine's opens
-            with rt.open(artifact, context, Options(threads=n_threads or cores)) as session:
-                first = session.benchmark(x, runs=1, warmup=warmup)  # load + warm-up; cold
-                samples = []
-                for _ in range(rounds):
-                    samples += session.benchmark(x, runs=BROWSER_RUN_BLOCK, warmup=0)["times_ms"]
-                    for key, timer in timers.items():
-                        block = timer()
-                        native_times[key] += block
-                        if key == base:
-                            during += block
+            first, samples, during = _time_engine(
+                rt, artifact, x, context, n_threads or cores, rounds, warmup, timers,
+                native_times, base,
+            )  # fmt: skip
         except Exception as e:  # a backend that cannot start here is a row, not a crash
             rows.append([rt_name, rid, "unavailable", "-", "-", str(e).splitlines()[0][:90]])
             continue
@@ -885,15 +908,9 @@ def _browser_latency(work: Path, quick: bool, context, stack) -> list[str]:
         ratio = med / statistics.median(during)
         if base == "native":
             browser[(rt_name, rid)] = (med, ratio)
+        each = " (1 thread each)" if base == "native-1t" else ""
         rows.append(
-            [
-                rt_name,
-                rid,
-                detail,
-                f"{med:.2f}",
-                f"{first['first_ms']:.1f}",
-                f"{ratio:.2f}x" + (" (1 thread each)" if base == "native-1t" else ""),
-            ]
+            [rt_name, rid, detail, f"{med:.2f}", f"{first['first_ms']:.1f}", f"{ratio:.2f}x{each}"]
         )
     median = {k: statistics.median(v) for k, v in native_times.items() if v}
     for key, (rt_name, rid, detail) in meta.items():
@@ -915,22 +932,20 @@ def _browser_latency(work: Path, quick: bool, context, stack) -> list[str]:
             f"fastest browser path: {best_rt} {best_id} {best:.2f} ms = {ratio:.2f}x native "
             f"onnxruntime in the same rounds (target <= 2x: {verdict})"
         )
+    return lines
+
+
+def _download_table(bundle: Path, manifest) -> list[str]:
+    """Each web artifact's size, raw and as edgetl serve sends it, and the engines' own files."""
+    from edgetl.serve import default_roots
 
     f32 = manifest.artifact("tfjs_layers")
     size_rows = []
     for rid in WEB_ARTIFACTS:
         rec = manifest.artifact(rid)
-        files = [bundle / f.path for f in rec.files]
-        gz = _gzip_size(files)
-        size_rows.append(
-            [
-                rid,
-                rec.precision,
-                f"{rec.size / 1e6:.2f}",
-                f"{gz / 1e6:.2f}",
-                f"{rec.size / f32.size:.0%}",
-            ]
-        )
+        gz = _gzip_size([bundle / f.path for f in rec.files])
+        mb, share = f"{rec.size / 1e6:.2f}", f"{rec.size / f32.size:.0%}"
+        size_rows.append([rid, rec.precision, mb, f"{gz / 1e6:.2f}", share])
     roots = default_roots(None).files
     for engine, names in ENGINE_FILES.items():
         files = [roots[n] for n in names if n in roots]
@@ -938,22 +953,19 @@ def _browser_latency(work: Path, quick: bool, context, stack) -> list[str]:
         size_rows.append(
             [engine, "engine code", f"{raw / 1e6:.2f}", f"{_gzip_size(files) / 1e6:.2f}", "-"]
         )
-    lines += [
+    return [
         "Downloads (bundle artifacts and the engines' own files; gzip = what edgetl serve sends)",
         _table(size_rows, ["artifact", "weights", "MB", "MB gzip", "vs TF.js float32"]),
     ]
 
+
+def _verdict_table(bundle: Path, manifest) -> list[str]:
+    """verify on the same bundle, every browser and native runtime, and the uint8 targets."""
+    from edgetl.verifier import verify
+
+    runtimes = ["onnxruntime-cpu", "litert", "tfjs-node-wasm", "tfjs-browser-wasm"]
     check = verify(
-        bundle,
-        runtimes=[
-            "onnxruntime-cpu",
-            "litert",
-            "tfjs-node-wasm",
-            "tfjs-browser-wasm",
-            "ort-web-wasm",
-            "ort-web-webgpu",
-        ],
-        localize_failures=False,
+        bundle, runtimes=[*runtimes, "ort-web-wasm", "ort-web-webgpu"], localize_failures=False
     )
     verdicts = [
         [
@@ -966,7 +978,7 @@ def _browser_latency(work: Path, quick: bool, context, stack) -> list[str]:
         ]
         for p in check.pairs
     ]
-    lines += [
+    lines = [
         f"verify on the same bundle ({check.probes} golden probes): exit "
         f"{'0' if check.ok else '1'}",
         _table(verdicts, ["artifact", "runtime", "status", "max |err|", "top-1", "tolerance"]),
@@ -978,7 +990,7 @@ def _browser_latency(work: Path, quick: bool, context, stack) -> list[str]:
     ]
     uint8 = [p for p in check.pairs if p.artifact == "tfjs_layers_uint8" and p.stats]
     if uint8:
-        ratio = manifest.artifact("tfjs_layers_uint8").size / f32.size
+        ratio = manifest.artifact("tfjs_layers_uint8").size / manifest.artifact("tfjs_layers").size
         top1 = min(p.stats.top1_agreement for p in uint8)
         lines.append(
             f"uint8 TF.js download {ratio:.0%} of float32 (target <= 30%: "

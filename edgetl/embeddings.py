@@ -94,13 +94,31 @@ class EmbeddingCache:
         batches; with a Ray cluster setting, the missing ones are computed by Ray workers."""
         import time
 
-        from edgetl.data import show_progress
         from edgetl.distribute import cluster_setting, ray_address
-        from edgetl.manifest import sha256_file
 
         t0 = time.perf_counter()
-        dim = int(self.model.output_shape[-1])
-        out = np.empty((len(paths), dim), dtype=np.float32)
+        out = np.empty((len(paths), int(self.model.output_shape[-1])), dtype=np.float32)
+        keys, missing = self._from_cache(paths, out)
+        address = ray_address(cluster_setting(self.cluster))
+        if missing:
+            self._onnx_session()  # the one-off conversion is not extraction throughput
+        t1 = time.perf_counter()
+        if missing and address is not None:
+            self._embed_on_ray(address, paths, keys, missing, out)
+        elif missing:
+            self._embed_here(paths, keys, missing, out, progress)
+        if missing:
+            self.stats.computed += len(missing)
+            self.stats.images_per_s = len(missing) / max(time.perf_counter() - t1, 1e-9)
+        elif not self.stats.runtime:
+            self.stats.runtime = "cache"
+        self.stats.seconds += time.perf_counter() - t0
+        return out
+
+    def _from_cache(self, paths: list[Path], out: np.ndarray) -> tuple[list[str], list[int]]:
+        """Fill `out` from the cache; returns every image's content key and the rows missing."""
+        from edgetl.manifest import sha256_file
+
         missing: list[int] = []
         keys = []
         for i, p in enumerate(paths):
@@ -115,57 +133,52 @@ class EmbeddingCache:
                 except (OSError, ValueError):
                     pass  # unreadable cache entry: recompute it
             missing.append(i)
-        address = ray_address(cluster_setting(self.cluster))
-        if missing:
-            self._onnx_session()  # the one-off conversion is not extraction throughput
-        t1 = time.perf_counter()
-        if missing and address is not None:
-            from edgetl.cluster import embed_on_ray
+        return keys, missing
 
-            if self.cache_dir is None or self._onnx_session() is None:
-                raise UserError(
-                    "Ray embedding needs the onnxruntime extractor and a cache folder the "
-                    "workers share (--cache-dir or $EDGETL_CACHE)"
-                )
-            todo = [paths[i] for i in missing]
-            cpus = embed_on_ray(
-                address,
-                self._extractor_path,
-                self.cache_dir,
-                self.key,
-                todo,
-                [keys[i] for i in missing],
-                (self.h, self.w),
-                self.batch_size,
+    def _embed_on_ray(self, address, paths, keys, missing, out) -> None:
+        """The missing rows computed by Ray workers into the shared cache, then read back."""
+        from edgetl.cluster import embed_on_ray
+
+        if self.cache_dir is None or self._onnx_session() is None:
+            raise UserError(
+                "Ray embedding needs the onnxruntime extractor and a cache folder the "
+                "workers share (--cache-dir or $EDGETL_CACHE)"
             )
-            self.stats.workers = f"ray: {cpus} CPUs"
-            for i in missing:
-                out[i] = np.load(self._cache_file(keys[i]))
-        elif missing:
-            bar = None
-            if progress and len(missing) > self.batch_size and show_progress():
-                from tqdm import tqdm
+        cpus = embed_on_ray(
+            address,
+            self._extractor_path,
+            self.cache_dir,
+            self.key,
+            [paths[i] for i in missing],
+            [keys[i] for i in missing],
+            (self.h, self.w),
+            self.batch_size,
+        )
+        self.stats.workers = f"ray: {cpus} CPUs"
+        for i in missing:
+            out[i] = np.load(self._cache_file(keys[i]))
 
-                bar = tqdm(total=len(missing), desc="embedding images", unit="img", leave=False)
+    def _embed_here(self, paths, keys, missing, out, progress: bool) -> None:
+        """The missing rows computed in this process, batch by batch, each stored as it comes."""
+        from edgetl.data import show_progress
 
-            def keep(start: int, vecs: np.ndarray) -> None:
-                for j, i in enumerate(missing[start : start + len(vecs)]):
-                    out[i] = vecs[j]
-                    self._store(keys[i], vecs[j])
-                if bar is not None:
-                    bar.update(len(vecs))
+        bar = None
+        if progress and len(missing) > self.batch_size and show_progress():
+            from tqdm import tqdm
 
-            todo = [paths[i] for i in missing]
-            embed_streamed(self.embed_arrays, todo, (self.h, self.w), self.batch_size, keep)
+            bar = tqdm(total=len(missing), desc="embedding images", unit="img", leave=False)
+
+        def keep(start: int, vecs: np.ndarray) -> None:
+            for j, i in enumerate(missing[start : start + len(vecs)]):
+                out[i] = vecs[j]
+                self._store(keys[i], vecs[j])
             if bar is not None:
-                bar.close()
-        if missing:
-            self.stats.computed += len(missing)
-            self.stats.images_per_s = len(missing) / max(time.perf_counter() - t1, 1e-9)
-        elif not self.stats.runtime:
-            self.stats.runtime = "cache"
-        self.stats.seconds += time.perf_counter() - t0
-        return out
+                bar.update(len(vecs))
+
+        todo = [paths[i] for i in missing]
+        embed_streamed(self.embed_arrays, todo, (self.h, self.w), self.batch_size, keep)
+        if bar is not None:
+            bar.close()
 
     def embed_arrays(self, images: np.ndarray) -> np.ndarray:
         """Embeddings for a float32 (N, H, W, 3) 0..255 batch, not cached."""
