@@ -248,6 +248,11 @@ def _compiled_steps(model, learning_rate, loss_fn, strategy=None):
         return strategy.reduce(total, loss, axis=None), strategy.reduce(total, right, axis=None)
 
     def train_step(xb, yb, wb) -> tuple[float, float]:
+        # float32 throughout: the model's dtype, whatever the caller's arrays are (mixup and
+        # class weights may come as float64)
+        xb, yb, wb = (
+            np.asarray(a, np.float32) if isinstance(a, np.ndarray) else a for a in (xb, yb, wb)
+        )
         n = tf.constant(float(len(xb)))
         if replicas == 1:
             args = (xb, yb, wb)
