@@ -47,8 +47,15 @@ def tf_config_workers() -> int:
     raw = os.environ.get("TF_CONFIG")
     if not raw:
         return 0
-    cluster = json.loads(raw).get("cluster", {})
-    return sum(len(cluster.get(k, [])) for k in ("chief", "worker"))
+    try:
+        cluster = json.loads(raw).get("cluster", {})
+        return sum(len(cluster.get(k, [])) for k in ("chief", "worker"))
+    except (ValueError, AttributeError, TypeError) as e:
+        raise UserError(
+            f"$TF_CONFIG is not a TensorFlow cluster description ({e}); expected JSON like "
+            '{"cluster": {"worker": ["host1:port", "host2:port"]}, "task": {"type": "worker", '
+            '"index": 0}}'
+        ) from None
 
 
 def choose_strategy():

@@ -821,13 +821,14 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    from edgetl.distribute import cluster_setting
+    from edgetl.distribute import cluster_setting, tf_config_workers
     from edgetl.models.base import resolve
     from edgetl.outdir import check_out_dir
     from edgetl.weightsfile import check_weights_file
 
     config = config_from_args(args)
     cluster_setting(config.cluster)  # refuse a bad setting before TensorFlow is imported
+    tf_config_workers()  # and a malformed $TF_CONFIG
     bb, alpha, _ = resolve(config.backbone, config.alpha, config.size)
     # The cheap refusals first, before TensorFlow is imported.
     if not args.data_dir.is_dir():

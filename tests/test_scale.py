@@ -179,3 +179,17 @@ def test_bad_cluster_setting_is_refused_before_work(tmp_path, capsys, monkeypatc
     err = capsys.readouterr().err
     assert "cluster setting 'spark://x'" in err and "Traceback" not in err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("tf_config", ["{bad json", '["a list"]', '{"cluster": 3}'])
+def test_malformed_tf_config_is_refused_before_work(tmp_path, capsys, monkeypatch, tf_config):
+    from edgetl.cli import main
+
+    monkeypatch.setenv("TF_CONFIG", tf_config)
+    data = tmp_path / "data"
+    data.mkdir()
+    assert main(["train", str(data), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "$TF_CONFIG is not a TensorFlow cluster description" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "run").exists()
