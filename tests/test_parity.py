@@ -215,8 +215,11 @@ def test_bad_override_is_a_user_error(text):
 
 def test_accuracy_drop_is_judged_against_keras():
     r = compare(REF, REF, TFLITE_INT8)
-    comparator.judge_accuracy(r, 0.92, 0.94)
-    assert r.passed  # 2 points <= 3 (the accuracy bench's int8)
+    comparator.judge_accuracy(r, 0.93, 0.94)
+    assert r.passed  # 1 point <= 2 (the accuracy bench's int8 lost 1.0 at worst)
+    comparator.judge_accuracy(r, 0.95, 0.972)
+    assert not r.passed and "drop 2.2%" in r.reasons[0]  # min/max calibration, bench seed 1
+    r = compare(REF, REF, TFLITE_INT8)
     comparator.judge_accuracy(r, 0.90, 0.934)
     assert not r.passed and "drop 3.4%" in r.reasons[0]  # the 3.3-point loss fails
 
