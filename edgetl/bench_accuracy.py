@@ -318,7 +318,8 @@ def int8_table(work: Path, per_class: int = BUDGETS[-1], seed: int = 0) -> str:
     """The defaults' model on `per_class` labels, exported to TFLite float32 / dynamic / int8
     (calibrated on its training folder), each artifact's test accuracy on LiteRT through
     `verify --data`, beside Keras'."""
-    from edgetl.bundle import export_bundle, sample_images
+    from edgetl.bundle import export_bundle
+    from edgetl.data import sample_images
     from edgetl.modelio import load_model_source
     from edgetl.train import train
     from edgetl.verifier import verify
@@ -375,7 +376,8 @@ def tfjs_table(work: Path, per_class: int = BUDGETS[-1], seed: int = 0) -> str:
     to TF.js Layers float32 / float16 / uint8, each variant's test accuracy in TF.js (Node,
     wasm, through `verify --data`) beside Keras', and its download as a share of float32's."""
     from edgetl.bench import _table
-    from edgetl.bundle import export_bundle, sample_images
+    from edgetl.bundle import export_bundle
+    from edgetl.data import sample_images
     from edgetl.manifest import Manifest
     from edgetl.modelio import load_model_source
     from edgetl.train import train
