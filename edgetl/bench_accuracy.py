@@ -415,8 +415,8 @@ def tfjs_table(work: Path, per_class: int = BUDGETS[-1], seed: int = 0) -> str:
     )
     manifest = Manifest.load(bundle)
     f32 = manifest.artifact("tfjs_layers").size
-    rows = [["keras (float32)", "-", "-", f"{100 * result.data['keras_accuracy']:.1f}", "-", "-"]]
-    rows[0][3] += f" ({result.data['images']})"
+    keras_acc = f"{100 * result.data['keras_accuracy']:.1f} ({result.data['images']})"
+    rows = [["keras (float32)", "-", "-", keras_acc, "-", "-", "-"]]
     for p in result.pairs:
         if p.accuracy is None:
             continue
@@ -427,11 +427,20 @@ def tfjs_table(work: Path, per_class: int = BUDGETS[-1], seed: int = 0) -> str:
                 f"{size / 1e6:.2f}",
                 f"{size / f32:.0%}",
                 f"{100 * p.accuracy:.1f} ({p.images})",
+                f"{100 * (p.reference_accuracy - p.accuracy):+.1f}",
                 _decisive(p.stats),
                 p.status,
             ]
         )
-    header = ["artifact", "MB", "vs float32", "test acc % (images)", "decisive top-1", "verify"]
+    header = [
+        "artifact",
+        "MB",
+        "vs float32",
+        "test acc % (images)",
+        "points lost",
+        "decisive top-1",
+    ]
+    header.append("verify")
     return (
         f"TF.js Layers on the test digits: edgetl defaults, {per_class}/class, seed {seed}; "
         f"export {export_s:.0f} s; TF.js sees verify's stratified sample, Keras every image\n"
