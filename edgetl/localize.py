@@ -194,4 +194,19 @@ def localize(
     except Exception as e:
         return Localization(None, f"intermediate outputs failed: {type(e).__name__}: {e}")
     source = source_rt.layer_source or f"{source_rt.name} layer outputs"
+    for name in _rescaled_by_design(record, artifact):
+        cand.pop(name, None)  # per-channel scaled outputs; the BatchNorm after each undoes it
     return first_divergence(ref, cand, threshold, source)
+
+
+def _rescaled_by_design(record, artifact) -> set[str]:
+    """Layers whose outputs the artifact scales per channel on purpose (TF.js uint8: the
+    kernels equalized by converters.tfjs.equalize_channels, recorded in its model.json)."""
+    if record.format != "tfjs_layers":
+        return set()
+    from edgetl.converters.tfjs import rescaled_layers
+
+    try:
+        return rescaled_layers(artifact.path)
+    except (OSError, ValueError):
+        return set()
