@@ -288,12 +288,15 @@ def stratified_split(
 def interleave_by_class(labels: np.ndarray, limit: int) -> list[int]:
     """Indices of at most `limit` items taken round-robin across classes (file order kept within
     each), so any prefix covers every class: calibration/probe images and --data samples."""
-    by_class = [list(np.flatnonzero(labels == c)) for c in np.unique(labels)]
+    by_class = [np.flatnonzero(labels == c) for c in np.unique(labels)]
+    limit = min(int(limit), len(labels))
     picked: list[int] = []
-    while len(picked) < limit and any(by_class):
+    depth = 0  # one pass per round: linear, for --data over a 50k-image folder too
+    while len(picked) < limit:
         for idx in by_class:
-            if idx and len(picked) < limit:
-                picked.append(int(idx.pop(0)))
+            if depth < len(idx) and len(picked) < limit:
+                picked.append(int(idx[depth]))
+        depth += 1
     return picked
 
 

@@ -86,18 +86,22 @@ class EmbeddingCache:
         self.cluster = cluster  # None: $EDGETL_CLUSTER (edgetl.distribute.cluster_setting)
         self.key = backbone_key(embedding_model)
         _, self.h, self.w, _ = embedding_model.input_shape
+        self.dim = int(embedding_model.output_shape[-1])
         self.stats = EmbeddingStats()
         self._session = None
 
-    def embed_files(self, paths: list[Path], progress: bool = True) -> np.ndarray:
+    def embed_files(self, paths: list[Path], progress: bool = True, out=None):
         """Embeddings for image files (decoded and resized exactly as at inference), streamed in
-        batches; with a Ray cluster setting, the missing ones are computed by Ray workers."""
+        batches; with a Ray cluster setting, the missing ones are computed by Ray workers.
+        `out`: where the rows go (an (n, dim) array or edgetl.pipeline.VectorFile, which keeps
+        them on disk); default a new array. Returns `out`."""
         import time
 
         from edgetl.distribute import cluster_setting, ray_address
 
         t0 = time.perf_counter()
-        out = np.empty((len(paths), int(self.model.output_shape[-1])), dtype=np.float32)
+        if out is None:
+            out = np.empty((len(paths), self.dim), dtype=np.float32)
         keys, missing = self._from_cache(paths, out)
         address = ray_address(cluster_setting(self.cluster))
         if missing:
@@ -115,7 +119,7 @@ class EmbeddingCache:
         self.stats.seconds += time.perf_counter() - t0
         return out
 
-    def _from_cache(self, paths: list[Path], out: np.ndarray) -> tuple[list[str], list[int]]:
+    def _from_cache(self, paths: list[Path], out) -> tuple[list[str], list[int]]:
         """Fill `out` from the cache; returns every image's content key and the rows missing."""
         from edgetl.manifest import sha256_file
 

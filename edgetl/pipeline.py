@@ -9,6 +9,8 @@ bit-for-bit those of `load_images` (tested), and the decoder overlaps the model.
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,9 +59,69 @@ class ImageFiles:
         return ds.batch(batch_size).prefetch(PREFETCH_BATCHES).as_numpy_iterator()
 
 
+class VectorFile:
+    """An (n, dim) float32 matrix in an unlinked temporary file, rows read and written with
+    pread/pwrite: stage 1's embeddings (50k x 1280 is 256 MB) live in the page cache, which
+    the kernel may drop, not in the process (an np.memmap's touched pages would count in its
+    RSS). `x[i] = v`, `x[idx]` (a copy of those rows), `len(x)` and `x.shape` as an array's."""
+
+    def __init__(self, n: int, dim: int, folder: Path | None = None) -> None:
+        if folder is not None:
+            Path(folder).mkdir(parents=True, exist_ok=True)
+        self._file = tempfile.TemporaryFile(prefix="edgetl-vectors-", dir=folder)  # noqa: SIM115 (lives as long as the object)
+        self.n, self.dim = int(n), int(dim)
+        self._row = self.dim * 4
+        os.ftruncate(self._file.fileno(), self.n * self._row)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.n, self.dim)
+
+    dtype = np.dtype(np.float32)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __setitem__(self, i: int, vec: np.ndarray) -> None:
+        data = np.ascontiguousarray(vec, dtype=np.float32).tobytes()
+        if len(data) != self._row:
+            raise ValueError(f"a row of {self.dim} float32 values expected, got {len(data)} bytes")
+        os.pwrite(self._file.fileno(), data, self._index(i) * self._row)
+
+    def __getitem__(self, idx) -> np.ndarray:
+        """The rows `idx` (an int or an index array), each run of consecutive rows read with
+        one pread."""
+        if np.ndim(idx) == 0:
+            return self[np.asarray([idx])][0]
+        idx = np.asarray(idx, dtype=np.int64)
+        out = np.empty((len(idx), self.dim), np.float32)
+        if not len(idx):
+            return out
+        idx = np.where(idx < 0, idx + self.n, idx)
+        if idx.min() < 0 or idx.max() >= self.n:
+            raise IndexError(f"row index out of range for {self.n} rows")
+        order = np.argsort(idx, kind="stable")
+        ordered = idx[order]
+        fd = self._file.fileno()
+        for run in np.split(np.arange(len(ordered)), np.flatnonzero(np.diff(ordered) != 1) + 1):
+            first, count = int(ordered[run[0]]), len(run)
+            block = os.pread(fd, count * self._row, first * self._row)
+            out[order[run]] = np.frombuffer(block, np.float32).reshape(count, self.dim)
+        return out
+
+    def _index(self, i: int) -> int:
+        i = int(i) + (self.n if int(i) < 0 else 0)
+        if not 0 <= i < self.n:
+            raise IndexError(f"row {i} out of range for {self.n} rows")
+        return i
+
+    def close(self) -> None:
+        self._file.close()
+
+
 @dataclass
 class Rows:
-    """Rows `idx` of an in-memory array, not copied: a training subset of a 50k x 1280
+    """Rows `idx` of an array or a VectorFile, not copied: a training subset of a 50k x 1280
     embedding matrix would be another 200 MB."""
 
     data: np.ndarray
@@ -78,7 +140,7 @@ class Rows:
 
 
 def rows(x, idx):
-    """x[idx] without copying an in-memory array (ImageFiles subsets are lists of paths)."""
+    """x[idx] without copying an array or VectorFile (ImageFiles subsets are lists of paths)."""
     return x[idx] if isinstance(x, ImageFiles | Rows) else Rows(x, np.asarray(idx))
 
 

@@ -26,6 +26,8 @@ from edgetl.metrics import CONFUSION_PNG, CURVES_PNG
 from edgetl.probes import MIN_OUTPUT_SPREAD
 
 METRICS_FILE = "metrics.json"
+EVAL_BATCH_VECTORS = 256  # validation batch on cached embeddings (5 KB a row)
+EVAL_BATCH_IMAGES = 32  # on streamed images (110 KB a row at 96 px, 0.6 MB at 224 px)
 
 
 class TrainingDiverged(UserError):
@@ -220,7 +222,7 @@ def _compiled_steps(model, learning_rate, loss_fn, strategy=None):
     import keras
     import tensorflow as tf
 
-    from edgetl.pipeline import iter_batches
+    from edgetl.pipeline import ImageFiles, iter_batches
 
     variables = model.trainable_variables
     strategy = strategy or tf.distribute.get_strategy()
@@ -272,7 +274,10 @@ def _compiled_steps(model, learning_rate, loss_fn, strategy=None):
         return model(xb, training=False)
 
     def evaluate_split(xs, ys) -> tuple[float, float]:
-        p = np.concatenate([infer(b).numpy() for b in iter_batches(xs, 256)])
+        # Images in training-size batches: a 256-image batch of decoded images, prefetched
+        # twice, plus its activations, is what grew stage 2 with the validation split.
+        size = EVAL_BATCH_IMAGES if isinstance(xs, ImageFiles) else EVAL_BATCH_VECTORS
+        p = np.concatenate([infer(b).numpy() for b in iter_batches(xs, size)])
         return float(loss_fn(ys, p)), float((p.argmax(1) == ys.argmax(1)).mean())
 
     return train_step, evaluate_split
@@ -430,6 +435,7 @@ def stage1_cached(job: Job, model, head_cfg):
 
     from edgetl.classifier import build_head_model, copy_head_weights, embedding_model
     from edgetl.embeddings import EmbeddingCache, default_cache_dir
+    from edgetl.pipeline import VectorFile
 
     c = job.config
     t = time.perf_counter()
@@ -437,7 +443,10 @@ def stage1_cached(job: Job, model, head_cfg):
     cache = EmbeddingCache(
         embedding_model(model), cache_dir, runtime=c.embedding_runtime, cluster=c.cluster
     )
-    emb = cache.embed_files(job.folder.files, progress=job.progress)
+    # The rows stay on disk (a temporary file beside the cache), read batch by batch: the
+    # matrix (5 KB per image for a 1280-wide MobileNetV2) no longer grows the process.
+    emb = VectorFile(len(job.folder.files), cache.dim, folder=cache_dir)
+    cache.embed_files(job.folder.files, progress=job.progress, out=emb)
     job.timings["embeddings_s"] = time.perf_counter() - t
     job.emb_stats = asdict(cache.stats)
     print(
@@ -523,11 +532,11 @@ def final_metrics(job: Job, model, head, emb, images) -> dict:
     or with augmentation the full Keras model runs on the images. With `refit`, `head` is the
     one chosen on validation, before the refit saw those images."""
     from edgetl.metrics import evaluate
-    from edgetl.pipeline import ImageFiles, predict
+    from edgetl.pipeline import ImageFiles, predict, rows
 
     eval_idx = job.val_idx if job.has_val else job.train_idx
     if emb is not None and "stage2_s" not in job.timings:
-        probs = np.asarray(head.predict(emb[eval_idx], batch_size=256, verbose=0))
+        probs = predict(head, rows(emb, eval_idx), batch_size=256)
     else:
         images = images if images is not None else ImageFiles(job.folder.files, job.size, job.size)
         probs = predict(model, images[eval_idx], batch_size=32)

@@ -28,7 +28,7 @@ import importlib
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,12 +56,15 @@ from edgetl.tolerances import (
 )
 
 KERAS = "keras"
-# --data: every image goes through the fast runtimes (onnxruntime, LiteRT, Keras); a slow one
-# sees the stratified sample its Runtime.data_sample says, and the report says how many each
-# saw. Measured before (MobileNetV2 1.0/160, 1,000 images, 2 cores): onnxruntime 18-30 s,
-# LiteRT 52-103 s for 4 artifacts, Keras 60-137 s, TF.js wasm 64 s in Chromium and 137 s in
-# Node, TF.js cpu unfinished after 15 min (and 13 GB peak RSS).
-DATA_LIMIT = 1000
+# --data: every image of the folder (or a stratified --data-limit sample) goes through the
+# fast runtimes (onnxruntime, LiteRT, Keras), decoded and run DATA_CHUNK images at a time with
+# each artifact's session kept open, so memory does not grow with the folder; only each
+# image's predicted class is kept. A slow runtime sees the stratified sample its
+# Runtime.data_sample says, and the report says how many each saw. Measured before
+# (MobileNetV2 1.0/160, 1,000 images, 2 cores): onnxruntime 18-30 s, LiteRT 52-103 s for 4
+# artifacts, Keras 60-137 s, TF.js wasm 64 s in Chromium and 137 s in Node, TF.js cpu
+# unfinished after 15 min (and 13 GB peak RSS with every image decoded at once).
+DATA_CHUNK = 128  # images decoded and run at once: 77 MB of float32 at 224 px
 # Runtimes run concurrently (measured: MobileNetV2 1.0/224, every format, all CPU runtimes
 # incl. Chromium: 64 s one after another on 2 shared cores).
 PARALLEL_RUNTIMES = 3
@@ -88,24 +91,65 @@ def _split(values: Iterable[str] | str | None) -> list[str] | None:
     return [v.strip() for item in values for v in item.split(",") if v.strip()]
 
 
-def load_labelled_data(data_dir: Path, manifest: Manifest, limit: int = DATA_LIMIT):
-    """(images, true labels as model indices) from a class-per-folder directory; folders are
-    matched to the bundle's labels by name, and a folder naming no label is refused."""
-    from edgetl.data import sample_images
+@dataclass
+class LabelledData:
+    """--data: the labelled image files (not decoded) and their true labels as model
+    indices; images() decodes them DATA_CHUNK at a time, in the model's input range."""
 
-    images, labels, _ = sample_images(Path(data_dir), manifest.input, manifest.labels, limit)
-    keep = [i for i, lab in enumerate(labels) if lab is not None]
-    if not keep:
+    files: list[Path]
+    labels: np.ndarray
+    contract: object  # edgetl.contract.InputContract
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def images(self, rows: np.ndarray | None = None, chunk: int | None = None) -> Iterator:
+        """(data rows, float32 batch) in chunks of `chunk` (default DATA_CHUNK); `rows`: a
+        subset (default every image)."""
+        from edgetl.data import images_in_range
+        from edgetl.pipeline import ImageFiles
+
+        chunk = chunk or DATA_CHUNK
+        rows = np.arange(len(self.files)) if rows is None else np.asarray(rows)
+        c = self.contract
+        batches = ImageFiles(self.files, c.height, c.width).batches(chunk, order=rows)
+        for start, batch in zip(range(0, len(rows), chunk), batches, strict=True):
+            yield rows[start : start + chunk], images_in_range(batch, c)
+
+    def decode(self, rows: np.ndarray) -> np.ndarray:
+        """The images `rows` at once (a runtime's small stated sample)."""
+        c = self.contract
+        parts = [x for _, x in self.images(rows)]
+        return np.concatenate(parts) if parts else np.zeros((0, c.height, c.width, 3), np.float32)
+
+
+def load_labelled_data(
+    data_dir: Path, manifest: Manifest, limit: int | None = None
+) -> LabelledData:
+    """The labelled images of a class-per-folder directory (every one, or a stratified sample
+    of `limit`); folders are matched to the bundle's labels by name, and a folder naming no
+    label is refused. Nothing is decoded here."""
+    from edgetl.data import scan_image_folder
+
+    folder = scan_image_folder(Path(data_dir), min_classes=1, allow_flat=True)
+    index = {name: i for i, name in enumerate(manifest.labels)}
+    unmatched = [c for c in folder.classes if c not in index]
+    labels_of_class = np.asarray([index.get(c, -1) for c in folder.classes], dtype=np.int64)
+    picked = np.arange(len(folder.files))
+    if limit is not None:
+        picked = stratified_subset(folder.labels, limit)
+    labels = labels_of_class[np.asarray(folder.labels)[picked]]
+    if len(unmatched) == len(folder.classes):
         raise UserError(
             f"--data {data_dir}: no class folder matches a label of the bundle "
             f"({', '.join(manifest.labels)})"
         )
-    if len(keep) < len(labels):
+    if (labels < 0).any():
         raise UserError(
-            f"--data {data_dir}: {len(labels) - len(keep)} image(s) are in folders that name no "
+            f"--data {data_dir}: {int((labels < 0).sum())} image(s) are in folders that name no "
             f"label of the bundle ({', '.join(manifest.labels)})"
         )
-    return images, np.asarray([labels[i] for i in keep], dtype=np.int64)
+    return LabelledData([folder.files[int(i)] for i in picked], labels, manifest.input)
 
 
 def stratified_subset(labels: np.ndarray, limit: int) -> np.ndarray:
@@ -120,36 +164,42 @@ def stratified_subset(labels: np.ndarray, limit: int) -> np.ndarray:
 
 @dataclass
 class Job:
-    """One runtime, the artifacts it accepts, and which rows of the batch it runs."""
+    """One runtime, the artifacts it accepts, and which --data images it runs."""
 
     status: RuntimeStatus
     runtime: object  # edgetl.runtimes.base.Runtime
     artifacts: list  # [Artifact]
-    rows: np.ndarray  # indices into the input batch (probes first, then --data images)
-    outputs: dict = field(default_factory=dict)  # artifact id -> {name: array} | Exception
+    data_rows: np.ndarray | None = None  # indices into the --data images; None: no --data
+    streamed: bool = False  # every --data image, in chunks (else its sample, with the probes)
+    outputs: dict = field(default_factory=dict)  # artifact id -> {name: probe array} | Exception
     info: dict = field(default_factory=dict)  # artifact id -> what the runtime reported
+    predicted: dict = field(default_factory=dict)  # artifact id -> class per data row | Exception
 
 
 @dataclass
 class Batch:
-    """The inputs of a run: the golden probes, then --data images with their true labels."""
+    """The inputs of a run: the golden probes, and the --data images with their true labels."""
 
     probes: ProbeSet
-    inputs: np.ndarray
-    data_labels: np.ndarray | None = None
+    data: LabelledData | None = None
 
     @property
     def k(self) -> int:
         return len(self.probes.inputs)
 
+    @property
+    def data_labels(self) -> np.ndarray | None:
+        return None if self.data is None else self.data.labels
 
-def make_batch(manifest: Manifest, probes: ProbeSet, data: Path | None, say) -> Batch:
+
+def make_batch(
+    manifest: Manifest, probes: ProbeSet, data: Path | None, say, limit: int | None = None
+) -> Batch:
     if data is None:
-        return Batch(probes, probes.inputs)
-    images, labels = load_labelled_data(Path(data), manifest)
-    say(f"--data: {len(images)} labelled images")
-    inputs = np.concatenate([probes.inputs, images]).astype(np.float32)
-    return Batch(probes, inputs, labels)
+        return Batch(probes)
+    labelled = load_labelled_data(Path(data), manifest, limit)
+    say(f"--data: {len(labelled)} labelled images")
+    return Batch(probes, labelled)
 
 
 def plan_jobs(names, required, records, manifest: Manifest, root: Path, batch: Batch) -> list[Job]:
@@ -157,7 +207,6 @@ def plan_jobs(names, required, records, manifest: Manifest, root: Path, batch: B
     from edgetl.runtimes.keras_runtime import source_artifact
 
     jobs = []
-    all_rows = np.arange(len(batch.inputs))
     for name in names:
         rt = RUNTIMES.get(name)
         if rt.reference:  # the source model, re-run against the golden outputs
@@ -167,65 +216,130 @@ def plan_jobs(names, required, records, manifest: Manifest, root: Path, batch: B
         status = RuntimeStatus(
             name, False, rt.unavailable_reason(), gpu=rt.gpu, required=name in required
         )
-        rows = all_rows
-        if batch.data_labels is not None and rt.data_sample is not None:
-            sub = stratified_subset(batch.data_labels, rt.data_sample)
-            rows = np.concatenate([np.arange(batch.k), batch.k + sub])
-        status.images = int(len(rows) - batch.k) if batch.data_labels is not None else None
-        jobs.append(Job(status, rt, arts, rows))
+        rows, streamed = None, False
+        if batch.data is not None and rt.data_sample is not None:
+            rows = stratified_subset(batch.data.labels, rt.data_sample)
+        elif batch.data is not None:
+            rows, streamed = np.arange(len(batch.data)), True
+        status.images = None if rows is None else len(rows)
+        jobs.append(Job(status, rt, arts, rows, streamed))
     return jobs
 
 
 # ---------------------------------------------------------------- 1. run
 
 
+def _overlapped(jobs: list[Job], work: Callable[[Job], None]) -> None:
+    """work(job) for every job, runtimes overlapping; same_thread runtimes (Playwright) stay on
+    this thread."""
+    with ThreadPoolExecutor(max_workers=PARALLEL_RUNTIMES) as pool:
+        futures = [pool.submit(work, j) for j in jobs if not j.runtime.same_thread]
+        for j in jobs:
+            if j.runtime.same_thread:
+                work(j)
+        for f in futures:
+            f.result()
+
+
+def _classes(out: dict) -> np.ndarray:
+    y = np.asarray(out.get("probabilities", next(iter(out.values()))), np.float32)
+    return y.argmax(1).astype(np.int32)
+
+
 def run_jobs(jobs: list[Job], batch: Batch, context, say) -> None:
-    """Fill each available job's outputs and info (Runtime.run_many: a session per artifact, or
-    one Node process for all). Runtimes are
-    independent processes or thread-safe libraries, so they overlap; same_thread runtimes
-    (Playwright) stay on this thread. `context` holds what the sessions share (Chromium)."""
+    """Fill each available job's probe outputs, info and --data predictions. First the probes
+    (with a sampled runtime's --data sample) through Runtime.run_many: a session per artifact,
+    or one Node process for all; then, for the runtimes that see every --data image, the
+    folder streamed in chunks (_stream_data). Runtimes are independent processes or
+    thread-safe libraries, so they overlap. `context` holds what sessions share (Chromium)."""
 
     def execute(job: Job) -> None:
         t = time.perf_counter()
-        results = job.runtime.run_many(job.artifacts, batch.inputs[job.rows], context)
+        inputs = batch.probes.inputs
+        sample = job.data_rows is not None and not job.streamed
+        if sample:
+            inputs = np.concatenate([inputs, batch.data.decode(job.data_rows)])
+        results = job.runtime.run_many(job.artifacts, inputs.astype(np.float32), context)
         for a in job.artifacts:
             got = results.get(a.id, RuntimeError("the runtime returned nothing for it"))
             if isinstance(got, Exception):  # reported per artifact by judge
                 job.outputs[a.id] = got
-            else:
-                job.outputs[a.id], job.info[a.id] = got
+                continue
+            out, job.info[a.id] = got
+            job.outputs[a.id] = {n: np.asarray(v)[: batch.k] for n, v in out.items()}
+            if sample and all(len(v) == len(inputs) for v in out.values()):
+                job.predicted[a.id] = _classes({n: v[batch.k :] for n, v in out.items()})
+            elif sample:
+                job.predicted[a.id] = RuntimeError("the runtime returned the wrong row count")
         job.status.seconds = time.perf_counter() - t
         if job.outputs:
             say(f"{job.status.name}: {len(job.outputs)} model(s) in {job.status.seconds:.1f} s")
 
-    runnable = [j for j in jobs if j.status.reason is None]
-    here = [j for j in runnable if j.runtime.same_thread]
-    pooled = [j for j in runnable if not j.runtime.same_thread]
-    with ThreadPoolExecutor(max_workers=PARALLEL_RUNTIMES) as pool:
-        futures = [pool.submit(execute, j) for j in pooled]
-        for j in here:
-            execute(j)
-        for f in futures:
-            f.result()
+    _overlapped([j for j in jobs if j.status.reason is None], execute)
+    streamed = [j for j in jobs if j.status.reason is None and j.streamed]
+    if streamed:
+        _stream_data(streamed, batch, context, say)
+
+
+def _stream_data(jobs: list[Job], batch: Batch, context, say) -> None:
+    """Every --data image through every artifact whose probes ran, DATA_CHUNK images at a
+    time (decoded once, shared by the runtimes), each session opened once; only the predicted
+    class per image is kept, so memory does not grow with the folder."""
+    import contextlib
+    import functools
+
+    t0, n = time.perf_counter(), len(batch.data)
+    with contextlib.ExitStack() as stack:
+        sessions: dict[int, dict] = {}
+        for job in jobs:
+            sessions[id(job)] = {}
+            for a in job.artifacts:
+                if isinstance(job.outputs.get(a.id), Exception):
+                    continue  # already an error on the probes
+                try:
+                    sessions[id(job)][a.id] = stack.enter_context(job.runtime.open(a, context))
+                    job.predicted[a.id] = np.full(n, -1, np.int32)
+                except Exception as e:  # reported per artifact by judge
+                    job.predicted[a.id] = e
+
+        def run_chunk(rows: np.ndarray, chunk: np.ndarray, job: Job) -> None:
+            t = time.perf_counter()
+            for art_id, session in sessions[id(job)].items():
+                pred = job.predicted[art_id]
+                if isinstance(pred, Exception):
+                    continue
+                try:
+                    got = _classes(session.infer(chunk)[0])
+                    if len(got) != len(rows):
+                        raise RuntimeError("the runtime returned the wrong row count")
+                    pred[rows] = got
+                except Exception as e:  # this artifact stops; the others go on
+                    job.predicted[art_id] = e
+            job.status.seconds += time.perf_counter() - t
+
+        for rows, chunk in batch.data.images():
+            _overlapped(jobs, functools.partial(run_chunk, rows, chunk))
+    say(f"--data: {n} images through {len(jobs)} runtime(s) in {time.perf_counter() - t0:.1f} s")
 
 
 # ---------------------------------------------------------------- 2. judge
 
 
-def _accuracy(y: np.ndarray, batch: Batch, rows: np.ndarray) -> float:
-    data_rows = rows[rows >= batch.k]
-    return float((y[rows >= batch.k].argmax(1) == batch.data_labels[data_rows - batch.k]).mean())
+def _accuracy(predicted: np.ndarray, batch: Batch, rows: np.ndarray) -> float:
+    """Share of the --data images `rows` whose predicted class is their label."""
+    return float((predicted == batch.data_labels[rows]).mean()) if len(rows) else 0.0
 
 
 def judge_jobs(
     jobs: list[Job], batch: Batch, manifest: Manifest, overrides: list[ToleranceOverride]
 ) -> tuple[list[PairResult], np.ndarray | None]:
-    """Every pair against the golden outputs; returns the pairs and Keras' outputs (if run)."""
+    """Every pair against the golden outputs, and on --data against Keras' accuracy on the same
+    images; returns the pairs and Keras' class per --data image (if it ran on them)."""
     from edgetl.runtimes.base import RuntimeUnavailable
 
     k, noise = batch.k, manifest.probes.get("noise")
     pairs: list[PairResult] = []
-    keras_out: np.ndarray | None = None  # Keras' outputs on every row (the accuracy reference)
+    keras_pred: np.ndarray | None = None  # Keras' class per --data image (the reference)
     for job in sorted(jobs, key=lambda j: not j.runtime.reference):
         st = job.status
         if st.reason is not None:
@@ -236,7 +350,7 @@ def judge_jobs(
             continue
         st.available = True
         if job.runtime.reference:
-            pr, keras_out = _judge_reference(job, batch, noise, overrides)
+            pr, keras_pred = _judge_reference(job, batch, noise, overrides)
             pairs.append(pr)
             continue
         for a in job.artifacts:
@@ -250,39 +364,58 @@ def judge_jobs(
                 pairs.append(_error_pair(a.id, st.name, out, tol, info, share))
                 continue
             y = np.asarray(out.get("probabilities", next(iter(out.values()))), np.float32)
+            predicted = job.predicted.get(a.id)
+            if isinstance(predicted, Exception):
+                pairs.append(_error_pair(a.id, st.name, predicted, tol, info, share, "--data"))
+                continue
             pr = compare(batch.probes.expected, y[:k], tol, artifact=a.id, runtime=st.name)
             pr.info, pr.seconds = info, share
-            if batch.data_labels is not None and len(y) == len(job.rows):
-                pr.images = int((job.rows >= k).sum())
-                acc = _accuracy(y, batch, job.rows)
-                if keras_out is None:
+            if predicted is not None:
+                rows = job.data_rows
+                pr.images = len(rows)
+                acc = _accuracy(predicted, batch, rows)
+                if keras_pred is None:
                     pr.accuracy = acc
                 else:
-                    judge_accuracy(pr, acc, _accuracy(keras_out[job.rows], batch, job.rows))
+                    judge_accuracy(pr, acc, _accuracy(keras_pred[rows], batch, rows))
             pairs.append(pr)
-    return pairs, keras_out
+    return pairs, keras_pred
 
 
-def _judge_reference(job: Job, batch: Batch, noise, overrides) -> tuple[PairResult, np.ndarray]:
-    """The source model re-run against the golden outputs; its outputs (None if it failed) are
-    the accuracy reference of every other pair."""
+def _judge_reference(
+    job: Job, batch: Batch, noise, overrides
+) -> tuple[PairResult, np.ndarray | None]:
+    """The source model re-run against the golden outputs; its class per --data image (None if
+    it failed) is the accuracy reference of every other pair."""
     st, out = job.status, job.outputs[SOURCE_ARTIFACT]
     tol = apply_overrides(reference_tolerance(noise), overrides, SOURCE_ARTIFACT, st.name)
     if isinstance(out, Exception):
         return _error_pair(SOURCE_ARTIFACT, st.name, out, reference_tolerance(noise)), None
-    keras_out = out["probabilities"]
+    predicted = job.predicted.get(SOURCE_ARTIFACT)
+    if isinstance(predicted, Exception):
+        return _error_pair(SOURCE_ARTIFACT, st.name, predicted, tol, where="--data"), None
     st.artifacts = [SOURCE_ARTIFACT]
     pr = compare(
-        batch.probes.expected, keras_out[: batch.k], tol, artifact=SOURCE_ARTIFACT, runtime=st.name
+        batch.probes.expected,
+        out["probabilities"][: batch.k],
+        tol,
+        artifact=SOURCE_ARTIFACT,
+        runtime=st.name,
     )
     if not pr.passed:
         pr.reasons.insert(0, "the source model no longer reproduces the golden probes")
     pr.seconds = st.seconds
-    return pr, keras_out
+    if predicted is None or job.data_rows is None:
+        return pr, None
+    by_row = np.full(len(batch.data), -1, np.int32)  # every row when streamed, else its sample
+    by_row[job.data_rows] = predicted[job.data_rows] if job.streamed else predicted
+    return pr, by_row
 
 
-def _error_pair(artifact, runtime, error, tol, info=None, seconds=None) -> PairResult:
+def _error_pair(artifact, runtime, error, tol, info=None, seconds=None, where="") -> PairResult:
     reason = f"{type(error).__name__}: {error}"
+    if where:
+        reason = f"on the {where} images: {reason}"
     return PairResult(
         artifact, runtime, "golden", ERROR, [reason], tol, info=info or {}, seconds=seconds
     )
@@ -320,13 +453,14 @@ def runtime_names(runtimes, require) -> tuple[list[str], list[str], dict[str, st
     return list(dict.fromkeys([*names, *required])), required, broken
 
 
-def _data_info(batch: Batch, data, keras_out: np.ndarray | None) -> dict | None:
+def _data_info(batch: Batch, data, keras_pred: np.ndarray | None) -> dict | None:
     """What --data saw: folder, image count and Keras' accuracy on every image (if it ran)."""
-    if batch.data_labels is None:
+    if batch.data is None:
         return None
-    info = {"dir": str(data), "images": len(batch.data_labels)}
-    if keras_out is not None:
-        info["keras_accuracy"] = _accuracy(keras_out, batch, np.arange(len(batch.inputs)))
+    info = {"dir": str(data), "images": len(batch.data)}
+    if keras_pred is not None:
+        seen = np.flatnonzero(keras_pred >= 0)
+        info["keras_accuracy"] = _accuracy(keras_pred[seen], batch, seen)
     return info
 
 
@@ -335,6 +469,7 @@ def verify(
     runtimes: Sequence[str] | str | None = None,
     data: str | Path | None = None,
     *,
+    data_limit: int | None = None,
     artifacts: Sequence[str] | str | None = None,
     require: Sequence[str] | str | None = None,
     tolerances: Sequence[str | ToleranceOverride] | None = None,
@@ -347,7 +482,8 @@ def verify(
     runtimes: names (default: every registered one, "keras" as the reference); artifacts: ids
     (default all); require: runtimes that must be available; tolerances: overrides such as
     "max_abs=1e-4" or "tflite_float16:max_abs=1e-2" (selector: artifact, runtime or a@r);
-    strict_probes: fail when the bundle's probes cannot tell a broken artifact from a good one."""
+    strict_probes: fail when the bundle's probes cannot tell a broken artifact from a good one;
+    data_limit: check a stratified sample of that many --data images (default: every one)."""
     from edgetl.runtimes.base import RunContext
 
     t0 = time.perf_counter()
@@ -364,11 +500,12 @@ def verify(
         o if isinstance(o, ToleranceOverride) else parse_override(o) for o in tolerances or []
     ]
     names, required, broken = runtime_names(runtimes, require)
-    batch = make_batch(manifest, probes, Path(data) if data is not None else None, say)
+    data_dir = Path(data) if data is not None else None
+    batch = make_batch(manifest, probes, data_dir, say, data_limit)
     jobs = plan_jobs(names, required, records, manifest, root, batch)
     with RunContext() as context:  # the run's shared resources (Chromium), closed at the end
         run_jobs(jobs, batch, context, say)
-    pairs, keras_out = judge_jobs(jobs, batch, manifest, overrides)
+    pairs, keras_pred = judge_jobs(jobs, batch, manifest, overrides)
     if localize_failures:
         localize_failed_pairs(pairs, jobs, root, batch, say)
 
@@ -382,7 +519,7 @@ def verify(
         pairs,
         statuses,
         batch.k,
-        _data_info(batch, data, keras_out),
+        _data_info(batch, data, keras_pred),
         time.perf_counter() - t0,
         probe_coverage=manifest.probes.get("coverage"),
         strict_probes=strict_probes,
@@ -393,6 +530,8 @@ def verify(
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from edgetl.argtypes import add_number
+
     p.add_argument("bundle", type=Path, metavar="BUNDLE_DIR", help="a bundle made by edgetl export")
     p.add_argument(
         "--runtimes",
@@ -412,7 +551,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=Path,
         metavar="DATA_DIR",
         help="labelled image folder (one sub-folder per class): report each artifact's "
-        "accuracy beside Keras'; quantized artifacts fail on too large a drop",
+        "accuracy beside Keras' on every image (streamed in batches; TF.js and browser runtimes "
+        "a stated sample); quantized artifacts fail on too large a drop",
+    )
+    add_number(
+        p,
+        "--data-limit",
+        kind=int,
+        lo=1,
+        metavar="N",
+        help="check a stratified sample of N --data images, round-robin across classes "
+        "(default: every image)",
     )
     p.add_argument(
         "--require",
@@ -527,6 +676,7 @@ def run(args: argparse.Namespace) -> int:
         args.bundle,
         runtimes=args.runtimes,
         data=args.data,
+        data_limit=args.data_limit,
         artifacts=args.artifacts,
         require=args.require,
         tolerances=args.tolerance,

@@ -43,6 +43,65 @@ def test_rows_batch_like_the_indexed_array_without_copying_it():
     assert np.array_equal(np.concatenate(list(iter_batches(sub[[1, 2]], 8))), x[[5, 7]])
 
 
+def test_vector_file_reads_rows_like_the_array(tmp_path):
+    from edgetl.pipeline import VectorFile
+
+    x = np.random.default_rng(0).normal(size=(50, 7)).astype(np.float32)
+    vf = VectorFile(len(x), 7, folder=tmp_path)
+    for i in np.random.default_rng(1).permutation(len(x)):  # written out of order, as a cache
+        vf[i] = x[i]
+    assert vf.shape == x.shape and len(vf) == 50 and not list(tmp_path.iterdir())  # unlinked
+    idx = np.array([3, 4, 5, 49, 0, 4, -1, 10, 11])
+    assert np.array_equal(vf[idx], x[idx]) and np.array_equal(vf[7], x[7])
+    assert vf[np.array([], np.int64)].shape == (0, 7)
+    with pytest.raises(IndexError):
+        vf[np.array([50])]
+    with pytest.raises(ValueError):
+        vf[0] = np.zeros(6)
+
+
+def test_head_trained_from_a_vector_file_equals_the_in_memory_head(tmp_path):
+    """Stage 1 reads its embeddings from disk batch by batch (edgetl.pipeline.VectorFile):
+    same seeded batches, same float32 values, so the head, its history and its early-stopping
+    epoch are bit for bit those of the in-memory matrix, mixup and validation included."""
+    import keras
+
+    from edgetl.classifier import HeadConfig, build_head_model
+    from edgetl.pipeline import VectorFile, rows
+    from edgetl.train import fit
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, size=150)
+    x = (rng.normal(size=(3, 32))[labels] + rng.normal(size=(150, 32))).astype(np.float32)
+    y = np.eye(3, dtype=np.float32)[labels]
+    vf = VectorFile(len(x), 32, folder=tmp_path)
+    for i, v in enumerate(x):
+        vf[i] = v
+    tr = rng.permutation(150)[:110]
+    va = np.setdiff1d(np.arange(150), tr)
+    runs = []
+    for data in (x, vf):
+        keras.utils.set_random_seed(0)
+        head = build_head_model(32, 3, HeadConfig(16, 0.2, 0))
+        history, best = fit(
+            head,
+            (rows(data, tr), y[tr]),
+            (rows(data, va), y[va]),
+            epochs=6,
+            batch_size=16,
+            seed=0,
+            patience=2,
+            sample_weights=np.ones(150, np.float32)[tr],
+            learning_rate=0.01,
+            mixup=0.2,
+        )
+        runs.append((history, best, [w.copy() for w in head.get_weights()]))
+    (h1, b1, w1), (h2, b2, w2) = runs
+    assert h1 == h2 and b1 == b2
+    for a, b in zip(w1, w2, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 def _embedding_model(local_weights):
     from edgetl.models.base import build_backbone
 

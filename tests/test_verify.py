@@ -368,3 +368,43 @@ def test_dead_backbone_probes_are_reported_as_unable_to_prove_parity(dead_bundle
     assert main([*base, "--strict-probes", "--json", str(tmp_path / "r.json")]) == 1
     d = json.loads((tmp_path / "r.json").read_text())
     assert d["ok"] is False and d["probe_coverage"]["informative"] is False
+
+
+def test_data_checks_every_image_in_chunks_or_a_stated_sample(
+    parity_bundle, sample_data, tmp_path, monkeypatch
+):
+    """--data streams the whole folder (here 1,200 images, over the old 1,000-image cap) in
+    chunks of DATA_CHUNK with the sessions kept open, and every image counts: the folder is
+    the 48 sample images 25 times over, so each accuracy equals the one on the 48. With
+    --data-limit, a stratified sample of that size, round-robin across classes."""
+    from edgetl import verifier, verify
+
+    big = tmp_path / "big"
+    for cls in sorted(p for p in sample_data.iterdir() if p.is_dir()):
+        (big / cls.name).mkdir(parents=True)
+        for f in sorted(cls.iterdir()):
+            for copy in range(25):
+                (big / cls.name / f"{copy:02d}_{f.name}").hardlink_to(f)
+    runtimes = ["onnxruntime-cpu", "keras"]
+    small = verify(parity_bundle, runtimes=runtimes, artifacts=["onnx"], data=sample_data)
+    monkeypatch.setattr(verifier, "DATA_CHUNK", 100)
+    result = verify(parity_bundle, runtimes=runtimes, artifacts=["onnx"], data=big)
+    assert result.data["images"] == 1200 and result.ok, result.table()
+    assert result.data["keras_accuracy"] == small.data["keras_accuracy"]
+    (onnx,) = [p for p in result.pairs if p.artifact == "onnx"]
+    (onnx48,) = [p for p in small.pairs if p.artifact == "onnx"]
+    assert onnx.images == 1200 and onnx.accuracy == onnx48.accuracy
+    assert onnx.reference_accuracy == result.data["keras_accuracy"]
+
+    sampled = verify(parity_bundle, runtimes=runtimes, artifacts=["onnx"], data=big, data_limit=30)
+    assert sampled.data["images"] == 30
+    (onnx30,) = [p for p in sampled.pairs if p.artifact == "onnx"]
+    assert onnx30.images == 30
+
+
+def test_data_limit_must_be_a_positive_count(parity_bundle, sample_data, capsys):
+    with pytest.raises(SystemExit) as e:  # an argparse usage error: one line, exit 2
+        main(["verify", str(parity_bundle), "--data", str(sample_data), "--data-limit", "0"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "--data-limit" in err and "Traceback" not in err
