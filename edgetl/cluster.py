@@ -98,3 +98,57 @@ def embed_on_ray(
     if done != len(paths):
         raise RuntimeError(f"Ray workers embedded {done} of {len(paths)} images")
     return cpus
+
+
+def predict_shard(pairs: list[tuple[str, object]], files: list[str], contract, chunk: int) -> list:
+    """One worker's shard of verify --data: each (runtime name, Artifact) over `files`, decoded
+    once per chunk for all of them; per pair the predicted class per image, or the error's text
+    (that artifact fails, the others go on)."""
+    import contextlib
+
+    from edgetl.runtimes.base import RUNTIMES, RunContext
+    from edgetl.verifier import LabelledData, _classes, _load_runtime_modules
+
+    _load_runtime_modules()
+    data = LabelledData([Path(f) for f in files], np.zeros(len(files), np.int64), contract)
+    out: list = [np.full(len(files), -1, np.int32) for _ in pairs]
+    with RunContext() as context, contextlib.ExitStack() as stack:
+        sessions: list = []
+        for k, (name, artifact) in enumerate(pairs):
+            try:
+                sessions.append(stack.enter_context(RUNTIMES.get(name).open(artifact, context)))
+            except Exception as e:
+                sessions.append(None)
+                out[k] = f"{type(e).__name__}: {e}"
+        for rows, chunk_images in data.images(chunk=chunk):
+            for k, session in enumerate(sessions):
+                if session is None or isinstance(out[k], str):
+                    continue
+                try:
+                    out[k][rows] = _classes(session.infer(chunk_images)[0])
+                except Exception as e:
+                    out[k] = f"{type(e).__name__}: {e}"
+    return out
+
+
+def predict_on_ray(
+    address: str, pairs: list[tuple[str, object]], files: list[Path], contract, chunk: int
+) -> tuple[list, int]:
+    """verify --data's predictions sharded over Ray workers (shards of whole chunks; the files
+    must be readable on every node): per pair the class per image or a RuntimeError, and the
+    number of CPUs used."""
+    ray = connect(address)
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    task = ray.remote(num_cpus=1)(predict_shard)
+    bounds = shard_bounds(len(files), chunk, cpus * SHARDS_PER_CPU)
+    refs = [task.remote(pairs, [str(f) for f in files[a:b]], contract, chunk) for a, b in bounds]
+    merged: list = [np.full(len(files), -1, np.int32) for _ in pairs]
+    for (a, b), shard in zip(bounds, ray.get(refs), strict=True):
+        for k, got in enumerate(shard):
+            if isinstance(merged[k], Exception):
+                continue
+            if isinstance(got, str):
+                merged[k] = RuntimeError(f"on a Ray worker (images {a}..{b - 1}): {got}")
+            else:
+                merged[k][a:b] = got
+    return merged, cpus

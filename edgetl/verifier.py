@@ -182,6 +182,8 @@ class Batch:
 
     probes: ProbeSet
     data: LabelledData | None = None
+    cluster: str | None = None  # Ray address for the streamed --data images (edgetl.cluster)
+    workers: str = "this process"  # where the streamed --data images ran
 
     @property
     def k(self) -> int:
@@ -284,10 +286,13 @@ def run_jobs(jobs: list[Job], batch: Batch, context, say) -> None:
 def _stream_data(jobs: list[Job], batch: Batch, context, say) -> None:
     """Every --data image through every artifact whose probes ran, DATA_CHUNK images at a
     time (decoded once, shared by the runtimes), each session opened once; only the predicted
-    class per image is kept, so memory does not grow with the folder."""
+    class per image is kept, so memory does not grow with the folder. On Ray when the run
+    names a cluster (_stream_data_on_ray)."""
     import contextlib
     import functools
 
+    if batch.cluster is not None:
+        return _stream_data_on_ray(jobs, batch, say)
     t0, n = time.perf_counter(), len(batch.data)
     with contextlib.ExitStack() as stack:
         sessions: dict[int, dict] = {}
@@ -320,6 +325,33 @@ def _stream_data(jobs: list[Job], batch: Batch, context, say) -> None:
         for rows, chunk in batch.data.images():
             _overlapped(jobs, functools.partial(run_chunk, rows, chunk))
     say(f"--data: {n} images through {len(jobs)} runtime(s) in {time.perf_counter() - t0:.1f} s")
+
+
+def _stream_data_on_ray(jobs: list[Job], batch: Batch, say) -> None:
+    """_stream_data sharded over Ray workers: each worker opens every artifact's session on
+    its shard of whole chunks (edgetl.cluster.predict_shard); the classes come back per image."""
+    from edgetl.cluster import predict_on_ray
+
+    t0, n = time.perf_counter(), len(batch.data)
+    owners = [
+        (job, a)
+        for job in jobs
+        for a in job.artifacts
+        if not isinstance(job.outputs.get(a.id), Exception)  # already an error on the probes
+    ]
+    pairs = [(job.runtime.name, a) for job, a in owners]
+    got, cpus = predict_on_ray(
+        batch.cluster, pairs, batch.data.files, batch.data.contract, DATA_CHUNK
+    )
+    for (job, a), predicted in zip(owners, got, strict=True):
+        job.predicted[a.id] = predicted
+    seconds = time.perf_counter() - t0
+    for job in jobs:
+        job.status.seconds += seconds
+    batch.workers = f"ray: {cpus} CPUs"
+    say(
+        f"--data: {n} images through {len(jobs)} runtime(s) on Ray ({cpus} CPUs) in {seconds:.1f} s"
+    )
 
 
 # ---------------------------------------------------------------- 2. judge
@@ -457,7 +489,7 @@ def _data_info(batch: Batch, data, keras_pred: np.ndarray | None) -> dict | None
     """What --data saw: folder, image count and Keras' accuracy on every image (if it ran)."""
     if batch.data is None:
         return None
-    info = {"dir": str(data), "images": len(batch.data)}
+    info = {"dir": str(data), "images": len(batch.data), "workers": batch.workers}
     if keras_pred is not None:
         seen = np.flatnonzero(keras_pred >= 0)
         info["keras_accuracy"] = _accuracy(keras_pred[seen], batch, seen)
@@ -470,6 +502,7 @@ def verify(
     data: str | Path | None = None,
     *,
     data_limit: int | None = None,
+    cluster: str | None = None,
     artifacts: Sequence[str] | str | None = None,
     require: Sequence[str] | str | None = None,
     tolerances: Sequence[str | ToleranceOverride] | None = None,
@@ -483,8 +516,13 @@ def verify(
     (default all); require: runtimes that must be available; tolerances: overrides such as
     "max_abs=1e-4" or "tflite_float16:max_abs=1e-2" (selector: artifact, runtime or a@r);
     strict_probes: fail when the bundle's probes cannot tell a broken artifact from a good one;
-    data_limit: check a stratified sample of that many --data images (default: every one)."""
+    data_limit: check a stratified sample of that many --data images (default: every one);
+    cluster: 'ray' or 'ray://HOST:PORT' shards the --data images over Ray workers (default:
+    $EDGETL_CLUSTER, unset: this process)."""
+    from edgetl.distribute import cluster_setting, ray_address
     from edgetl.runtimes.base import RunContext
+
+    address = ray_address(cluster_setting(cluster))  # a bad setting is refused before any work
 
     t0 = time.perf_counter()
     say = log or (lambda _msg: None)
@@ -502,6 +540,7 @@ def verify(
     names, required, broken = runtime_names(runtimes, require)
     data_dir = Path(data) if data is not None else None
     batch = make_batch(manifest, probes, data_dir, say, data_limit)
+    batch.cluster = address
     jobs = plan_jobs(names, required, records, manifest, root, batch)
     with RunContext() as context:  # the run's shared resources (Chromium), closed at the end
         run_jobs(jobs, batch, context, say)
@@ -562,6 +601,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="N",
         help="check a stratified sample of N --data images, round-robin across classes "
         "(default: every image)",
+    )
+    p.add_argument(
+        "--cluster",
+        metavar="SETTING",
+        help="the --data images of onnxruntime, LiteRT and Keras on Ray workers: 'ray' (a local "
+        "Ray, or the cluster at $RAY_ADDRESS) or 'ray://HOST:PORT'; the bundle and the folder "
+        "must be readable on every node (default: $EDGETL_CLUSTER, unset: this process)",
     )
     p.add_argument(
         "--require",
@@ -677,6 +723,7 @@ def run(args: argparse.Namespace) -> int:
         runtimes=args.runtimes,
         data=args.data,
         data_limit=args.data_limit,
+        cluster=args.cluster,
         artifacts=args.artifacts,
         require=args.require,
         tolerances=args.tolerance,

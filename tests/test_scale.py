@@ -141,6 +141,36 @@ def test_ray_embeddings_equal_single_process_bit_for_bit(tmp_path, sample_data, 
     assert again.stats.from_cache == len(files) and again.stats.computed == 0
 
 
+@pytest.mark.slow
+def test_ray_verify_data_matches_one_process(tiny_bundle, sample_data, monkeypatch):
+    """verify --data on 2 local Ray workers, in 6 shards of 8 images: every artifact's accuracy
+    on every image equals the one-process run's, and the report says where the images ran; a
+    bad setting is refused before any work."""
+    ray = pytest.importorskip("ray")
+    from edgetl import verifier, verify
+    from edgetl.errors import UserError
+
+    monkeypatch.setattr(verifier, "DATA_CHUNK", 8)
+
+    runtimes = ["onnxruntime-cpu", "litert", "keras"]
+    artifacts = ["onnx", "tflite_float32", "tflite_int8"]
+    one = verify(tiny_bundle, runtimes=runtimes, artifacts=artifacts, data=sample_data)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        sharded = verify(
+            tiny_bundle, runtimes=runtimes, artifacts=artifacts, data=sample_data, cluster="ray"
+        )
+    finally:
+        ray.shutdown()
+    assert sharded.data["workers"] == "ray: 2 CPUs" and one.data["workers"] == "this process"
+    assert sharded.data["keras_accuracy"] == one.data["keras_accuracy"]
+    got = {(p.artifact, p.runtime): (p.images, p.accuracy) for p in sharded.pairs}
+    want = {(p.artifact, p.runtime): (p.images, p.accuracy) for p in one.pairs}
+    assert got == want and all(n == 48 for n, _ in got.values() if n is not None), got
+    with pytest.raises(UserError, match="cluster setting"):
+        verify(tiny_bundle, runtimes=runtimes, data=sample_data, cluster="spark")
+
+
 def test_shards_follow_batch_boundaries():
     from edgetl.cluster import shard_bounds
 
