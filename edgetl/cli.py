@@ -91,8 +91,11 @@ NOISE = re.compile(
     r")$"
 )
 # A line that may still turn out to be noise is held until it ends; anything else (our words,
-# progress bars on a terminal) passes at once.
+# progress bars on a terminal) passes at once. A partial line shorter than _HOLD_BELOW is held
+# too: a pipe read can end inside a noise line's first characters ("INFO: C"), before the
+# prefix that marks it (it did: one XNNPACK line reached the demo's stderr).
 _MAYBE_NOISE = re.compile(r"^(?:[IWE]\d|\d{4}-|WARNING: All|fully_q|INFO: Cr)")
+_HOLD_BELOW = 16
 
 
 class StderrFilter:
@@ -136,7 +139,8 @@ class StderrFilter:
                 buf += chunk
                 *lines, buf = buf.split(b"\n")
                 keep = [ln + b"\n" for ln in lines if not NOISE.match(ln.decode(errors="replace"))]
-                if buf and not _MAYBE_NOISE.match(buf.decode(errors="replace")):
+                text = buf.decode(errors="replace")
+                if len(buf) >= _HOLD_BELOW and not _MAYBE_NOISE.match(text):
                     keep.append(buf)
                     buf = b""
                 if keep:

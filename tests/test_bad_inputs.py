@@ -677,3 +677,31 @@ def test_killed_exports_leave_nothing_and_next_export_sweeps(tmp_path, small_mod
     for noise in ("I0000", "W0000", "E0000", "computation_placer", "cuInit", "absl", "\r"):
         assert noise not in err, err
     assert "removed" in stdout + err  # the sweep says what it removed
+
+
+def test_stderr_filter_drops_a_noise_line_written_in_pieces():
+    """TFLite writes "INFO: ", the message and the newline as separate writes to an unbuffered
+    stderr; the filter must still recognise the line (one reached the demo's stderr when a pipe
+    read ended after "INFO: "), and pass our own words, whole, in order."""
+    import threading
+
+    from edgetl.cli import StderrFilter
+
+    r, w = os.pipe()
+    out_r, out_w = os.pipe()
+    pump = threading.Thread(target=StderrFilter._pump, args=(r, out_w))
+    pump.start()
+    pieces = [b"INFO: ", b"Created TensorFlow Lite XNNPACK delegate for CPU.", b"\n"]
+    pieces += [b"I", b"0000 00:00:1796158512.242996   28386 x.cc:365] Ignored output_format.\n"]
+    pieces += [b"edgetl: ", b"3 images\n", b"W", b"ARNING: a real warning\n"]
+    for piece in pieces:
+        os.write(w, piece)
+        time.sleep(0.05)  # each piece its own read
+    os.close(w)
+    pump.join(timeout=5)
+    os.close(out_w)
+    got = b""
+    while chunk := os.read(out_r, 65536):
+        got += chunk
+    os.close(out_r)
+    assert got == b"edgetl: 3 images\nWARNING: a real warning\n"
