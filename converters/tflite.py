@@ -193,31 +193,18 @@ def _closest_to_float(
     return best
 
 
-def _interpreter(flat: bytes, preserve_all_tensors: bool = False):
-    """LiteRT's default kernels (XNNPACK: what users and verify run, and their int8 rounding
-    differs from the reference kernels'), or the reference kernels when every intermediate
-    tensor must stay readable."""
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
-
-    interp = Interpreter(
-        model_content=bytes(flat),
-        experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
-        if preserve_all_tensors
-        else OpResolverType.AUTO,
-        experimental_preserve_all_tensors=preserve_all_tensors,
-    )
-    interp.allocate_tensors()
-    return interp
-
-
 def _outputs(flat: bytes, batches: Callable[[], Iterable[list]]) -> np.ndarray:
-    """The model's first output on every batch (float32 input and output), stacked."""
-    interp = _interpreter(flat)
-    (image,), (out,) = interp.get_input_details(), interp.get_output_details()
+    """The model's first output on every batch (float32 input and output), stacked, through
+    LiteRT's default kernels (XNNPACK: what users and verify run; its int8 rounding differs
+    from the reference kernels')."""
+    from edgetl.runtimes.litert_runtime import invoke, make_interpreter
+
+    interp = make_interpreter(flat)
+    interp.allocate_tensors()
+    (out,) = interp.get_output_details()
     rows = []
     for (batch,) in batches():
-        interp.set_tensor(image["index"], batch)
-        interp.invoke()
+        invoke(interp, batch)
         rows.append(np.array(interp.get_tensor(out["index"]), dtype=np.float32))
     return np.concatenate(rows)
 
@@ -235,6 +222,8 @@ def _typical_ranges(
 
     from tensorflow.lite.tools import flatbuffer_utils
 
+    from edgetl.runtimes.litert_runtime import invoke, make_interpreter
+
     model = flatbuffer_utils.read_model_from_bytearray(bytearray(calibrated))
     graph = model.subgraphs[0]
     inputs = {int(i) for i in graph.inputs}
@@ -246,12 +235,12 @@ def _typical_ranges(
         and t.quantization.min is not None
         and len(t.quantization.min) == 1
     ]
-    interp = _interpreter(calibrated, preserve_all_tensors=True)
-    (image,), (out,) = interp.get_input_details(), interp.get_output_details()
+    interp = make_interpreter(calibrated, preserve_all_tensors=True, xnnpack=False)
+    interp.allocate_tensors()
+    (out,) = interp.get_output_details()
     lows, highs, outputs = defaultdict(list), defaultdict(list), []
     for (batch,) in batches():
-        interp.set_tensor(image["index"], batch)
-        interp.invoke()
+        invoke(interp, batch)
         outputs.append(np.array(interp.get_tensor(out["index"]), dtype=np.float32))
         for i in ranged:
             try:

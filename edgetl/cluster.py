@@ -100,35 +100,24 @@ def embed_on_ray(
     return cpus
 
 
-def predict_shard(pairs: list[tuple[str, object]], files: list[str], contract, chunk: int) -> list:
-    """One worker's shard of verify --data: each (runtime name, Artifact) over `files`, decoded
-    once per chunk for all of them; per pair the predicted class per image, or the error's text
-    (that artifact fails, the others go on)."""
-    import contextlib
-
+def predict_shard(pairs: list[tuple[str, object]], files: list[str], contract) -> list:
+    """One worker's shard of verify --data, through verify's own streaming (_stream_data) in
+    this process: each (runtime name, Artifact) over `files`; per pair the predicted class per
+    image, or the error's text (that artifact fails, the others go on)."""
+    from edgetl.results import RuntimeStatus
     from edgetl.runtimes.base import RUNTIMES, RunContext
-    from edgetl.verifier import LabelledData, _classes, _load_runtime_modules
+    from edgetl.verifier import Batch, Job, LabelledData, _load_runtime_modules, _stream_data
 
     _load_runtime_modules()
+    jobs: dict[str, Job] = {}
+    for name, artifact in pairs:
+        job = jobs.setdefault(name, Job(RuntimeStatus(name, True), RUNTIMES.get(name), []))
+        job.artifacts.append(artifact)
     data = LabelledData([Path(f) for f in files], np.zeros(len(files), np.int64), contract)
-    out: list = [np.full(len(files), -1, np.int32) for _ in pairs]
-    with RunContext() as context, contextlib.ExitStack() as stack:
-        sessions: list = []
-        for k, (name, artifact) in enumerate(pairs):
-            try:
-                sessions.append(stack.enter_context(RUNTIMES.get(name).open(artifact, context)))
-            except Exception as e:
-                sessions.append(None)
-                out[k] = f"{type(e).__name__}: {e}"
-        for rows, chunk_images in data.images(chunk=chunk):
-            for k, session in enumerate(sessions):
-                if session is None or isinstance(out[k], str):
-                    continue
-                try:
-                    out[k][rows] = _classes(session.infer(chunk_images)[0])
-                except Exception as e:
-                    out[k] = f"{type(e).__name__}: {e}"
-    return out
+    with RunContext() as context:
+        _stream_data(list(jobs.values()), Batch(None, data), context, lambda _msg: None)
+    out = [jobs[name].predicted[artifact.id] for name, artifact in pairs]
+    return [f"{type(p).__name__}: {p}" if isinstance(p, Exception) else p for p in out]
 
 
 def predict_on_ray(
@@ -141,7 +130,7 @@ def predict_on_ray(
     cpus = int(ray.cluster_resources().get("CPU", 1))
     task = ray.remote(num_cpus=1)(predict_shard)
     bounds = shard_bounds(len(files), chunk, cpus * SHARDS_PER_CPU)
-    refs = [task.remote(pairs, [str(f) for f in files[a:b]], contract, chunk) for a, b in bounds]
+    refs = [task.remote(pairs, [str(f) for f in files[a:b]], contract) for a, b in bounds]
     merged: list = [np.full(len(files), -1, np.int32) for _ in pairs]
     for (a, b), shard in zip(bounds, ray.get(refs), strict=True):
         for k, got in enumerate(shard):

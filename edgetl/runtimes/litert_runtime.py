@@ -31,19 +31,25 @@ RUN_BATCH = 32
 
 
 def make_interpreter(
-    model_path: str,
+    model: str | bytes,
     *,
     preserve_all_tensors: bool = False,
     threads: int | None = None,
     xnnpack: bool = True,
 ):
-    """A LiteRT interpreter; preserve_all_tensors keeps intermediates readable (localization),
-    xnnpack=False uses the builtin kernels without default delegates."""
+    """A LiteRT interpreter for a .tflite path or flatbuffer bytes; preserve_all_tensors keeps
+    intermediates readable (localization, int8 calibration), xnnpack=False uses the builtin
+    kernels without default delegates."""
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
     resolver = OpResolverType.AUTO if xnnpack else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    source = (
+        {"model_content": bytes(model)}
+        if isinstance(model, bytes | bytearray)
+        else {"model_path": model}
+    )
     return Interpreter(
-        model_path=model_path,
+        **source,
         num_threads=threads or os.cpu_count() or 1,
         experimental_preserve_all_tensors=preserve_all_tensors,
         experimental_op_resolver_type=resolver,
