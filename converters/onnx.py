@@ -4,6 +4,7 @@ and input contract stored in the model's metadata_props."""
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 # tf2onnx 1.17 converts opsets 13..18 (19+ rejected). 15 is its default and what onnxruntime
@@ -57,6 +58,7 @@ def convert_onnx(
     import tensorflow as tf
     import tf2onnx
 
+    quiet_tf2onnx()
     _, h, w, c = model.input_shape
     spec = (tf.TensorSpec((None, h, w, c), tf.float32, name=INPUT_NAME),)
     proto, _ = tf2onnx.convert.from_keras(
@@ -89,6 +91,22 @@ def _rename_output(proto, name: str) -> None:
         node.output[:] = [name if o == old else o for o in node.output]
         node.input[:] = [name if i == old else i for i in node.input]
     proto.graph.output[0].name = name
+
+
+class _DropTransposeFailure(logging.Filter):
+    """tf2onnx logs "Failed to apply optimize_transpose" with a full traceback on MobileNetV3
+    (field notes: harmless, the graph stays unoptimized and is verified like any other); the
+    other optimizer messages pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.msg == "Failed to apply %s" and record.args == ("optimize_transpose",))
+
+
+def quiet_tf2onnx() -> None:
+    """Keep tf2onnx's optimize_transpose tracebacks out of stderr (CLI, benches, library)."""
+    log = logging.getLogger("tf2onnx.optimizer")
+    if not any(isinstance(f, _DropTransposeFailure) for f in log.filters):
+        log.addFilter(_DropTransposeFailure())
 
 
 def metadata_for(labels: list[str], contract: dict) -> dict[str, str]:
