@@ -4,7 +4,8 @@
 
 It writes its files under `out_dir` (the bundle being built) and returns their records.
 FORMATS is the single source of truth for format names (CLI choices, tests, bundle writer),
-QUANTIZATIONS for the TFLite variants beyond float32; their descriptions are the --help text.
+QUANTIZATIONS for the ONNX/TFLite variants beyond float32 (each names the formats that make
+it); their descriptions are the --help text.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ class ExportOptions:
 
     labels: tuple[str, ...]
     model_name: str = "model"
-    quantizations: tuple[str, ...] = ()  # TFLite variants beyond float32
+    quantizations: tuple[str, ...] = ()  # ONNX/TFLite variants beyond float32 (QUANTIZATIONS)
     calibration_images: np.ndarray | None = None  # int8: float32 (N, H, W, 3), contract range
     opset: int | None = None  # ONNX; None: converters.onnx.DEFAULT_OPSET
     nchw: bool = False  # ONNX input layout
@@ -53,6 +54,10 @@ class ExportOptions:
 class Quantization:
     name: str
     description: str
+    formats: tuple[str, ...] = ()  # the FORMATS that write this variant (QUANTIZATIONS only)
+
+    def applies_to(self, fmt: str) -> bool:
+        return fmt in self.formats
 
 
 FORMATS: Registry[Format] = Registry("format")
@@ -66,13 +71,43 @@ FORMATS.register(
     Format("tflite", "edgetl.converters.tflite", "TFLite float32; variants with --quantize")
 )
 
-# TFLite variants beyond float32 (which is always written).
+# ONNX and TFLite variants beyond float32 (which is always written); each exporter writes the
+# ones that name its format (an ONNX float16 model computes in float16, TFLite's in float32).
 QUANTIZATIONS: Registry[Quantization] = Registry("quantization")
-QUANTIZATIONS.register(Quantization("float16", "weights stored as float16; compute float32"))
-QUANTIZATIONS.register(Quantization("dynamic", "dynamic-range: int8 weights, float activations"))
 QUANTIZATIONS.register(
-    Quantization("int8", "full integer: int8 weights and activations, calibrated on images")
+    Quantization(
+        "float16",
+        "weights stored as float16 (TFLite computes float32, ONNX float16 with float32 "
+        "input/output)",
+        ("tflite", "onnx"),
+    )
 )
+QUANTIZATIONS.register(
+    Quantization("dynamic", "dynamic-range: int8 weights, float activations (TFLite)", ("tflite",))
+)
+QUANTIZATIONS.register(
+    Quantization(
+        "int8",
+        "int8 weights and activations calibrated on images, sensitive ops in float (TFLite "
+        "full integer, ONNX QDQ)",
+        ("tflite", "onnx"),
+    )
+)
+
+
+def unwritten_quantization(names, formats) -> str | None:
+    """The refusal for a --quantize variant that none of `formats` writes, else None."""
+    for n in names:
+        q = QUANTIZATIONS.get(n)
+        if not any(q.applies_to(f) for f in formats):
+            return f"--quantize {n} applies to {' and '.join(q.formats)}; add it to --formats"
+    return None
+
+
+def quantizations_for(fmt: str, names: tuple[str, ...] | list[str]) -> list[str]:
+    """The asked-for QUANTIZATIONS that `fmt` writes, in the order asked."""
+    return [n for n in names if QUANTIZATIONS.get(n).applies_to(fmt)]
+
 
 # TF.js Layers variants beyond float32 (which is always written): weight shards stored smaller,
 # dequantized to float32 by tf.loadLayersModel (compute stays float32). A registry of its own:

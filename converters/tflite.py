@@ -36,6 +36,8 @@ def export_tflite(model, out_dir: Path, *, contract, options) -> list:
     """The bundle's TFLite artifacts, out_dir/model_<precision>.tflite for float32 and each of
     options.quantizations (int8 calibrated on up to MAX_CALIBRATION_IMAGES of
     options.calibration_images); returns their ArtifactRecords."""
+    from edgetl.converters import quantizations_for
+
     from edgetl.manifest import ArtifactRecord, record_files
 
     images = options.calibration_images
@@ -46,7 +48,7 @@ def export_tflite(model, out_dir: Path, *, contract, options) -> list:
     paths = convert_tflite(
         model,
         out_dir,
-        precisions=["float32", *options.quantizations],
+        precisions=["float32", *quantizations_for("tflite", options.quantizations)],
         calibration=calibration,
         io_dtype=options.int8_io,
         metadata=options.metadata(contract),

@@ -32,7 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--quantize",
         default="",
-        help=f"extra TFLite variants, comma-separated: {describe(QUANTIZATIONS)}; float32 is "
+        help=f"extra ONNX/TFLite variants, comma-separated: {describe(QUANTIZATIONS)}; float32 is "
         "always written",
     )
     p.add_argument(
@@ -76,7 +76,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from edgetl.bundle import export_from_source
-    from edgetl.converters import FORMATS, QUANTIZATIONS, TFJS_QUANTIZATIONS
+    from edgetl.converters import FORMATS, QUANTIZATIONS, TFJS_QUANTIZATIONS, unwritten_quantization
     from edgetl.modelio import parse_labels, parse_range
 
     formats = FORMATS.parse_list(args.formats)
@@ -91,8 +91,9 @@ def run(args: argparse.Namespace) -> int:
             )
     if args.calibration is not None and not args.calibration.is_dir():
         raise UserError(f"--calibration {args.calibration}: not a directory")
-    if quantizations and "tflite" not in formats:
-        raise UserError("--quantize applies to TFLite; add tflite to --formats")
+    refusal = unwritten_quantization(quantizations, formats)
+    if refusal:
+        raise UserError(refusal)
     if tfjs_q and "tfjs" not in formats:
         raise UserError("--tfjs-quantize applies to TF.js; add tfjs to --formats")
     given_labels = parse_labels(args.labels) if args.labels else None
