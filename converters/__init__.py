@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgetl.registry import Registry
+from edgetl.registry import Registry, UnknownNameError
 
 
 @dataclass(frozen=True)
@@ -95,18 +95,50 @@ QUANTIZATIONS.register(
 )
 
 
-def unwritten_quantization(names, formats) -> str | None:
-    """The refusal for a --quantize variant that none of `formats` writes, else None."""
-    for n in names:
-        q = QUANTIZATIONS.get(n)
-        if not any(q.applies_to(f) for f in formats):
-            return f"--quantize {n} applies to {' and '.join(q.formats)}; add it to --formats"
+def split_quantization(entry: str) -> tuple[str | None, str]:
+    """A --quantize entry: "int8" (every format that writes it) or "tflite:int8" (that format
+    only) -> (format or None, QUANTIZATIONS name), both checked against the registries."""
+    fmt, _, name = entry.strip().rpartition(":")
+    quantization = QUANTIZATIONS.get(name)
+    if fmt:
+        FORMATS.get(fmt)
+        if not quantization.applies_to(fmt):
+            raise UnknownNameError(
+                f"{fmt} has no {name} variant; {name} applies to "
+                f"{' and '.join(quantization.formats)}"
+            )
+    return fmt or None, name
+
+
+def parse_quantizations(text: str) -> list[str]:
+    """--quantize's comma-separated entries (split_quantization), unknown ones refused."""
+    entries = [e.strip() for e in text.split(",") if e.strip()]
+    if not entries:
+        raise UnknownNameError(f"no quantization given; valid: {', '.join(QUANTIZATIONS.names())}")
+    for e in entries:
+        split_quantization(e)
+    return entries
+
+
+def unwritten_quantization(entries, formats) -> str | None:
+    """The refusal for a --quantize entry that none of `formats` writes, else None."""
+    for e in entries:
+        fmt, name = split_quantization(e)
+        writers = [fmt] if fmt else list(QUANTIZATIONS.get(name).formats)
+        if not any(f in formats for f in writers):
+            return f"--quantize {e} applies to {' and '.join(writers)}; add it to --formats"
     return None
 
 
-def quantizations_for(fmt: str, names: tuple[str, ...] | list[str]) -> list[str]:
-    """The asked-for QUANTIZATIONS that `fmt` writes, in the order asked."""
-    return [n for n in names if QUANTIZATIONS.get(n).applies_to(fmt)]
+def quantizations_for(fmt: str, entries) -> list[str]:
+    """The QUANTIZATIONS names that `fmt` writes for these --quantize entries, in order."""
+    out = []
+    for e in entries:
+        only, name = split_quantization(e)
+        writes = only == fmt or (only is None and QUANTIZATIONS.get(name).applies_to(fmt))
+        if writes and name not in out:
+            out.append(name)
+    return out
 
 
 # TF.js Layers variants beyond float32 (which is always written): weight shards stored smaller,

@@ -349,7 +349,7 @@ def parity_bundle(
     *,
     weights: str = "fitted",
     seed: int = 0,
-    quantizations: tuple[str, ...] = ("float16", "int8"),
+    quantizations: tuple[str, ...] = ("tflite:float16", "tflite:int8"),
     export_options: dict | None = None,
 ) -> tuple[Path, Path]:
     """An honest bundle for the parity bench: locally made (data-fitted) or random backbone

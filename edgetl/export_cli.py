@@ -33,7 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--quantize",
         default="",
         help=f"extra ONNX/TFLite variants, comma-separated: {describe(QUANTIZATIONS)}; float32 is "
-        "always written",
+        "always written; FORMAT:NAME (e.g. tflite:int8) makes it for that format only",
     )
     p.add_argument(
         "--calibration",
@@ -76,11 +76,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from edgetl.bundle import export_from_source
-    from edgetl.converters import FORMATS, QUANTIZATIONS, TFJS_QUANTIZATIONS, unwritten_quantization
+    from edgetl.converters import (
+        FORMATS,
+        TFJS_QUANTIZATIONS,
+        parse_quantizations,
+        unwritten_quantization,
+    )
     from edgetl.modelio import parse_labels, parse_range
 
     formats = FORMATS.parse_list(args.formats)
-    quantizations = QUANTIZATIONS.parse_list(args.quantize) if args.quantize else []
+    quantizations = parse_quantizations(args.quantize) if args.quantize else []
     tfjs_q = TFJS_QUANTIZATIONS.parse_list(args.tfjs_quantize) if args.tfjs_quantize else []
     if args.opset is not None:
         from edgetl.converters.onnx import MAX_OPSET, MIN_OPSET
