@@ -1,5 +1,6 @@
 """Benchmarks: `python -m edgetl.bench
-[train|export|verify|parity|browser|scale|accuracy|int8|tfjs-quant|all]` prints side-by-side tables.
+[train|export|verify|parity|browser|scale|accuracy|int8|tfjs-quant|gpu|all]` prints side-by-side
+tables.
 
 Speed targets live here, never in timed unit tests. Every comparison runs both sides in one
 process on the same data, and prints the ratio.
@@ -24,6 +25,10 @@ process on the same data, and prints the ratio.
           bundles under what other machines vary (threads, graph optimizations, XNNPACK,
           oneDNN, batch size, seeds, sizes, random vs data-fitted weights, all 4 backbones):
           the worst honest error per format and the false alarms (target 0).
+* gpu:    the GPU check for a host with an NVIDIA GPU (edgetl.bench_gpu): the gpu extra in a
+          fresh venv, verify on onnxruntime-cuda/-tensorrt with TF32 off and on, batch-1/64
+          throughput against the CPU, Chromium's WebGPU adapter; each step skips, saying why,
+          without a GPU.
 * scale:  wall time, images/s and peak RSS of train stage 1, stage 2 and verify --data on
           generated folders of 1k, 10k and 50k images (--quick: 1k, 5k); edgetl.bench_scale.
 """
@@ -1061,6 +1066,7 @@ def main(argv: list[str] | None = None) -> int:
             "accuracy",
             "int8",
             "tfjs-quant",
+            "gpu",
             "all",
         ],
     )
@@ -1101,6 +1107,10 @@ def main(argv: list[str] | None = None) -> int:
         print(bench_parity(work / "parity", args.quick, args.browser), flush=True)
     if args.what == "browser":  # not part of "all": it needs Chromium
         print(bench_browser(work / "browser", args.quick), flush=True)
+    if args.what == "gpu":  # not part of "all": the one command for a GPU host
+        from edgetl.bench_gpu import bench_gpu
+
+        print(bench_gpu(work / "gpu"), flush=True)
     if args.what == "scale":  # not part of "all": it generates and trains on 61k images
         from edgetl.bench_scale import bench_scale
 

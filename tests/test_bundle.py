@@ -223,7 +223,8 @@ def test_each_backbone_exports_to_onnx_and_every_tflite_variant(
         labels=labels,
         contract=contract,
         formats=PER_BACKBONE_FORMATS,
-        quantizations=QUANTIZATIONS.names(),
+        # TFLite's variants here; ONNX's (float16, int8) in test_onnx_quantize.py
+        quantizations=[f"tflite:{q}" for q in QUANTIZATIONS.names()],
         calibration_images=images,
         probe_images=images,
         probe_labels=y,
