@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import RANDOM_WEIGHTS_INT8
 from edgetl.converters import (
     calibration,
     quantizations_for,
@@ -142,10 +143,15 @@ def test_onnx_variants_pass_verify_like_their_tflite_siblings(onnx_bundle):
     from edgetl.tolerances import TFLITE_INT8
     from edgetl.verifier import verify
 
-    result = verify(onnx_bundle, runtimes=["onnxruntime-cpu"], localize_failures=False)
+    # tiny_run has locally made random-ish weights, under which int8 flips a borderline probe
+    # (measured: 8 of 9 decisive kept, as TFLite's int8 on the same model; conftest)
+    loose = [*RANDOM_WEIGHTS_INT8, "onnx_int8:min_top1=0.75"]
+    result = verify(
+        onnx_bundle, runtimes=["onnxruntime-cpu"], tolerances=loose, localize_failures=False
+    )
     assert result.ok, result.table()
     pairs = {p.artifact: p for p in result.pairs}
-    assert pairs["onnx_int8"].tolerance.name == TFLITE_INT8.name
+    assert pairs["onnx_int8"].tolerance.name.startswith(TFLITE_INT8.name)
     assert pairs["onnx_float16"].tolerance.name == "TFLITE_FLOAT16"
     assert pairs["onnx_float16"].stats.max_abs > pairs["onnx"].stats.max_abs  # really float16
 
@@ -181,7 +187,76 @@ def test_onnx_variants_run_on_onnxruntime_web_wasm(onnx_bundle):
 
     if load_runtimes().get("ort-web-wasm").unavailable_reason():
         pytest.skip(load_runtimes().get("ort-web-wasm").unavailable_reason())
-    result = verify(onnx_bundle, runtimes=["ort-web-wasm"], localize_failures=False)
+    loose = [*RANDOM_WEIGHTS_INT8, "onnx_int8:min_top1=0.75"]
+    result = verify(
+        onnx_bundle, runtimes=["ort-web-wasm"], tolerances=loose, localize_failures=False
+    )
     ran = {p.artifact for p in result.pairs if p.runtime == "ort-web-wasm"}
     assert ran == {"onnx", "onnx_float16", "onnx_int8"}
     assert result.ok, result.table()
+
+
+def test_tf2onnx_transpose_tracebacks_are_dropped_and_other_warnings_kept():
+    """bench parity printed tf2onnx's "Failed to apply optimize_transpose" tracebacks
+    (MobileNetV3); convert_onnx and the bench install the filter, other messages pass."""
+    import logging
+
+    from edgetl.converters.onnx import quiet_tf2onnx
+
+    seen: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record.getMessage())
+
+    log = logging.getLogger("tf2onnx.optimizer")
+    handler = Keep()
+    log.addHandler(handler)
+    try:
+        quiet_tf2onnx()
+        quiet_tf2onnx()  # idempotent: one filter
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            log.warning("Failed to apply %s", "optimize_transpose", exc_info=1)
+            log.warning("Failed to apply %s", "fold_constants", exc_info=1)
+    finally:
+        log.removeHandler(handler)
+    assert seen == ["Failed to apply fold_constants"]
+    assert sum(type(f).__name__ == "_DropTransposeFailure" for f in log.filters) == 1
+
+
+def test_bench_parity_scores_int8_faults_apart_from_float32_ones(tmp_path):
+    """bench parity's summary lines left the int8 column out; a caught and a missed int8 fault
+    and a float32 one are each counted where they belong (crafted verdicts, no model)."""
+    import numpy as np
+
+    from edgetl import corrupt
+    from edgetl.bench import _score
+    from edgetl.compare import compare
+    from edgetl.results import PairResult, RuntimeStatus, VerifyResult
+    from edgetl.tolerances import TFLITE_INT8, Tolerance
+
+    ref = np.array([[0.9, 0.1], [0.1, 0.9]], np.float32)
+
+    def pair(artifact: str, runtime: str, out: np.ndarray, tol: Tolerance) -> PairResult:
+        c = compare(ref, out, tol, artifact=artifact, runtime=runtime)
+        return PairResult(artifact, runtime, "golden", "pass" if c.passed else "fail",
+                          c.reasons, tol, c.stats)  # fmt: skip
+
+    keys = [("onnx", "onnxruntime-cpu"), ("tflite_int8", "litert")]
+    result = VerifyResult(
+        tmp_path,
+        "crafted",
+        [
+            pair("onnx", "onnxruntime-cpu", ref + 0.1, Tolerance(max_abs=1e-3)),  # caught
+            pair("tflite_int8", "litert", ref, TFLITE_INT8),  # missed
+        ],
+        [RuntimeStatus("onnxruntime-cpu", True), RuntimeStatus("litert", True)],
+        probes=2,
+    )
+    fault = corrupt.BY_NAME["antialias_resize"]  # applies to every precision
+    details = {"onnx": "x", "tflite_int8": "x"}
+    _cells, tally, missed, errors = _score(fault, "crafted", keys, details, result)
+    assert tally == {"float32": (1, 1), "int8": (0, 1)}
+    assert len(missed) == 1 and "tflite_int8@litert" in missed[0] and not errors
