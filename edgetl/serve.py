@@ -411,7 +411,9 @@ class EdgetlServer:
             COMPRESS_WORKERS, thread_name_prefix="edgetl-gzip"
         )
         self.compressed = _CompressedCache(self._executor)
-        self._servers: list[asyncio.base_events.Server] = []
+        self._listeners: list[socket.socket] = []
+        self._tasks: set[asyncio.Task] = set()
+        self._room = asyncio.Event()  # set when a connection ends (the limit may let one in)
         self.loop = asyncio.new_event_loop()
         self.loop.set_exception_handler(self._loop_error)
         self._thread = threading.Thread(target=self.loop.run_forever, name="edgetl-serve")
@@ -422,7 +424,7 @@ class EdgetlServer:
         except BaseException:
             self._stop_loop()
             raise
-        self.server_address = self._servers[0].sockets[0].getsockname()
+        self.server_address = self._listeners[0].getsockname()
 
     @property
     def url(self) -> str:
@@ -458,11 +460,11 @@ class EdgetlServer:
                 first_error = first_error or e  # e.g. localhost's ::1 on a machine without IPv6
                 continue
             port = port or sock.getsockname()[1]  # the others on the port the first one got
-            server = await asyncio.start_server(
-                self._client, sock=sock, limit=MAX_HEAD_BYTES, backlog=512
-            )
-            self._servers.append(server)
-        if not self._servers:
+            sock.listen(512)
+            sock.setblocking(False)
+            self._listeners.append(sock)
+            self._tasks.add(loop.create_task(self._accept_loop(sock)))
+        if not self._listeners:
             raise first_error or OSError(errno.EADDRNOTAVAIL, "no address to bind")
 
     def shutdown(self) -> None:
@@ -476,8 +478,10 @@ class EdgetlServer:
         """Kept for http.server compatibility: shutdown() already closed everything."""
 
     async def _close_all(self) -> None:
-        for server in self._servers:
-            server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        for sock in self._listeners:
+            sock.close()
         for conn in list(self.conns):
             conn.transport.abort()
         self.conns.clear()
@@ -494,14 +498,7 @@ class EdgetlServer:
         at most every 10 s, never a traceback per connection."""
         exc = context.get("exception")
         if isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE):
-            self.fd_errors += 1
-            if time.monotonic() - self._last_fd_note > 10:
-                self._last_fd_note = time.monotonic()
-                print(
-                    "edgetl serve: out of file descriptors; new connections wait until some "
-                    "close (raise the limit with `ulimit -n`)",
-                    file=sys.stderr,
-                )
+            self._fd_note()
             return
         if isinstance(exc, (ConnectionError, TimeoutError)):
             return
@@ -509,21 +506,62 @@ class EdgetlServer:
 
     # ------------------------------------------------------------ connections
 
-    def _admit(self, conn: _Conn) -> None:
-        """Register a new connection; at the limit, close the longest-idle one to make room
-        (or this one, when every connection is busy sending)."""
-        if len(self.conns) >= self.max_connections:
-            victim = next((c for c in self.conns if c.idle), None) or conn
-            victim.transport.abort()
-            self.conns.pop(victim, None)
-            self.evicted += 1
-            if victim is conn:
-                return
-        self.conns[conn] = None
+    def _evict_idle(self) -> bool:
+        """Close the longest-idle connection (one waiting for a request); False if none is."""
+        victim = next((c for c in self.conns if c.idle), None)
+        if victim is None:
+            return False
+        victim.transport.abort()
+        self.conns.pop(victim, None)
+        self.evicted += 1
+        return True
 
-    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        conn = _Conn(writer.transport)
-        self._admit(conn)
+    def _fd_note(self) -> None:
+        self.fd_errors += 1
+        if time.monotonic() - self._last_fd_note > 10:
+            self._last_fd_note = time.monotonic()
+            print(
+                "edgetl serve: out of file descriptors; new connections wait until some "
+                "close (raise the limit with `ulimit -n`)",
+                file=sys.stderr,
+            )
+
+    async def _accept_loop(self, listener: socket.socket) -> None:
+        """Accept one connection at a time, never past max_connections: at the limit the
+        longest-idle connection is closed to make room; when every one is busy sending, new
+        clients wait in the kernel's queue (not refused) until one ends."""
+        loop = asyncio.get_running_loop()
+        while True:
+            while len(self.conns) >= self.max_connections and not self._evict_idle():
+                self._room.clear()
+                await self._room.wait()
+            try:
+                sock, _ = await loop.sock_accept(listener)
+            except (ConnectionAbortedError, InterruptedError):
+                continue
+            except OSError as e:
+                if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    self._fd_note()
+                    await asyncio.sleep(0.1)
+                    continue
+                return  # the listener was closed (shutdown)
+            reader = asyncio.StreamReader(limit=MAX_HEAD_BYTES, loop=loop)
+            protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+            try:
+                transport, _ = await loop.connect_accepted_socket(lambda p=protocol: p, sock)
+            except OSError:
+                sock.close()
+                continue
+            writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+            conn = _Conn(transport)
+            self.conns[conn] = None
+            task = loop.create_task(self._client(conn, reader, writer))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _client(
+        self, conn: _Conn, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         clean = False
         try:
             while conn in self.conns:
@@ -547,6 +585,7 @@ class EdgetlServer:
             pass
         finally:
             self.conns.pop(conn, None)
+            self._room.set()
             if clean and not writer.transport.is_closing():
                 writer.close()  # flushes what is buffered (bounded: the last response)
                 self.loop.call_later(self.send_stall, writer.transport.abort)
