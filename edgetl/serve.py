@@ -123,6 +123,7 @@ REQUEST_TIMEOUT_S = 15.0  # a whole request head, first or next on a kept-alive 
 SEND_STALL_S = 30.0  # a client that takes none of a SEND_CHUNK for this long is dropped
 SEND_CHUNK = 4 * 1024 * 1024  # bytes per sendfile call (each under SEND_STALL_S)
 MAX_HEAD_BYTES = 64 * 1024  # request line + headers; more gets 431
+WRITE_PIECE = 256 * 1024  # in-memory (gzip) bodies are written and drained this much at a time
 MAX_CONNECTIONS = 1024
 FD_RESERVE = 64  # descriptors kept free for files being sent, gzip reads, the rest of the process
 
@@ -478,13 +479,15 @@ class EdgetlServer:
         """Kept for http.server compatibility: shutdown() already closed everything."""
 
     async def _close_all(self) -> None:
-        for task in list(self._tasks):
+        tasks = [*self._tasks, *self.compressed._pending.values()]
+        for task in tasks:
             task.cancel()
-        for sock in self._listeners:
-            sock.close()
         for conn in list(self.conns):
             conn.transport.abort()
         self.conns.clear()
+        await asyncio.gather(*tasks, return_exceptions=True)  # none left pending at loop close
+        for sock in self._listeners:
+            sock.close()
 
     def _stop_loop(self) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)
@@ -699,7 +702,12 @@ class EdgetlServer:
         lines += [f"{k}: {v}" for k, v in {**headers, **ISOLATION_HEADERS}.items()]
         writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
         if body and (req is None or req.method != "HEAD"):
-            writer.write(body)
+            # In pieces: what the socket does not take at once is copied into the transport's
+            # buffer, so one write of a cached body would cost a copy per slow client.
+            view = memoryview(body)
+            for start in range(0, len(view), WRITE_PIECE):
+                writer.write(view[start : start + WRITE_PIECE])
+                await asyncio.wait_for(writer.drain(), self.send_stall)
         await asyncio.wait_for(writer.drain(), self.send_stall)
         if not self.quiet:
             size = len(body) if body is not None else headers.get("Content-Length", "-")
