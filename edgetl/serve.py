@@ -34,6 +34,7 @@ import io
 import ipaddress
 import os
 import socket
+import stat
 import sys
 import threading
 import time
@@ -636,7 +637,12 @@ class EdgetlServer:
             await self._send_error(writer, req, code, text)
             return True
         try:
-            f = open(target, "rb")  # noqa: SIM115 (closed below, after streaming)
+            # O_NONBLOCK: a file swapped for a FIFO after resolve() must not block the loop.
+            fd = os.open(target, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                os.close(fd)
+                raise FileNotFoundError(errno.ENOENT, "not a regular file", str(target))
+            f = os.fdopen(fd, "rb")
         except OSError as e:
             if e.errno in (errno.EMFILE, errno.ENFILE):
                 await self._send_error(writer, req, 503, "Service Unavailable: too many files open")
