@@ -89,7 +89,7 @@ def test_300_idle_connections_under_a_low_fd_limit_leave_the_server_serving(tmp_
     f = bench_serve.measure(tmp_path, idle=300, downloads=2, file_mb=4, fd_limit=128)
     assert f.idle_connected == 300, f
     assert f.new_client_status == 200 and f.downloads_ok == 2, f
-    assert f.peak_threads <= 8, f  # main, event loop, getaddrinfo, gzip pool (measured 4)
+    assert f.peak_threads <= 8, f  # main, event loop, getaddrinfo, gzip pool (measured 4-5)
     assert "Traceback" not in f.stderr_tail and "Too many open files" not in f.stderr_tail
 
 
