@@ -98,7 +98,7 @@ def load_model_source(
     source = Path(source)
     model_path = _model_path(source)
     side = model_path.parent
-    model = _load_keras(model_path)
+    model = single_tensor_io(_load_keras(model_path))
     notes: list[str] = []
     model = check_classifier_output(model, model_path, add_softmax=add_softmax, notes=notes)
     shape = _input_shape(model, model_path)
@@ -259,6 +259,24 @@ def _load_keras2_h5(path: Path):
             patch(config)
             f.attrs["model_config"] = json.dumps(config)
         return keras.models.load_model(copy, compile=False)
+
+
+def single_tensor_io(model):
+    """A functional model saved with its one input or one output inside a list or dict
+    (`keras.Model(inp, [logits])`, common in Keras 3 files) rebuilt on the bare tensors, so
+    calling it gives a tensor, not a one-element list (which Softmax, the converters and the
+    probes cannot take). Same layers and weights; other models are returned as they are."""
+    import keras
+
+    if not isinstance(model, keras.Model) or isinstance(model, keras.Sequential):
+        return model
+    wrapped = [
+        isinstance(getattr(model, attr, None), list | tuple | dict)
+        for attr in ("_inputs_struct", "_outputs_struct")
+    ]
+    if not any(wrapped) or len(model.inputs) != 1 or len(model.outputs) != 1:
+        return model
+    return keras.Model(model.inputs[0], model.outputs[0], name=model.name)
 
 
 def _input_shape(model, path: Path) -> tuple[int, int, int]:
