@@ -21,6 +21,7 @@ import numpy as np
 
 from edgetl.contract import LABELS_FILE, InputContract, save_labels
 from edgetl.errors import UserError
+from edgetl.loadcheck import check_artifacts_load, probe_input
 from edgetl.manifest import (
     ArtifactRecord,
     Manifest,
@@ -216,6 +217,14 @@ def _write_bundle(
             raise
         except Exception as e:
             raise ExportError(f"{fmt} export failed: {type(e).__name__}: {e}") from e
+
+    # Exit 0 must mean every file loads where it is meant to: each artifact is opened in its
+    # own runtime and run on one image (edgetl.loadcheck); a failure removes the staged bundle.
+    log("checking that every artifact loads in its runtime ...")
+    x = probe_input(tuple(int(d) for d in model.inputs[0].shape[1:]), contract.value_range)
+    load = check_artifacts_load(root, artifacts, x, len(labels))
+    for artifact_id, why in load.unchecked.items():
+        log(f"note: {artifact_id} not load-checked here ({why})")
 
     log("computing golden probes (float32, float64 and float16-weight references) ...")
     probes, noise, probe_coverage = make_probes(model, contract, *probe_set)
