@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import sys
+import time
 from collections.abc import Callable, Sequence
 from importlib import metadata
 from pathlib import Path
@@ -221,8 +222,13 @@ def _write_bundle(
     # Exit 0 must mean every file loads where it is meant to: each artifact is opened in its
     # own runtime and run on one image (edgetl.loadcheck); a failure removes the staged bundle.
     log("checking that every artifact loads in its runtime ...")
+    started = time.perf_counter()
     x = probe_input(tuple(int(d) for d in model.inputs[0].shape[1:]), contract.value_range)
     load = check_artifacts_load(root, artifacts, x, len(labels))
+    runtimes = ", ".join(sorted(set(load.loaded.values())))
+    log(
+        f"  {len(load.loaded)} artifact(s) loaded ({runtimes}) in {time.perf_counter() - started:.1f} s"
+    )
     for artifact_id, why in load.unchecked.items():
         log(f"note: {artifact_id} not load-checked here ({why})")
 

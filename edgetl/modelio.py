@@ -321,6 +321,8 @@ def _load_keras2_h5(path: Path):
     def patch(config: dict) -> set[str]:
         nested = set()
         _drop_initializer_dtype(config)
+        if isinstance(config["config"], list):  # Keras 2.0-2.2 Sequential: a bare layer list
+            config["config"] = {"name": "sequential", "layers": config["config"]}
         for layer in config["config"]["layers"]:
             if layer["class_name"] == "DepthwiseConv2D":
                 layer["config"].pop("groups", None)
