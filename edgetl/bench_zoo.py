@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -221,7 +222,9 @@ def zoo_row(model: ZooModel, cache: Path, work: Path) -> list[str]:
     export = measured_run([*cmd, *model.flags], EXPORT_TIMEOUT_S)
     text = export.stdout + export.stderr
     flags = " ".join(model.flags) or "(none)"
-    common = [model.label, flags, f"{export.seconds:.0f} s", f"{export.peak_mb:,.0f} MB"]
+    check = re.search(r"artifact\(s\) loaded \(.*\) in ([0-9.]+) s", text)
+    export_time = f"{export.seconds:.0f} s" + (f" (load check {check.group(1)} s)" if check else "")
+    common = [model.label, flags, export_time, f"{export.peak_mb:,.0f} MB"]
     if "Traceback" in text or (export.code == 0 and not (out / "manifest.json").is_file()):
         return [*common, "BAD", f"BAD exit {export.code}: {_last_line(export.stderr)[:300]}", "-"]
     if export.code != 0:
@@ -244,13 +247,17 @@ def zoo_row(model: ZooModel, cache: Path, work: Path) -> list[str]:
     return [*common, "yes", f"exported; {verdict} ({report['summary']}): {cells}", worst]
 
 
-def bench_zoo(work: Path) -> str:
+def bench_zoo(work: Path, packages: list[str] | None = None) -> str:
+    """The table (and the models' notes) for ZOO, or only its models from `packages`."""
     from edgetl.report import text_table
 
     cache = cache_dir()
     work.mkdir(parents=True, exist_ok=True)
+    models = [m for m in ZOO if packages is None or m.package in packages]
+    if not models:
+        raise SystemExit(f"no zoo model from {packages}; known: {sorted({m.package for m in ZOO})}")
     rows = []
-    for model in ZOO:
+    for model in models:
         try:
             row = zoo_row(model, cache, work)
         except (subprocess.SubprocessError, OSError) as e:
@@ -259,5 +266,5 @@ def bench_zoo(work: Path) -> str:
         rows.append(row)
     header = ["model (package, version, file)", "flags", "export", "peak RSS", "loads",
               "result", "worst error / limit"]  # fmt: skip
-    notes = [f"  {m.label}: {m.note}" for m in ZOO]
+    notes = [f"  {m.label}: {m.note}" for m in models]
     return "\n".join([*text_table(header, rows), "", "models:", *notes])
