@@ -185,6 +185,7 @@ def _wrap(path: Path, kind: str, out: Path) -> Path:
     if kind != "rescaling_front":
         raise ValueError(f"unknown wrap {kind!r}")
     if not out.is_file():
+        out.parent.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
         subprocess.run([sys.executable, "-c", code, str(path), str(out)], check=True, env=env,
                        capture_output=True)  # fmt: skip
