@@ -272,12 +272,21 @@ def _unrebuildable(path: Path, saved_by: str | None, error: Exception) -> str:
     """One line: who saved the file, that this Keras cannot rebuild it, why, and what to do."""
     import keras
 
-    who = f"saved by Keras {saved_by}" if saved_by else "saved by another Keras version"
+    if saved_by is None:  # no Keras metadata: not a Keras file at all, or a damaged one
+        return f"cannot load Keras model {path}: {short_reason(error)}"
+    head = (
+        f"{path}: saved by Keras {saved_by}; the installed Keras {keras.__version__} cannot "
+        f"rebuild it ({short_reason(error)})"
+    )
+    if saved_by.startswith("2."):
+        return (
+            f"{head}. Build the same model in code with Keras {keras.__version__}, load this "
+            "file's weights into it (model.load_weights), save it as .keras and export that"
+        )
     return (
-        f"{path}: {who}; the installed Keras {keras.__version__} cannot rebuild it "
-        f"({short_reason(error)}). Load it with the Keras that saved it and save it again as "
-        f".h5 (model.save('model.h5')), or rebuild the model in code and load its weights "
-        f"(model.load_weights), then export that file"
+        f"{head}. Load it with keras=={saved_by} and save it again as .h5 "
+        f"(model.save('model.h5')), or build the same model in code with Keras "
+        f"{keras.__version__} and load its weights (model.load_weights); then export that file"
     )
 
 
