@@ -232,6 +232,7 @@ def zoo_row(model: ZooModel, cache: Path, work: Path) -> list[str]:
         return [*common, "BAD", f"BAD exit {export.code}: {_last_line(export.stderr)[:300]}", "-"]
     if export.code != 0:
         line = _last_line(export.stderr).removeprefix("edgetl export: error: ")
+        line = line.replace(f"{path}: ", "").replace(str(path), path.name)
         loaded = "no" if "cannot rebuild" in line or "cannot load" in line else "yes"
         loaded = "-" if "not a Keras model file" in line else loaded
         written = "nothing written" if not out.exists() else "BAD: files left"
