@@ -229,3 +229,22 @@ def test_keras_file_this_keras_cannot_rebuild_is_one_line_naming_its_version(tmp
                    watch=[tmp_path])  # fmt: skip
     assert len(text.strip().splitlines()) == 1, text
     assert "KerasTensor" not in text and "keras_tensor" not in text
+
+
+def test_hdf5_and_keras_files_are_told_by_their_bytes(tmp_path):
+    import h5py
+
+    from edgetl.modelio import HDF5, KERAS_ZIP, sniff_format
+
+    with h5py.File(tmp_path / "plain.model", "w") as f:
+        f.attrs["keras_version"] = "2.2.4-tf"
+    with h5py.File(tmp_path / "userblock.bin", "w", userblock_size=512) as f:
+        f.attrs["keras_version"] = "2.2.4-tf"
+    with zipfile.ZipFile(tmp_path / "m.zip", "w") as z:
+        z.writestr("metadata.json", "{}")
+    (tmp_path / "text.h5").write_text("not hdf5")
+    assert sniff_format(tmp_path / "plain.model") == HDF5
+    assert sniff_format(tmp_path / "userblock.bin") == HDF5
+    assert sniff_format(tmp_path / "m.zip") == KERAS_ZIP
+    assert sniff_format(tmp_path / "text.h5") is None
+    assert sniff_format(tmp_path / "missing") is None
