@@ -1,6 +1,6 @@
 """Benchmarks: `python -m edgetl.bench
-[train|export|verify|parity|browser|scale|accuracy|int8|tfjs-quant|zoo|all]` prints side-by-side
-tables.
+[train|export|verify|parity|browser|scale|accuracy|int8|tfjs-quant|serve|zoo|all]` prints
+side-by-side tables.
 
 Speed targets live here, never in timed unit tests. Every comparison runs both sides in one
 process on the same data, and prints the ratio.
@@ -1025,6 +1025,7 @@ def main(argv: list[str] | None = None) -> int:
             "accuracy",
             "int8",
             "tfjs-quant",
+            "serve",
             "zoo",
             "all",
         ],
@@ -1078,6 +1079,10 @@ def main(argv: list[str] | None = None) -> int:
 
         packages = args.models.split(",") if args.models else None
         print(bench_zoo(work / "zoo", packages), flush=True)
+    if args.what == "serve":  # not part of "all": 1,000 connections and 1.5 GB on loopback
+        from edgetl.bench_serve import bench_serve
+
+        print(bench_serve(work / "serve", args.quick), flush=True)
     if args.what in ("accuracy", "int8", "tfjs-quant"):  # not in "all": needs the [bench] extra
         from edgetl import bench_accuracy
 
