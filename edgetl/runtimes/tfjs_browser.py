@@ -52,7 +52,7 @@ CHROMIUM_FLAGS = [
     "--enable-unsafe-webgpu",
     "--use-webgpu-adapter=swiftshader",
 ]
-BACKENDS = ("webgl", "wasm", "cpu")
+BACKENDS = ("webgl", "wasm", "cpu", "webgpu")
 CHROMIUM = "chromium"  # RunContext key of the shared browser
 # Software WebGL compiles a shader per op on first use; MobileNet 1.0/224 takes tens of seconds.
 PAGE_TIMEOUT_MS = 300_000
@@ -325,10 +325,15 @@ class TfjsBrowserRuntime(TfjsRuntime):
     host = "browser"
     backends = BACKENDS
     page_path = HARNESS_PAGE  # the harness page (edgetl.runtimes.ortweb has its own)
-    # Under --disable-gpu WebGL is SwiftShader (software): none of these needs a GPU.
+    # WebGL is judged by its reported precision (tolerances.default_tolerance); WebGPU by the GPU
+    # float32 tolerance, on a real adapter or SwiftShader's (the info says which ran).
     gpu = False
     same_thread = True  # Playwright's sync API is bound to its thread
     has_own_timing = True
+
+    def __init__(self, backend: str) -> None:
+        super().__init__(backend)
+        self.gpu = backend == "webgpu"
 
     def unavailable_reason(self) -> str | None:
         return browser_unavailable_reason()

@@ -8,6 +8,7 @@
 // or SwiftShader when Chromium starts with --enable-unsafe-webgpu --use-webgpu-adapter=swiftshader).
 
 import * as litert from '/vendor/litertjs/index.js';
+import {adapterInfo} from '/lib/backend.js';
 import {webgpuUnavailableReason} from '/lib/ort_engine.js';
 
 export const LITERT_ACCELERATORS = ['wasm', 'webgpu'];
@@ -15,7 +16,6 @@ export const LITERT_WASM_PATH = '/vendor/litertjs/wasm/';
 
 let loading = null;
 let threaded = false;
-let adapterInfo = null;
 
 /** Load LiteRT.js' wasm once per page (threaded when the page is cross-origin isolated). */
 export async function loadLiteRtEngine() {
@@ -26,19 +26,6 @@ export async function loadLiteRtEngine() {
     loading = litert.loadLiteRt(LITERT_WASM_PATH, threaded ? {threads: true} : {});
   }
   return loading;
-}
-
-/** The WebGPU adapter's own description ({vendor, architecture, device, description}), or
- * null: which adapter ran (a real GPU, or vendor google / architecture swiftshader). */
-export async function webgpuAdapterInfo() {
-  if (adapterInfo) return adapterInfo;
-  if (!navigator.gpu) return null;
-  const adapter = await navigator.gpu.requestAdapter({powerPreference: 'high-performance'});
-  if (!adapter) return null;
-  const i = adapter.info || {};
-  adapterInfo = {vendor: i.vendor || '', architecture: i.architecture || '',
-                 device: i.device || '', description: i.description || ''};
-  return adapterInfo;
 }
 
 /** Start LiteRT.js for `accelerator`; throws with the reason when it cannot run here. */
@@ -132,6 +119,6 @@ export async function litertInfo(accelerator) {
   } catch (e) {
     info.wasm_threads = null;
   }
-  if (accelerator === 'webgpu') info.webgpu_adapter = await webgpuAdapterInfo();
+  if (accelerator === 'webgpu') info.webgpu_adapter = await adapterInfo();
   return info;
 }
