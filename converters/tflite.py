@@ -67,11 +67,7 @@ def export_tflite(model, out_dir: Path, *, contract, options) -> list:
                 # batch: the fixed batch of the input signature (fix_batch), which LiteRT.js
                 # needs; LiteRT's Interpreter still resizes it to any batch (strict=False).
                 options={"batch": FIXED_BATCH}
-                | (
-                    {"calibration_images": len(options.calibration_images)}
-                    if p == "int8"
-                    else {}
-                ),
+                | ({"calibration_images": len(options.calibration_images)} if p == "int8" else {}),
             )
         )
     return records
