@@ -833,6 +833,7 @@ async function main() {
   for (const option of $('engine').options) {
     option.disabled = engineUnavailable(option.value) !== null;
   }
+  $('backend').querySelector('option[value="webgpu"]').disabled = !state.adapter;
   const wanted = new URLSearchParams(location.search).get('engine');
   const engine = wanted || await fastestEngine();
   try {
