@@ -41,10 +41,16 @@ export async function initLiteRt(accelerator) {
   return litertInfo(accelerator);
 }
 
+// WebGPU computes in float32 (LiteRT's GPU delegate may pick float16 on a GPU that has
+// shader-f16 otherwise): the float32 artifact is judged by the float32 GPU limit.
+export const LITERT_GPU_PRECISION = 'fp32';
+
 /** A compiled model for the .tflite at `url` on `accelerator`. */
 export async function compileModel(url, accelerator) {
   await loadLiteRtEngine();
-  const model = await litert.loadAndCompile(url, {accelerator});
+  const options = {accelerator};
+  if (accelerator === 'webgpu') options.gpuOptions = {precision: LITERT_GPU_PRECISION};
+  const model = await litert.loadAndCompile(url, options);
   const input = model.getInputDetails();
   if (input.length !== 1) throw new Error(`${url}: ${input.length} inputs; edgetl models take 1`);
   if (input[0].dtype !== 'float32') {
@@ -119,6 +125,9 @@ export async function litertInfo(accelerator) {
   } catch (e) {
     info.wasm_threads = null;
   }
-  if (accelerator === 'webgpu') info.webgpu_adapter = await adapterInfo();
+  if (accelerator === 'webgpu') {
+    info.webgpu_adapter = await adapterInfo();
+    info.webgpu_precision = LITERT_GPU_PRECISION === 'fp32' ? 'float32' : 'float16';
+  }
   return info;
 }
