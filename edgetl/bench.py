@@ -1067,7 +1067,7 @@ def main(argv: list[str] | None = None) -> int:
         "--quick",
         action="store_true",
         help="export: MobileNetV2 1.0/224 only; parity: MobileNetV2 corruptions, 3-bundle sweep; "
-        "browser: wasm paths only (no software WebGL); scale: 1k and 5k images; "
+        "browser: no software WebGL, no TF.js WebGPU; scale: 1k and 5k images; "
         "accuracy: seed 0, fewer rows, full-forward rows at 10/class only",
     )
     p.add_argument(

@@ -113,6 +113,7 @@ def test_webgpu_engines_pass_say_which_adapter_and_catch_a_one_percent_conv_chan
             assert adapter and adapter["vendor"], (runtime, adapter)  # which adapter ran
             assert p.tolerance.name == "FLOAT32_GPU", runtime
     assert good.ok, good.table()
+    assert f"litertjs-webgpu: {adapter['vendor']}" in good.table()  # the report says which ran
     failed = {(p.runtime, p.artifact): p for p in bad.pairs}
     for runtime, artifact in [*WEBGPU.items(), ("litertjs-wasm", "tflite_float32")]:
         p = failed[(runtime, artifact)]
