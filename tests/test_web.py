@@ -755,7 +755,7 @@ def test_page_runs_every_engine_like_python(engines_bundle, web_model, browser, 
         page.screenshot(path=str(shots / "engine_ort_webgpu.png"), full_page=True)
         if page.evaluate("document.body.dataset.engine") == "ort-webgpu":
             check(page, "onnxruntime-web · webgpu", 1e-3)
-        else:  # headless --disable-gpu: no adapter, said on the page; wasm keeps running
+        else:  # a Chromium without WebGPU: the reason is said on the page; wasm keeps running
             assert "WebGPU adapter" in page.inner_text("#error"), page.inner_text("#error")
             assert page.inner_text("#active-engine") == "onnxruntime-web · wasm"
 
