@@ -9,7 +9,9 @@
 * A run that is killed (SIGKILL, power loss) leaves its partial folder behind; the next run for
   the same --out removes partials whose process is gone (PID in the name, host in a marker).
 * Single files (verify's --json/--junit/--html, the embedding cache) go through atomic_write:
-  a temporary file beside the target, renamed over it.
+  a temporary file beside the target, renamed over it. Report paths go through write_report,
+  which writes devices, FIFOs and /dev/std* in place and symbolic links through to their
+  targets, so nothing the path points at is replaced.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import os
 import re
 import shutil
 import socket
+import stat
 import tempfile
 import time
 from pathlib import Path
@@ -277,6 +280,37 @@ def atomic_write(path: str | Path, write) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+# Paths that name a stream, not a file: written in place, never renamed over (as root, a
+# rename over /dev/stdout replaced the system's symlink with a regular file).
+STREAM_PREFIXES = ("/dev/", "/proc/")
+
+
+def write_report(path: str | Path, data: bytes) -> None:
+    """Write a report file (verify's --json/--junit/--html) without replacing what the path
+    points at: a character device, FIFO or socket, or anything under /dev or /proc
+    (/dev/stdout, /dev/null, /proc/self/fd/N), is opened and written in place; a symbolic
+    link is followed and its target written (atomically), the link kept; a plain path is
+    written with atomic_write."""
+    path = Path(path)
+    absolute = os.path.abspath(path)
+    target = Path(os.path.realpath(path))
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        st = None
+    except OSError as e:
+        raise _os_error(path, e) from None
+    streamed = absolute.startswith(STREAM_PREFIXES) or str(target).startswith(STREAM_PREFIXES)
+    if streamed or (st is not None and not stat.S_ISREG(st.st_mode)):
+        # O_CREAT only where a missing path could be a file; never O_TRUNC on a device.
+        flags = os.O_WRONLY | (os.O_TRUNC if st is not None and stat.S_ISREG(st.st_mode) else 0)
+        fd = os.open(path, flags if st is not None else flags | os.O_CREAT, 0o666)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        return
+    atomic_write(target, data)  # through a link: its target is replaced, the link kept
 
 
 def _umask() -> int:
