@@ -209,32 +209,37 @@ def check_integrity(
     (edgetl.bundlecheck.check_side_files)."""
     root = Path(bundle_dir)
     check_paths(root, manifest)
-    problems = []
-
-    def check(rel: str, size: int | None, sha: str, what: str) -> bool:
+    problems: list[str] = []
+    chosen = [a for a in manifest.artifacts if artifact_ids is None or a.id in artifact_ids]
+    src = manifest.source_model
+    named = [(f.path, f.size, f.sha256, a.id) for a in chosen for f in a.files]
+    for key, shape in (("inputs", "input_shape"), ("expected", "output_shape")):
+        size = 4 * int(np.prod(manifest.probes[shape]))
+        named.append((manifest.probes[key], size, manifest.probes["sha256"][key], f"probes {key}"))
+    named.append((src["file"], src["size"], src["sha256"], "source model"))
+    # 1. regular files of the recorded sizes (stat only: nothing opened yet)
+    sized = []
+    for rel, size, sha, what in named:
         try:
             st = regular_file(inside(root, rel, what), rel, what)
         except BundleError as e:
             problems.append(str(e))
-            return False
-        if (size is not None and st.st_size != size) or sha256_file(root / rel) != sha:
-            problems.append(f"{what}: {rel} does not match its sha256 in the manifest")
-            return False
-        return True
-
-    chosen = [a for a in manifest.artifacts if artifact_ids is None or a.id in artifact_ids]
-    intact = [a for a in chosen if all([check(f.path, f.size, f.sha256, a.id) for f in a.files])]
-    shapes = {"inputs": "input_shape", "expected": "output_shape"}
-    for key, shape in shapes.items():
-        rel = manifest.probes[key]
-        size = 4 * int(np.prod(manifest.probes[shape]))
-        check(rel, size, manifest.probes["sha256"][key], f"probes {key}")
-    src = manifest.source_model
-    check(src["file"], src["size"], src["sha256"], "source model")
+            continue
+        if st.st_size != size:
+            problems.append(f"{what}: {rel} is {st.st_size} bytes, the manifest says {size}")
+        else:
+            sized.append((rel, sha, what))
     if problems:
         raise BundleError("bundle integrity check failed: " + "\n  ".join(problems))
-    for a in intact:
+    # 2. each model reads exactly its listed files, of the sizes its weight specs imply
+    for a in chosen:
         check_side_files(root, manifest, a)
+    # 3. the bytes
+    for rel, sha, what in sized:
+        if sha256_file(root / rel) != sha:
+            problems.append(f"{what}: {rel} does not match its sha256 in the manifest")
+    if problems:
+        raise BundleError("bundle integrity check failed: " + "\n  ".join(problems))
 
 
 def write_probes(bundle_dir: Path, probes: ProbeSet) -> dict:
