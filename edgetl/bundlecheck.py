@@ -29,6 +29,8 @@ import stat
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
+import numpy as np
+
 # Version 2: source_model.sha256 / size are those of the bundled source/model.keras (version 1
 # recorded the hash of the file exported from, which cannot be checked inside the bundle).
 MANIFEST_VERSION = 2
@@ -117,16 +119,17 @@ def read_json(path: Path, what: str, limit: int) -> object:
 
 def depth_check(text: str, what: str) -> None:
     """Refuse JSON nested deeper than MAX_JSON_DEPTH before parsing it (a 200,000-deep array
-    is a RecursionError in json.loads). Brackets inside strings are skipped."""
-    depth = 0
-    for m in re.finditer(r'"(?:[^"\\]|\\.)*"|[\[\]{}]', text):
-        c = m.group()
-        if c in "[{":
-            depth += 1
-            if depth > MAX_JSON_DEPTH:
-                raise BundleError(f"{what}: JSON nested deeper than {MAX_JSON_DEPTH}; refused")
-        elif c in "]}":
-            depth -= 1
+    is a RecursionError in json.loads). Brackets inside strings are not counted."""
+    bare = _STRINGS.sub("", text).encode("utf-8", "replace")
+    b = np.frombuffer(bare, np.uint8)
+    step = np.isin(b, _OPEN).astype(np.int32) - np.isin(b, _CLOSE).astype(np.int32)
+    if len(step) and int(np.cumsum(step).max()) > MAX_JSON_DEPTH:
+        raise BundleError(f"{what}: JSON nested deeper than {MAX_JSON_DEPTH}; refused")
+
+
+_STRINGS = re.compile(r'"(?:[^"\\]|\\.)*"')
+_OPEN = np.frombuffer(b"[{", np.uint8)
+_CLOSE = np.frombuffer(b"]}", np.uint8)
 
 
 # ---------------------------------------------------------------- the manifest's schema
@@ -371,13 +374,16 @@ def validate_manifest(d: object, where: str = "manifest.json") -> None:
 # ---------------------------------------------------------------- side files of the models
 
 
-def tfjs_shards(bundle_dir: Path, model_json_rel: str, what: str) -> dict[str, int]:
+def tfjs_shards(
+    bundle_dir: Path, model_json_rel: str, what: str, spec: object = None
+) -> dict[str, int]:
     """Bundle-relative path -> the byte count model.json's weight specs imply for each weight
     shard group, laid over its shards by their real sizes: {shard path: bytes} for every shard,
     after checking each group's shards add up to exactly what its specs imply."""
     root = Path(bundle_dir)
-    spec = read_json(inside(root, model_json_rel, what), f"{what}: {model_json_rel}",
-                     MAX_MODEL_JSON_BYTES)  # fmt: skip
+    if spec is None:
+        spec = read_json(inside(root, model_json_rel, what), f"{what}: {model_json_rel}",
+                         MAX_MODEL_JSON_BYTES)  # fmt: skip
     if not isinstance(spec, dict):
         raise BundleError(f"{what}: {model_json_rel} is not a TF.js model.json; refused")
     groups = spec.get("weightsManifest", [])
@@ -485,7 +491,6 @@ def onnx_side_files(bundle_dir: Path, model_rel: str, what: str) -> tuple[dict[s
 
 
 def _onnx_bytes(t, where: str) -> int:
-    import numpy as np
     import onnx
 
     n = math.prod(t.dims)
@@ -552,8 +557,9 @@ def check_onnx_io(model, manifest, record, what: str) -> None:
         )
 
 
-def check_tfjs_io(bundle_dir: Path, manifest, record, what: str) -> None:
-    """A TF.js model.json of the artifact's kind whose Layers input is the contract's."""
+def check_tfjs_io(bundle_dir: Path, manifest, record, what: str) -> object:
+    """A TF.js model.json of the artifact's kind whose Layers input is the contract's;
+    returns the parsed model.json."""
     spec = read_json(inside(bundle_dir, record.path, what), f"{what}: {record.path}",
                      MAX_MODEL_JSON_BYTES)  # fmt: skip
     kind = spec.get("format") if isinstance(spec, dict) else None
@@ -563,7 +569,7 @@ def check_tfjs_io(bundle_dir: Path, manifest, record, what: str) -> None:
             f"its format {record.format} says; refused"
         )
     if record.format != "tfjs_layers":
-        return
+        return spec
     layers = ((spec.get("modelTopology") or {}).get("model_config") or {}).get("config") or {}
     first = (layers.get("layers") or [{}])[0] if isinstance(layers, dict) else {}
     shape = ((first or {}).get("config") or {}).get("batch_input_shape")
@@ -573,6 +579,7 @@ def check_tfjs_io(bundle_dir: Path, manifest, record, what: str) -> None:
             f"{what}: the TF.js model takes {shape[1:]}, but the manifest's input contract "
             f"says {[c.height, c.width, 3]}; refused"
         )
+    return spec
 
 
 TFLITE_MAGIC = b"TFL3"
@@ -592,8 +599,8 @@ def uses_of(bundle_dir: Path, manifest, record) -> dict[str, int | None]:
     root = Path(bundle_dir)
     uses: dict[str, int | None] = {record.path: None}
     if record.format in TFJS_FORMAT:
-        check_tfjs_io(root, manifest, record, what)
-        uses.update(tfjs_shards(root, record.path, what))
+        spec = check_tfjs_io(root, manifest, record, what)
+        uses.update(tfjs_shards(root, record.path, what, spec))
     elif record.format == "onnx":
         used, model = onnx_side_files(root, record.path, what)
         check_onnx_io(model, manifest, record, what)
