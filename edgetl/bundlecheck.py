@@ -633,3 +633,65 @@ def check_side_files(bundle_dir: Path, manifest, record) -> None:
         raise BundleError(
             f"{what}: the manifest lists {unused[0]}, which its model never reads; refused"
         )
+
+
+# ---------------------------------------------------------------- the Keras source model
+
+KERAS_MEMBERS = frozenset({"metadata.json", "config.json", "model.weights.h5"})
+MAX_KERAS_MEMBER_BYTES = 4 << 30
+
+
+def check_keras_archive(path: Path, what: str = "source model") -> None:
+    """Before Keras opens the bundle's source model: a .keras zip holding only what Keras
+    writes (config, metadata, model.weights.h5), whose HDF5 weights have no external links,
+    external raw storage or virtual datasets (HDF5 would open those files, outside the bundle,
+    by their own paths)."""
+    import io
+    import zipfile
+
+    path = Path(path)
+    if path.suffix != ".keras" or not zipfile.is_zipfile(path):
+        raise BundleError(f"{what}: {path.name} is not a .keras archive; refused")
+    with zipfile.ZipFile(path) as zf:
+        infos = zf.infolist()
+        extra = sorted({i.filename for i in infos} - KERAS_MEMBERS)
+        if extra:
+            raise BundleError(f"{what}: {path.name} holds {extra[0]!r}, which Keras archives "
+                              "made by edgetl never hold; refused"[:300])  # fmt: skip
+        if any(i.file_size > MAX_KERAS_MEMBER_BYTES for i in infos):
+            raise BundleError(f"{what}: {path.name} has a member over 4 GB; refused")
+        if "model.weights.h5" not in zf.namelist():
+            return
+        data = zf.read("model.weights.h5")
+    import h5py
+
+    try:
+        with h5py.File(io.BytesIO(data), "r") as f:
+            _check_h5(f, what)
+    except BundleError:
+        raise
+    except Exception as e:  # not HDF5, truncated
+        raise BundleError(f"{what}: its weights are not readable HDF5 ({e})"[:300]) from None
+
+
+def _check_h5(root, what: str) -> None:
+    import h5py
+
+    groups = [root]
+    while groups:
+        g = groups.pop()
+        for name in g:
+            link = g.get(name, getlink=True)
+            if not isinstance(link, h5py.HardLink):
+                raise BundleError(
+                    f"{what}: its weights hold a {type(link).__name__} ({g.name}/{name}), "
+                    "which could read files outside the bundle; refused"
+                )
+            obj = g[name]
+            if isinstance(obj, h5py.Group):
+                groups.append(obj)
+            elif isinstance(obj, h5py.Dataset) and (obj.external or obj.is_virtual):
+                raise BundleError(
+                    f"{what}: weight {obj.name} is stored in another file (external or "
+                    "virtual dataset); refused"
+                )

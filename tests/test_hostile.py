@@ -555,6 +555,38 @@ def test_source_model_missing_is_one_line(capsys, bundle):
     assert len(text.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("kind", ["external-link", "external-storage", "extra-member"])
+def test_source_model_pointing_outside(capsys, bundle, canaries, kind):
+    """The Keras archive's HDF5 weights name a file outside the bundle (an external link, or
+    a dataset stored in an external raw file), or the archive holds a member Keras archives
+    never hold; rehashed. Refused before Keras opens it; the canary is never read."""
+    import io
+    import zipfile
+
+    import h5py
+
+    canary = str(canaries("weights.h5"))
+    src = bundle / "source" / "model.keras"
+    with zipfile.ZipFile(src) as zf:
+        members = {n: zf.read(n) for n in zf.namelist()}
+    buf = io.BytesIO(members["model.weights.h5"])
+    with h5py.File(buf, "r+") as f:
+        if kind == "external-link":
+            f["layers/evil"] = h5py.ExternalLink(canary, "/vars")
+        elif kind == "external-storage":
+            f.create_dataset("layers/evil", shape=(16,), dtype="<f4", external=[(canary, 0, 64)])
+    members["model.weights.h5"] = buf.getvalue()
+    if kind == "extra-member":
+        members["model.weights.npz"] = b"PK"
+    with zipfile.ZipFile(src, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    rehash(bundle)
+    words = {"external-link": "ExternalLink", "external-storage": "another file",
+             "extra-member": "model.weights.npz"}[kind]  # fmt: skip
+    refused_bundle(capsys, bundle, ["--runtimes", "keras", "--no-localize"], "source model", words)
+
+
 def test_real_bundle_passes_every_check(tiny_bundle):
     """The exported bundle itself: every file of every artifact is named, hashed, regular and
     of its implied size (a check that refused real bundles would be worthless)."""
