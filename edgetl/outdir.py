@@ -16,12 +16,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
 import shutil
 import socket
 import stat
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -282,35 +284,48 @@ def atomic_write(path: str | Path, write) -> None:
         raise
 
 
-# Paths that name a stream, not a file: written in place, never renamed over (as root, a
-# rename over /dev/stdout replaced the system's symlink with a regular file).
-STREAM_PREFIXES = ("/dev/", "/proc/")
+# Paths that name one of this process's open file descriptors: written through that
+# descriptor (sharing its offset, so a redirected stdout keeps the table before the JSON and
+# the summary after), never reopened or renamed over.
+FD_PATH = re.compile(r"/dev/(stdout|stderr)|/dev/fd/(\d+)|/proc/(?:self|(\d+))/fd/(\d+)")
+
+
+def _own_fd(path: Path) -> int | None:
+    m = FD_PATH.fullmatch(os.path.abspath(path))
+    if m is None or (m.group(3) and int(m.group(3)) != os.getpid()):
+        return None
+    if m.group(1):
+        return 1 if m.group(1) == "stdout" else 2
+    return int(m.group(2) or m.group(4))
 
 
 def write_report(path: str | Path, data: bytes) -> None:
     """Write a report file (verify's --json/--junit/--html) without replacing what the path
-    points at: a character device, FIFO or socket, or anything under /dev or /proc
-    (/dev/stdout, /dev/null, /proc/self/fd/N), is opened and written in place; a symbolic
-    link is followed and its target written (atomically), the link kept; a plain path is
-    written with atomic_write."""
+    points at: /dev/stdout, /dev/stderr, /dev/fd/N and /proc/self/fd/N go through that
+    descriptor; a character device, FIFO or socket is opened and written in place (as root, a
+    rename over /dev/stdout replaced the system's symlink with a regular file, and one over
+    /dev/null the device); a symbolic link is followed and its target written atomically, the
+    link kept; a plain path is written with atomic_write."""
     path = Path(path)
-    absolute = os.path.abspath(path)
-    target = Path(os.path.realpath(path))
+    fd = _own_fd(path)
+    if fd is not None:
+        for stream in (sys.stdout, sys.stderr):  # what was printed goes first
+            with contextlib.suppress(OSError, ValueError, AttributeError):
+                stream.flush()
+        with os.fdopen(os.dup(fd), "wb") as f:
+            f.write(data)
+        return
     try:
         st = os.stat(path)
     except FileNotFoundError:
         st = None
     except OSError as e:
         raise _os_error(path, e) from None
-    streamed = absolute.startswith(STREAM_PREFIXES) or str(target).startswith(STREAM_PREFIXES)
-    if streamed or (st is not None and not stat.S_ISREG(st.st_mode)):
-        # O_CREAT only where a missing path could be a file; never O_TRUNC on a device.
-        flags = os.O_WRONLY | (os.O_TRUNC if st is not None and stat.S_ISREG(st.st_mode) else 0)
-        fd = os.open(path, flags if st is not None else flags | os.O_CREAT, 0o666)
-        with os.fdopen(fd, "wb") as f:
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        with open(os.open(path, os.O_WRONLY), "wb") as f:
             f.write(data)
         return
-    atomic_write(target, data)  # through a link: its target is replaced, the link kept
+    atomic_write(os.path.realpath(path), data)  # through a link: its target, the link kept
 
 
 def _umask() -> int:

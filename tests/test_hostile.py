@@ -413,16 +413,25 @@ def test_report_to_a_character_device_is_written_in_place(tmp_path, capsys, ort_
     assert stat.S_ISCHR(os.lstat("/dev/null").st_mode)
 
 
-def test_report_to_dev_stdout_keeps_the_link(tmp_path, ort_bundle):
-    """`--json /dev/stdout` writes the JSON to stdout; /dev/stdout stays what it was."""
+@pytest.mark.parametrize("stdout", ["pipe", "file"])
+def test_report_to_dev_stdout_keeps_the_link(tmp_path, ort_bundle, stdout):
+    """`--json /dev/stdout` writes the JSON to stdout, between the table and the summary (also
+    when stdout is redirected to a file); /dev/stdout stays what it was."""
     before = os.lstat("/dev/stdout")
-    proc = subprocess.run(
-        [sys.executable, "-m", "edgetl.cli", "verify", str(ort_bundle), *ORT,
-         "--json", "/dev/stdout"],
-        capture_output=True, text=True, cwd=REPO, timeout=120,
-    )  # fmt: skip
+    out = tmp_path / "out.txt"
+    with open(out, "w") as f:
+        proc = subprocess.run(
+            [sys.executable, "-m", "edgetl.cli", "verify", str(ort_bundle), *ORT,
+             "--json", "/dev/stdout"],
+            stdout=f if stdout == "file" else subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True, cwd=REPO, timeout=120,
+        )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    assert '"ok": true' in proc.stdout and "Traceback" not in proc.stderr
+    text = out.read_text() if stdout == "file" else proc.stdout
+    head, body = text.split("{", 1)
+    body, tail = ("{" + body).rsplit("}", 1)
+    assert "onnxruntime-cpu  PASS" in head and tail.strip().startswith("OK: 1/1")
+    assert json.loads(body + "}")["ok"] is True and "Traceback" not in proc.stderr
     after = os.lstat("/dev/stdout")
     assert (stat.S_IFMT(after.st_mode), after.st_ino) == (stat.S_IFMT(before.st_mode), before.st_ino)
 
