@@ -772,7 +772,8 @@ def check_source_model(bundle: Path, runtimes) -> None:
     if rt.unavailable_reason() is not None:
         return
     try:
-        rt.load(source_model_path(bundle))
+        model = rt.load(source_model_path(bundle))
+        check_model_fits(bundle, model)
     except (BundleError, RuntimeUnavailable):
         raise
     except Exception as e:
@@ -783,6 +784,28 @@ def check_source_model(bundle: Path, runtimes) -> None:
             else f"{type(e).__name__}: {first}"
         )
         raise BundleError(f"{bundle}: the bundle's source model is refused: {why}") from None
+
+
+def check_model_fits(bundle: Path, model) -> None:
+    """The source model against the manifest: its input is the contract's [H, W, 3] and it
+    has one output per label (a bundle error, not an artifact failure)."""
+    from edgetl.manifest import BundleError
+
+    manifest = Manifest.load(bundle)
+    c = manifest.input
+    shape_in = model.input_shape[0] if isinstance(model.input_shape, list) else model.input_shape
+    shape_out = model.output_shape[0] if isinstance(model.output_shape, list) else model.output_shape
+    want = [c.height, c.width, 3]  # Keras models here are channels-last
+    if list(shape_in[1:]) != want:
+        raise BundleError(
+            f"{bundle}: the source model takes {list(shape_in[1:])}, but the manifest's input "
+            f"contract says {want}; refused"
+        )
+    if shape_out[-1] != len(manifest.labels):
+        raise BundleError(
+            f"{bundle}: the source model has {shape_out[-1]} outputs but the bundle has "
+            f"{len(manifest.labels)} labels; refused"
+        )
 
 
 def run(args: argparse.Namespace) -> int:

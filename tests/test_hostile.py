@@ -546,6 +546,23 @@ def test_probe_shapes_that_disagree_with_the_model(capsys, tmp_path, what):
     refused_bundle(capsys, b, ORT, *words)
 
 
+def test_labels_that_do_not_fit_the_source_model(capsys, bundle):
+    """Four labels, 4-class golden outputs, rehashed, verifying only a TFLite artifact (so no
+    ONNX graph is read): the Keras source model itself has 3 outputs."""
+    k = Manifest.load(bundle).probes["count"]
+    (bundle / "probes" / "expected.bin").write_bytes(np.full((k, 4), 0.25, "<f4").tobytes())
+
+    def four(m):
+        m["labels"] = [*m["labels"], "extra"]
+        m["probes"]["output_shape"] = [k, 4]
+        m["output"]["shape"] = [None, 4]
+
+    edit_manifest(bundle, four)
+    rehash(bundle)
+    args = ["--runtimes", "keras,litert", "--artifacts", "tflite_float32", "--no-localize"]
+    refused_bundle(capsys, bundle, args, "source model has 3 outputs", "4 labels")
+
+
 def test_source_model_replaced_is_refused_by_its_hash(capsys, bundle, tmp_path):
     """Another model in source/model.keras (not rehashed): the hash check refuses it."""
     other = make_bundle(tmp_path / "other")
