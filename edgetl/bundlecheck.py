@@ -437,13 +437,15 @@ def _tfjs_weight_bytes(w: object, where: str) -> int:
         raise BundleError(f"{where}: shape {shape!r} is not a list of sizes; refused"[:300])
     q = w.get("quantization")
     if q is not None:
-        if not isinstance(q, dict) or q.get("dtype") not in TFJS_QUANT_BYTES:
+        if not isinstance(q, dict) or not isinstance(q.get("dtype"), str) or (
+            q["dtype"] not in TFJS_QUANT_BYTES
+        ):
             raise BundleError(
                 f"{where}: quantization dtype must be one of "
                 f"{', '.join(TFJS_QUANT_BYTES)}; refused"
             )
         per = TFJS_QUANT_BYTES[q["dtype"]]
-    elif w.get("dtype") in TFJS_BYTES:
+    elif isinstance(w.get("dtype"), str) and w["dtype"] in TFJS_BYTES:
         per = TFJS_BYTES[w["dtype"]]
     else:
         raise BundleError(
@@ -570,9 +572,8 @@ def check_tfjs_io(bundle_dir: Path, manifest, record, what: str) -> object:
         )
     if record.format != "tfjs_layers":
         return spec
-    layers = ((spec.get("modelTopology") or {}).get("model_config") or {}).get("config") or {}
-    first = (layers.get("layers") or [{}])[0] if isinstance(layers, dict) else {}
-    shape = ((first or {}).get("config") or {}).get("batch_input_shape")
+    shape = _dig(spec, "modelTopology", "model_config", "config", "layers", 0, "config",
+                 "batch_input_shape")  # fmt: skip
     c = manifest.input
     if isinstance(shape, list) and shape[1:] != [c.height, c.width, 3]:
         raise BundleError(
@@ -580,6 +581,18 @@ def check_tfjs_io(bundle_dir: Path, manifest, record, what: str) -> object:
             f"says {[c.height, c.width, 3]}; refused"
         )
     return spec
+
+
+def _dig(node: object, *keys: str | int) -> object:
+    """node[k1][k2]... or None where a level is missing or of another type."""
+    for k in keys:
+        if isinstance(k, int) and isinstance(node, list) and len(node) > k:
+            node = node[k]
+        elif isinstance(k, str) and isinstance(node, dict):
+            node = node.get(k)
+        else:
+            return None
+    return node
 
 
 TFLITE_MAGIC = b"TFL3"

@@ -747,9 +747,11 @@ def test_fuzz_manifest_and_model_json(tmp_path, capsys, bundle, canaries):
             assert "\n" not in str(e).split("failed:")[-1].strip() or "integrity" in str(e)
         except Exception as e:  # the point: nothing else may escape
             pytest.fail(f"mutation {i} ({'; '.join(done)}) raised {type(e).__name__}: {e}")
-        if i % 10 == 0 and i <= 20:  # a few through the real CLI (onnxruntime only: fast)
-            code, text = cli(capsys, "verify", bundle, *ORT)
+        if i in (10, 20):  # a few through the real CLI: onnxruntime, then TF.js in Node
+            runtimes = ORT if i == 10 else ["--runtimes", "tfjs-node-wasm", "--no-localize"]
+            code, text = cli(capsys, "verify", bundle, *runtimes)
             assert code in (0, 1, 2), text
+            assert code != 2 or len(text.strip().splitlines()) <= 3, text
     assert seen["refused"] > 10, seen  # the mutations did reach the checks
     print(f"fuzz: {i} mutations in {time.perf_counter() - t0:.1f} s: {seen}")
-    print("accepted:\n  " + "\n  ".join(accepted))
+    print("accepted:\n  " + "\n  ".join(accepted[:10]))
