@@ -572,6 +572,7 @@ def check_tfjs_io(bundle_dir: Path, manifest, record, what: str) -> object:
         )
     if record.format != "tfjs_layers":
         return spec
+    check_tfjs_topology(spec, f"{what}: {record.path}")
     shape = _dig(spec, "modelTopology", "model_config", "config", "layers", 0, "config",
                  "batch_input_shape")  # fmt: skip
     c = manifest.input
@@ -581,6 +582,47 @@ def check_tfjs_io(bundle_dir: Path, manifest, record, what: str) -> object:
             f"says {[c.height, c.width, 3]}; refused"
         )
     return spec
+
+
+def check_tfjs_topology(spec: dict, what: str) -> None:
+    """A Layers model's graph must be well-formed before TF.js reads it: in every (nested)
+    functional config, layer names are unique and every inbound node, input and output names
+    a layer of that config. (TF.js 4.22 loops forever on a reference to a missing layer:
+    measured, loadLayersModel still running after 60 s.)"""
+    configs = [_dig(spec, "modelTopology", "model_config", "config")]
+    while configs:
+        cfg = configs.pop()
+        if not isinstance(cfg, dict) or not isinstance(cfg.get("layers"), list):
+            continue
+        names: set[str] = set()
+        for layer in cfg["layers"]:
+            name = layer.get("name") if isinstance(layer, dict) else None
+            if not isinstance(name, str) or name in names:
+                raise BundleError(f"{what}: a layer name is missing or repeated ({name!r}); "
+                                  "refused"[:300])  # fmt: skip
+            inner = _dig(layer, "config", "name")
+            if inner is not None and inner != name:
+                raise BundleError(f"{what}: layer {name!r} is called {inner!r} in its config; "
+                                  "refused"[:300])  # fmt: skip
+            names.add(name)
+            configs.append(layer.get("config"))
+        refs = [*_refs(cfg.get("input_layers")), *_refs(cfg.get("output_layers"))]
+        for layer in cfg["layers"]:
+            refs += _refs(layer.get("inbound_nodes"))
+        missing = [r for r in refs if not isinstance(r, str) or r not in names]
+        if missing:
+            raise BundleError(f"{what}: the model graph refers to a layer {missing[0]!r} it "
+                              "does not define; refused"[:300])  # fmt: skip
+
+
+def _refs(node: object) -> list:
+    """Layer names in a Keras 2 style node list ([[name, node, tensor, kwargs], ...]);
+    anything not of that shape yields a non-string, which check_tfjs_topology refuses."""
+    if not isinstance(node, list):
+        return [] if node is None else [node]
+    if node and isinstance(node[0], str):
+        return [node[0]]
+    return [r for item in node for r in _refs(item)]
 
 
 def _dig(node: object, *keys: str | int) -> object:

@@ -13,6 +13,10 @@ A bundle directory looks like:
     probes/expected.bin    the Keras model's outputs for them: little-endian float32, probes.output_shape
 
 Python, Node and the browser read exactly these bytes, so parity needs no TensorFlow.
+A bundle is untrusted: Manifest.load validates the manifest (edgetl.bundlecheck's schema), and
+check_integrity refuses, before any runtime opens anything, a file that is not a regular file
+inside the bundle of its recorded size and sha256, or that a model reads without the manifest
+listing it (TF.js shards, ONNX external data).
 """
 
 from __future__ import annotations

@@ -222,6 +222,27 @@ def test_listed_file_the_model_never_reads(capsys, bundle):
     refused_bundle(capsys, bundle, NODE, "tfjs/notes.bin", "never reads")
 
 
+@pytest.mark.parametrize("how", ["missing-layer", "renamed-in-config", "repeated-name"])
+def test_tfjs_graph_that_would_never_load(capsys, bundle, how):
+    """A Layers graph whose node refers to a layer it does not define: TF.js 4.22 loops
+    forever in loadLayersModel (measured: a renamed layer, Node still loading after 60 s).
+    Refused before Node starts."""
+    p, spec = model_json(bundle)
+    layers = spec["modelTopology"]["model_config"]["config"]["layers"]
+    nested = next(la for la in layers if "layers" in la["config"])["config"]["layers"]
+    if how == "missing-layer":
+        nested[5]["name"] = nested[5]["config"]["name"] = "renamed"
+    elif how == "renamed-in-config":
+        nested[5]["config"]["name"] = "other"
+    else:
+        nested[6]["name"] = nested[6]["config"]["name"] = nested[5]["name"]
+    p.write_text(json.dumps(spec))
+    rehash(bundle)
+    t = time.perf_counter()
+    refused_bundle(capsys, bundle, NODE, "tfjs_layers", "refused")
+    assert time.perf_counter() - t < 30
+
+
 @pytest.mark.parametrize("dtype", ["uint8", "uint16", "float16"])
 def test_quantized_weight_specs_imply_their_own_sizes(tmp_path, bundle, dtype):
     """Quantized TF.js weights take 1 or 2 bytes a value: a shard of exactly that size passes
