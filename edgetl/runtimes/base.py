@@ -281,6 +281,7 @@ RUNTIME_MODULES = [
     "edgetl.runtimes.tfjs_node",
     "edgetl.runtimes.tfjs_browser",
     "edgetl.runtimes.ortweb",
+    "edgetl.runtimes.litertjs",
 ]
 
 
