@@ -1021,6 +1021,7 @@ def main(argv: list[str] | None = None) -> int:
             "accuracy",
             "int8",
             "tfjs-quant",
+            "honesty",
             "all",
         ],
     )
@@ -1065,10 +1066,14 @@ def main(argv: list[str] | None = None) -> int:
         from edgetl.bench_scale import bench_scale
 
         print(bench_scale(work / "scale", args.quick), flush=True)
-    if args.what in ("accuracy", "int8", "tfjs-quant"):  # not in "all": needs the [bench] extra
+    if args.what in ("accuracy", "int8", "tfjs-quant", "honesty"):  # needs the [bench] extra
         from edgetl import bench_accuracy
 
-        if args.what == "int8":
+        if args.what == "honesty":
+            seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else [0]
+            budgets = tuple(int(x) for x in (args.budgets or "30,100").split(","))
+            print(bench_accuracy.honesty_table(work / "accuracy", seeds, budgets), flush=True)
+        elif args.what == "int8":
             print(bench_accuracy.int8_table(work / "accuracy"), flush=True)
         elif args.what == "tfjs-quant":
             print(bench_accuracy.tfjs_table(work / "accuracy"), flush=True)
