@@ -563,7 +563,7 @@ def refit_on_train_and_val(
 
     c = job.config
     t = time.perf_counter()
-    everything = np.sort(np.concatenate([job.train_idx, job.val_idx]))
+    everything = np.concatenate([job.train_idx, job.val_idx])
     print(f"  refit: a new head on train + val ({len(everything)} images), {stage1_epochs} epochs")
     mix = {"schedule": c.schedule, "mixup": c.mixup}
     keras.utils.set_random_seed(c.seed)
