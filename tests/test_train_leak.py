@@ -92,7 +92,7 @@ def test_stage2_with_refit_reports_what_held_out_images_score(
     from edgetl.train import train
 
     data, heldout = noise_labels
-    cfg = _config(local_weights, cache_dir, fine_tune_layers=10, fine_tune_epochs=2)
+    cfg = _config(local_weights, cache_dir, fine_tune_layers=10, fine_tune_epochs=1)
     r = train(data, tmp_path / "run", cfg, progress=False)
     reported, held = r.metrics["accuracy"], _heldout_accuracy(tmp_path / "run", heldout)
     # Chance is 1/3; 18 validation and 60 held-out images: the difference of two chance-level
