@@ -88,7 +88,7 @@ def test_stage2_with_refit_reports_what_held_out_images_score(
     """The defaults (refit on) plus stage 2: the reported validation accuracy agrees with the
     held-out accuracy, and no stage whose weights were scored trained on a validation image.
     Before the fix stage 2 started from the head refit on train + val and was scored on val:
-    measured 1.000 reported against 0.38 held out here."""
+    measured 1.000 reported against 0.333 held out here."""
     from edgetl.train import train
 
     data, heldout = noise_labels
