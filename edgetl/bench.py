@@ -1,5 +1,5 @@
 """Benchmarks: `python -m edgetl.bench
-[train|export|verify|parity|browser|scale|accuracy|int8|tfjs-quant|all]` prints side-by-side tables.
+[train|export|verify|parity|browser|scale|accuracy|int8|tfjs-quant|honesty|all]` prints side-by-side tables.
 
 Speed targets live here, never in timed unit tests. Every comparison runs both sides in one
 process on the same data, and prints the ratio.
@@ -17,7 +17,9 @@ process on the same data, and prints the ratio.
 * accuracy: test accuracy and wall time of every training option on real digits with a real
           pretrained backbone, beside the stock Keras recipe (edgetl.bench_accuracy); int8:
           the same data's TFLite float32 / dynamic / int8 accuracy through verify --data;
-          tfjs-quant: TF.js Layers float32 / float16 / uint8 accuracy and download size.
+          tfjs-quant: TF.js Layers float32 / float16 / uint8 accuracy and download size;
+          honesty: the accuracy metrics.json reports beside the written model's test accuracy
+          for the defaults and stage 2 with and without the refit (--seeds, --budgets: 0; 30,100).
 * parity: detection power and false alarms of `edgetl verify`. Every corruption of
           edgetl.corrupt applied to every artifact it applies to (each re-hashed), verified on
           the real runtimes: caught or MISSED, with the error seen and the limit. Then honest
