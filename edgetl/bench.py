@@ -1,6 +1,6 @@
 """Benchmarks: `python -m edgetl.bench
-[train|export|verify|parity|browser|scale|accuracy|int8|tfjs-quant|serve|zoo|gpu|all]` prints
-side-by-side tables.
+[train|export|verify|parity|browser|scale|accuracy|int8|tfjs-quant|honesty|serve|zoo|gpu|
+all]` prints side-by-side tables.
 
 Speed targets live here, never in timed unit tests. Every comparison runs both sides in one
 process on the same data, and prints the ratio.
@@ -18,7 +18,9 @@ process on the same data, and prints the ratio.
 * accuracy: test accuracy and wall time of every training option on real digits with a real
           pretrained backbone, beside the stock Keras recipe (edgetl.bench_accuracy); int8:
           the same data's TFLite float32 / dynamic / int8 accuracy through verify --data;
-          tfjs-quant: TF.js Layers float32 / float16 / uint8 accuracy and download size.
+          tfjs-quant: TF.js Layers float32 / float16 / uint8 accuracy and download size;
+          honesty: the accuracy metrics.json reports beside the written model's test accuracy
+          for the defaults and stage 2 with and without the refit (--seeds, --budgets: 0; 30,100).
 * parity: detection power and false alarms of `edgetl verify`. Every corruption of
           edgetl.corrupt applied to every artifact it applies to (each re-hashed), verified on
           the real runtimes: caught or MISSED, with the error seen and the limit. Then honest
@@ -1107,6 +1109,7 @@ def main(argv: list[str] | None = None) -> int:
             "accuracy",
             "int8",
             "tfjs-quant",
+            "honesty",
             "serve",
             "zoo",
             "gpu",
@@ -1170,10 +1173,14 @@ def main(argv: list[str] | None = None) -> int:
         from edgetl.bench_serve import bench_serve
 
         print(bench_serve(work / "serve", args.quick), flush=True)
-    if args.what in ("accuracy", "int8", "tfjs-quant"):  # not in "all": needs the [bench] extra
+    if args.what in ("accuracy", "int8", "tfjs-quant", "honesty"):  # needs the [bench] extra
         from edgetl import bench_accuracy
 
-        if args.what == "int8":
+        if args.what == "honesty":
+            seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else [0]
+            budgets = tuple(int(x) for x in (args.budgets or "30,100").split(","))
+            print(bench_accuracy.honesty_table(work / "accuracy", seeds, budgets), flush=True)
+        elif args.what == "int8":
             print(bench_accuracy.int8_table(work / "accuracy"), flush=True)
         elif args.what == "tfjs-quant":
             print(bench_accuracy.tfjs_table(work / "accuracy"), flush=True)

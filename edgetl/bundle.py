@@ -163,10 +163,14 @@ def check_request(model, labels, formats, quantizations, calibration_images, tfj
         unwritten_quantization,
     )
 
+    # Each name once (`--formats onnx,onnx` wrote two artifacts with one id): order kept.
     formats = [FORMATS.check(f) for f in (FORMATS.names() if formats is None else formats)]
-    quantizations = [q.strip() for q in quantizations]
+    formats = list(dict.fromkeys(formats))
+    quantizations = list(dict.fromkeys(q.strip() for q in quantizations))
     names = [split_quantization(q)[1] for q in quantizations]
-    tfjs_quantizations = [TFJS_QUANTIZATIONS.check(q) for q in tfjs_quantizations]
+    tfjs_quantizations = list(
+        dict.fromkeys(TFJS_QUANTIZATIONS.check(q) for q in tfjs_quantizations)
+    )
     refusal = unwritten_quantization(quantizations, formats)
     if refusal:
         raise UserError(refusal)
@@ -215,7 +219,6 @@ def _write_bundle(
     # layer-by-layer localization, and what the hash in the manifest is about.
     (root / "source").mkdir()
     model.save(root / SOURCE_MODEL)
-    source_hash = sha256_file(source_path) if source_path else sha256_file(root / SOURCE_MODEL)
 
     for fmt in formats:
         log(f"exporting {fmt} ...")
@@ -249,10 +252,12 @@ def _write_bundle(
         labels=labels,
         input=contract,
         artifacts=artifacts,
-        source_model={
+        source_model={  # the bundled file is what verify loads, so its hash is checked
             "file": SOURCE_MODEL,
+            "size": (root / SOURCE_MODEL).stat().st_size,
+            "sha256": sha256_file(root / SOURCE_MODEL),
             "original": source_path.name if source_path else None,
-            "sha256": source_hash,
+            "original_sha256": sha256_file(source_path) if source_path else None,
         },
         tools=tool_versions(),
         probes={**write_probes(root, probes), "noise": noise, "coverage": probe_coverage},
