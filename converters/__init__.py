@@ -117,7 +117,7 @@ def parse_quantizations(text: str) -> list[str]:
         raise UnknownNameError(f"no quantization given; valid: {', '.join(QUANTIZATIONS.names())}")
     for e in entries:
         split_quantization(e)
-    return entries
+    return list(dict.fromkeys(entries))  # each once, order kept (as Registry.parse_list)
 
 
 def unwritten_quantization(entries, formats) -> str | None:
