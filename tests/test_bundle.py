@@ -267,7 +267,7 @@ def test_export_cli_on_a_run_directory(tiny_run, tmp_path, capsys):
             "--formats",
             "onnx,tflite",
             "--quantize",
-            "int8",
+            "int8,onnx:int8",
             "--int8-io",
             "int8",
         ]
@@ -278,7 +278,7 @@ def test_export_cli_on_a_run_directory(tiny_run, tmp_path, capsys):
     m = Manifest.load(tmp_path / "b")
     # calibration defaulted to the training data recorded in the run directory
     assert m.artifact("tflite_int8").options["calibration_images"] == 48
-    # --quantize int8 also makes ONNX's QDQ variant, from the same calibration images
+    # onnx:int8 makes ONNX's QDQ variant, from the same calibration images
     assert m.artifact("onnx_int8").options["calibration_images"] == 48
     assert any(n.startswith("image:") for n in m.probes["names"])
 
