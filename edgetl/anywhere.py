@@ -29,7 +29,6 @@ from pathlib import Path
 
 import numpy as np
 
-from edgetl.contract import InputContract
 from edgetl.errors import UserError
 from edgetl.manifest import (
     MANIFEST_FILE,
@@ -132,7 +131,9 @@ def _tflite_record(path: Path) -> ArtifactRecord:
             "(pip install ai-edge-litert)"
         ) from None
     except Exception as e:
-        raise UserError(f"{path}: a TFLite file LiteRT cannot read ({type(e).__name__}: {e})") from None
+        raise UserError(
+            f"{path}: a TFLite file LiteRT cannot read ({type(e).__name__}: {e})"
+        ) from None
     dtypes = {np.dtype(t["dtype"]).name for t in tensors}
     integer = {"int8", "uint8", "int16"}
     active = {np.dtype(t["dtype"]).name for t in tensors if t["index"] in outputs}
@@ -175,7 +176,9 @@ def _tfjs_record(path: Path) -> ArtifactRecord:
     missing = [p for p in files if not p.is_file()]
     if missing:
         raise UserError(f"{path}: weight shard {missing[0]} is missing")
-    precision = "uint8" if quant & {"uint8", "uint16"} else "float16" if "float16" in quant else "float32"
+    precision = (
+        "uint8" if quant & {"uint8", "uint16"} else "float16" if "float16" in quant else "float32"
+    )
     options: dict = {}
     version = str(topology.get("keras_version", ""))
     if fmt == "tfjs_layers" and version.startswith("3.") and not _translated(topology):
@@ -204,7 +207,9 @@ def _onnx_record(path: Path) -> ArtifactRecord:
         try:
             model = onnx.load(str(path), load_external_data=False)
         except Exception as e:
-            raise UserError(f"{path}: not a readable ONNX model ({type(e).__name__}: {e})") from None
+            raise UserError(
+                f"{path}: not a readable ONNX model ({type(e).__name__}: {e})"
+            ) from None
         inits = {i.name for i in model.graph.initializer}
         graph_inputs = [i for i in model.graph.input if i.name not in inits]
         if not graph_inputs:
@@ -247,7 +252,11 @@ def artifact_records(paths: list[Path]) -> list[ArtifactRecord]:
         seen_files[rec.path] = Path(p)
         ids = {r.id for r in records}
         if rec.id in ids:
-            stem = Path(rec.path).parent.name if Path(rec.path).name == "model.json" else Path(rec.path).stem
+            stem = (
+                Path(rec.path).parent.name
+                if Path(rec.path).name == "model.json"
+                else Path(rec.path).stem
+            )
             base = f"{rec.id}_{''.join(c if c.isalnum() or c in '-_.' else '_' for c in stem)}"
             rec.id, n = base, 2
             while rec.id in ids:
@@ -354,7 +363,9 @@ def save_probes(ref: Reference, out_dir: Path, *, force: bool = False) -> None:
     staging = Staging(out_dir, log=lambda *_: None)
     with staging as tmp:
         entry = write_probes(tmp, ref.probes)
-        keep = {k: ref.manifest.probes[k] for k in ("noise", "coverage") if k in ref.manifest.probes}
+        keep = {
+            k: ref.manifest.probes[k] for k in ("noise", "coverage") if k in ref.manifest.probes
+        }
         m = ref.manifest
         saved = Manifest(
             name=m.name,
@@ -403,7 +414,11 @@ def load_saved_probes(
         if not reference.is_file():
             raise UserError(f"--reference {reference}: no such file")
         if _keras_available():
-            loaded = load_reference(reference, labels=labels or manifest.labels, input_range=input_range or manifest.input.value_range)
+            loaded = load_reference(
+                reference,
+                labels=labels or manifest.labels,
+                input_range=input_range or manifest.input.value_range,
+            )
             c = loaded.contract
             want = (c.height, c.width, c.channels)
             if want != shape:

@@ -11,9 +11,7 @@ from edgetl.report import text_table
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--available", action="store_true", help="list only the runtimes that run here"
-    )
+    p.add_argument("--available", action="store_true", help="list only the runtimes that run here")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -642,7 +642,7 @@ def verify_files(
     overrides = [
         o if isinstance(o, ToleranceOverride) else parse_override(o) for o in tolerances or []
     ]
-    names, _, _ = runtime_names(runtimes, require)  # unknown names refused before the probes
+    runtime_names(runtimes, require)  # unknown names refused before the probes are made
     if probes is not None:
         ref = anywhere.load_saved_probes(
             Path(probes), Path(reference) if reference else None, labels=labels,
