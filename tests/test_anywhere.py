@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import cpu_runtimes
-from foreign import make_foreign
 
 from edgetl.cli import main
 from edgetl.results import FAIL
@@ -24,9 +23,9 @@ EXPECTED_IDS = {"onnx": "onnx", "tflite": "tflite_float32", "tfjs_graph": "tfjs_
 
 
 @pytest.fixture(scope="session")
-def foreign(tmp_path_factory, tiny_run) -> dict[str, Path]:
-    """tiny_run's model converted by the converters themselves, not by edgetl."""
-    return make_foreign(tiny_run / "model.keras", tmp_path_factory.mktemp("foreign"))
+def foreign(foreign_artifacts) -> dict[str, Path]:
+    """tiny_run's model converted by the converters themselves, not by edgetl (conftest)."""
+    return foreign_artifacts
 
 
 @pytest.fixture(scope="session")
