@@ -359,7 +359,7 @@ def save_probes(ref: Reference, out_dir: Path, *, force: bool = False) -> None:
     from edgetl.outdir import Staging, check_out_dir
 
     out_dir = Path(out_dir)
-    check_out_dir(out_dir, force=force)
+    check_out_dir(out_dir, force=force, flag="--save-probes")
     staging = Staging(out_dir, log=lambda *_: None)
     with staging as tmp:
         entry = write_probes(tmp, ref.probes)

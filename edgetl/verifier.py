@@ -614,6 +614,7 @@ def verify_files(
     labels: Sequence[str] | None = None,
     input_range: tuple[float, float] | None = None,
     save_probes: str | Path | None = None,
+    force: bool = False,
     data_limit: int | None = None,
     cluster: str | None = None,
     require: Sequence[str] | str | None = None,
@@ -643,6 +644,11 @@ def verify_files(
         o if isinstance(o, ToleranceOverride) else parse_override(o) for o in tolerances or []
     ]
     runtime_names(runtimes, require)  # unknown names refused before the probes are made
+    if save_probes is not None:  # a folder that would lose something: refused before any work
+        from edgetl.outdir import check_out_dir
+
+        reads = {"reference model": Path(reference)} if reference else None
+        check_out_dir(Path(save_probes), force=force, reads=reads, flag="--save-probes")
     if probes is not None:
         ref = anywhere.load_saved_probes(
             Path(probes), Path(reference) if reference else None, labels=labels,
@@ -654,7 +660,7 @@ def verify_files(
             labels=list(labels) if labels else None, input_range=input_range, log=say,
         )  # fmt: skip
     if save_probes is not None:
-        anywhere.save_probes(ref, Path(save_probes))
+        anywhere.save_probes(ref, Path(save_probes), force=force)
         say(f"probes saved to {save_probes}")
     if ref.model is not None and KERAS in RUNTIMES:
         RUNTIMES.get(KERAS).remember(ref.source_path, ref.model)  # loaded once, legacy .h5 too
@@ -716,6 +722,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="with --reference: also write the probes, golden outputs and noise floors (hashed) "
         "to DIR, for --probes in a later run or on a machine without TensorFlow",
+    )
+    p.add_argument(
+        "--force", action="store_true", help="replace an existing --save-probes folder"
     )
     p.add_argument(
         "--probes",
@@ -864,7 +873,7 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return _Formatter._get_help_string(self, action)
 
 
-FILE_MODE_FLAGS = ("images", "labels", "input_range", "save_probes")
+FILE_MODE_FLAGS = ("images", "labels", "input_range", "save_probes")  # --reference only
 
 
 def run(args: argparse.Namespace) -> int:
@@ -927,6 +936,7 @@ def _run_files(args: argparse.Namespace) -> int:
         labels=parse_labels(args.labels) if args.labels else None,
         input_range=parse_range(args.input_range) if args.input_range else None,
         save_probes=args.save_probes,
+        force=args.force,
         data_limit=args.data_limit,
         cluster=args.cluster,
         require=args.require,
