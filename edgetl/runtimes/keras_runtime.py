@@ -63,10 +63,7 @@ class KerasSession(Session):
 
 class KerasRuntime(Runtime):
     name = "keras"
-    description = (
-        "the reference: re-runs the Keras model against the golden outputs and gives Keras' "
-        "layer outputs for localization (needs TensorFlow)"
-    )
+    description = "the reference: re-runs the Keras model; localizes failures (needs TensorFlow)"
     formats = frozenset({SOURCE_FORMAT})  # the source model only; no exported artifact
     reference = True
 
