@@ -17,7 +17,7 @@ set -euo pipefail
 PYTHON="${PYTHON:-python3}"
 VENV="${EDGETL_VENV:-${RUNNER_TEMP:-/tmp}/edgetl-venv}"
 REPORT_DIR="${EDGETL_REPORT_DIR:-${RUNNER_TEMP:-/tmp}/edgetl-report}"
-EXTRAS="${EDGETL_EXTRAS:-cpu,browser}"
+EXTRAS="${EDGETL_EXTRAS:-export,cpu,browser}"
 mkdir -p "$REPORT_DIR"
 
 echo "::group::install edgetl from $EDGETL_DIR"
