@@ -22,8 +22,18 @@ mkdir -p "$REPORT_DIR"
 
 echo "::group::install edgetl from $EDGETL_DIR"
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
-"$VENV/bin/python" -m pip install -q -e "$EDGETL_DIR[$EXTRAS]"
-(cd "$EDGETL_DIR/web" && npm ci --no-audit --no-fund --prefer-offline --loglevel=error)
+# A second run in one job (or a restored venv) skips what is already in place for this
+# checkout: the stamps hold the pyproject / package-lock hashes and the extras.
+pip_stamp="$(sha256sum "$EDGETL_DIR/pyproject.toml" | cut -c1-64) $EXTRAS $EDGETL_DIR"
+if [ "$(cat "$VENV/.edgetl-stamp" 2>/dev/null)" != "$pip_stamp" ]; then
+  "$VENV/bin/python" -m pip install -q -e "$EDGETL_DIR[$EXTRAS]"
+  echo "$pip_stamp" > "$VENV/.edgetl-stamp"
+fi
+npm_stamp="$(sha256sum "$EDGETL_DIR/web/package-lock.json" | cut -c1-64)"
+if [ "$(cat "$EDGETL_DIR/web/node_modules/.edgetl-stamp" 2>/dev/null)" != "$npm_stamp" ]; then
+  (cd "$EDGETL_DIR/web" && npm ci --no-audit --no-fund --prefer-offline --loglevel=error)
+  echo "$npm_stamp" > "$EDGETL_DIR/web/node_modules/.edgetl-stamp"
+fi
 echo "::endgroup::"
 
 if [ "${EDGETL_BROWSER:-true}" = "true" ] && [ -z "${EDGETL_CHROMIUM:-}" ] \
