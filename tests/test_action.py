@@ -66,10 +66,10 @@ def test_action_script_on_a_fresh_clone(tmp_path, tiny_run, foreign_artifacts):
     assert json.loads((report / "result.json").read_text())["ok"] is True
     assert (report / "report.html").stat().st_size > 1000
     assert f"report-dir={report}" in out.read_text()
-    # edgetl ran from the clone, not from this checkout (cwd elsewhere: '' is on sys.path)
+    # edgetl ran from the clone, not from this checkout (cwd: neither, as sys.path has "")
     assert str(clone) in subprocess.run(
         [str(venv / "bin" / "python"), "-c", "import edgetl; print(edgetl.__file__)"],
-        capture_output=True, text=True, check=True, cwd=tmp_path,
+        capture_output=True, text=True, check=True, cwd=venv,
     ).stdout  # fmt: skip
 
     # a mismatch: exit status 1, reports still written (the action uploads them `if: always()`)
