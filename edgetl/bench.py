@@ -758,8 +758,27 @@ BROWSER_PATHS = [
     ("tfjs-browser-wasm", "tfjs_layers_uint8", None),
     ("tfjs-browser-webgl", "tfjs_graph", None),
     ("tfjs-browser-webgl", "tfjs_layers", None),
+    ("litertjs-wasm", "tflite_float32", None),
+    ("litertjs-wasm", "tflite_float16", None),
+    ("litertjs-wasm", "tflite_int8", None),
+    ("litertjs-webgpu", "tflite_float32", None),
+    ("tfjs-browser-webgpu", "tfjs_graph", None),
 ]
-WEB_ARTIFACTS = ("onnx", "tfjs_layers", "tfjs_layers_float16", "tfjs_layers_uint8", "tfjs_graph")
+# WebGPU paths run on the machine's adapter: SwiftShader (software) where there is no GPU, about
+# 0.7 s a run at 224 px for LiteRT.js; there they are timed in WEBGPU_SOFTWARE_ROUNDS rounds.
+WEBGPU_SOFTWARE_ROUNDS = 2
+# Fastest browser path against native onnxruntime, by this bench's method (issue 22).
+BROWSER_TARGET = 1.5
+WEB_ARTIFACTS = (
+    "onnx",
+    "tfjs_layers",
+    "tfjs_layers_float16",
+    "tfjs_layers_uint8",
+    "tfjs_graph",
+    "tflite_float32",
+    "tflite_float16",
+    "tflite_int8",
+)
 # The engines' own files a page downloads (served from node_modules by edgetl serve).
 ENGINE_FILES = {
     "onnxruntime-web (wasm)": [
@@ -771,6 +790,12 @@ ENGINE_FILES = {
         "tf.min.js",
         "tf-backend-wasm.min.js",
         "tfjs-backend-wasm-threaded-simd.wasm",
+    ],
+    "LiteRT.js (threaded wasm)": [
+        "litertjs/index.js",
+        "litertjs/wasm-utils.js",
+        "litertjs/wasm/litert_wasm_threaded_internal.js",
+        "litertjs/wasm/litert_wasm_threaded_internal.wasm",
     ],
 }
 
@@ -810,7 +835,7 @@ def bench_browser(work: Path, quick: bool) -> str:
         name,
         alpha,
         size,
-        quantizations=(),
+        quantizations=("float16", "int8"),
         export_options={"tfjs_graph": True, "tfjs_quantizations": ("float16", "uint8")},
     )
     manifest = Manifest.load(bundle)
@@ -834,6 +859,7 @@ def _native_timers(bundle: Path, manifest, x: np.ndarray, context, stack) -> tup
         ("native", "onnxruntime-cpu", "onnx", cores),
         ("native-1t", "onnxruntime-cpu", "onnx", 1),
         ("litert", "litert", "tflite_float32", cores),
+        ("litert-int8", "litert", "tflite_int8", cores),
     ]
     for key, rt_name, rid, threads in natives:
         artifact = Artifact(manifest.artifact(rid), bundle)
@@ -883,10 +909,12 @@ def _latency_table(bundle: Path, manifest, quick: bool, context, stack) -> list[
     x = np.zeros((1, size, size, 3), np.float32)
     timers, meta = _native_timers(bundle, manifest, x, context, stack)
     native_times: dict[str, list[float]] = {k: [] for k in timers}
-    rows, browser = [], {}
+    rows, browser, adapters = [], {}, set()
     for rt_name, rid, n_threads in BROWSER_PATHS:
         if quick and rt_name == "tfjs-browser-webgl":
             continue
+        if quick and rt_name == "tfjs-browser-webgpu":
+            continue  # SwiftShader compiles TF.js' shaders for minutes at 224 px
         rt = RUNTIMES.get(rt_name)
         base = "native-1t" if n_threads == 1 else "native"
         try:
@@ -894,8 +922,11 @@ def _latency_table(bundle: Path, manifest, quick: bool, context, stack) -> list[
             if reason:
                 raise RuntimeUnavailable(reason)
             artifact = Artifact(manifest.artifact(rid), bundle)
+            n_rounds = rounds
+            if rt_name.endswith("webgpu") and "swiftshader" in adapters:
+                n_rounds = WEBGPU_SOFTWARE_ROUNDS
             first, samples, during = _time_engine(
-                rt, artifact, x, context, n_threads or cores, rounds, warmup, timers,
+                rt, artifact, x, context, n_threads or cores, n_rounds, warmup, timers,
                 native_times, base,
             )  # fmt: skip
         except Exception as e:  # a backend that cannot start here is a row, not a crash
@@ -905,6 +936,10 @@ def _latency_table(bundle: Path, manifest, quick: bool, context, stack) -> list[
         detail = ", ".join(
             f"{k}={info[k]}" for k in ("wasm_threads", "webgl_precision") if info.get(k)
         )
+        adapter = info.get("webgpu_adapter")
+        if rt_name.endswith("webgpu") and adapter:
+            adapters.add(adapter.get("architecture") or adapter.get("vendor"))
+            detail = f"adapter {adapter.get('vendor')} {adapter.get('architecture')}".strip()
         med = statistics.median(samples)
         ratio = med / statistics.median(during)
         if base == "native":
@@ -923,15 +958,17 @@ def _latency_table(bundle: Path, manifest, quick: bool, context, stack) -> list[
         f"runs each after {warmup} warm-up runs (cold = the first run after load); each engine "
         f"in blocks of {BROWSER_RUN_BLOCK} alternating with native blocks, its ratio taken "
         f"against the native runs of its own rounds; {cores} logical cores; headless Chromium "
-        "(--disable-gpu: WebGL is SwiftShader, no WebGPU adapter)",
+        "(WebGPU on the machine's adapter, SwiftShader without a GPU: timed in "
+        f"{WEBGPU_SOFTWARE_ROUNDS} rounds there)",
         _table(rows, ["runtime", "artifact", "backend", "median ms", "cold ms", "vs onnxruntime"]),
     ]
     if browser:
         (best_rt, best_id), (best, ratio) = min(browser.items(), key=lambda kv: kv[1][1])
-        verdict = "met" if ratio <= 2 else f"missed by {ratio / 2:.2f}x"
+        target = BROWSER_TARGET
+        verdict = "met" if ratio <= target else f"missed by {ratio / target:.2f}x"
         lines.append(
             f"fastest browser path: {best_rt} {best_id} {best:.2f} ms = {ratio:.2f}x native "
-            f"onnxruntime in the same rounds (target <= 2x: {verdict})"
+            f"onnxruntime in the same rounds (target <= {target:g}x: {verdict})"
         )
     return lines
 
@@ -965,8 +1002,9 @@ def _verdict_table(bundle: Path, manifest) -> list[str]:
     from edgetl.verifier import verify
 
     runtimes = ["onnxruntime-cpu", "litert", "tfjs-node-wasm", "tfjs-browser-wasm"]
+    # WebGPU on SwiftShader at 224 px: verified in the tests on the tiny bundle instead.
     check = verify(
-        bundle, runtimes=[*runtimes, "ort-web-wasm", "ort-web-webgpu"], localize_failures=False
+        bundle, runtimes=[*runtimes, "ort-web-wasm", "litertjs-wasm"], localize_failures=False
     )
     verdicts = [
         [
@@ -1030,7 +1068,7 @@ def main(argv: list[str] | None = None) -> int:
         "--quick",
         action="store_true",
         help="export: MobileNetV2 1.0/224 only; parity: MobileNetV2 corruptions, 3-bundle sweep; "
-        "browser: wasm paths only (no software WebGL); scale: 1k and 5k images; "
+        "browser: no software WebGL, no TF.js WebGPU; scale: 1k and 5k images; "
         "accuracy: seed 0, fewer rows, full-forward rows at 10/class only",
     )
     p.add_argument(
