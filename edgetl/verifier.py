@@ -553,7 +553,7 @@ def verify(
     ]
     return _verify_records(
         root, manifest, records, probes, runtimes, require, overrides, data, data_limit,
-        address, localize_failures, strict_probes, say, t0,
+        address, localize_failures, strict_probes, say, t0, context=context,
     )  # fmt: skip
 
 
@@ -573,11 +573,10 @@ def _verify_records(
     say,
     t0: float,
     keras_model=None,
+    context: RunContext | None = None,
 ) -> VerifyResult:
     """run -> judge -> localize for `records` against `probes`: a bundle's, or the in-memory
     records and probes of verify_files (edgetl.anywhere)."""
-    from edgetl.runtimes.base import RunContext
-
     names, required, broken = runtime_names(runtimes, require)
     data_dir = Path(data) if data is not None else None
     batch = make_batch(manifest, probes, data_dir, say, data_limit)
@@ -628,6 +627,7 @@ def verify_files(
     localize_failures: bool = True,
     strict_probes: bool = False,
     log: Callable[[str], None] | None = None,
+    context: RunContext | None = None,
 ) -> VerifyResult:
     """Verify a user's own files (ONNX, TFLite, TF.js model.json: found by content) against a
     Keras `reference`, no bundle needed (edgetl.anywhere builds its records and probes in
@@ -677,6 +677,7 @@ def verify_files(
     result = _verify_records(
         root, manifest, records, ref.probes, runtimes, require, overrides, data, data_limit,
         address, localize_failures, strict_probes, say, t0, keras_model=ref.model,
+        context=context,
     )  # fmt: skip
     result.bundle_dir = ref.source_path or Path(probes)
     return result
