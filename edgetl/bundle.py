@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import sys
+import time
 from collections.abc import Callable, Sequence
 from importlib import metadata
 from pathlib import Path
@@ -21,6 +22,7 @@ import numpy as np
 
 from edgetl.contract import LABELS_FILE, InputContract, save_labels
 from edgetl.errors import UserError
+from edgetl.loadcheck import check_artifacts_load, probe_input
 from edgetl.manifest import (
     ArtifactRecord,
     Manifest,
@@ -156,9 +158,11 @@ def check_request(model, labels, formats, quantizations, calibration_images, tfj
     """Registered formats and quantizations that fit together, one label per model output."""
     from edgetl.converters import FORMATS, QUANTIZATIONS, TFJS_QUANTIZATIONS
 
+    # Each name once (`--formats onnx,onnx` wrote two artifacts with one id): order kept.
     formats = [FORMATS.check(f) for f in (FORMATS.names() if formats is None else formats)]
-    quantizations = [QUANTIZATIONS.check(q) for q in quantizations]
-    tfjs_quantizations = [TFJS_QUANTIZATIONS.check(q) for q in tfjs_quantizations]
+    formats = list(dict.fromkeys(formats))
+    quantizations = list(dict.fromkeys(QUANTIZATIONS.check(q) for q in quantizations))
+    tfjs_quantizations = list(dict.fromkeys(TFJS_QUANTIZATIONS.check(q) for q in tfjs_quantizations))
     if quantizations and "tflite" not in formats:
         raise UserError("--quantize applies to TFLite; add tflite to --formats")
     if tfjs_quantizations and "tfjs" not in formats:
@@ -206,7 +210,6 @@ def _write_bundle(
     # layer-by-layer localization, and what the hash in the manifest is about.
     (root / "source").mkdir()
     model.save(root / SOURCE_MODEL)
-    source_hash = sha256_file(source_path) if source_path else sha256_file(root / SOURCE_MODEL)
 
     for fmt in formats:
         log(f"exporting {fmt} ...")
@@ -216,6 +219,19 @@ def _write_bundle(
             raise
         except Exception as e:
             raise ExportError(f"{fmt} export failed: {type(e).__name__}: {e}") from e
+
+    # Exit 0 must mean every file loads where it is meant to: each artifact is opened in its
+    # own runtime and run on one image (edgetl.loadcheck); a failure removes the staged bundle.
+    log("checking that every artifact loads in its runtime ...")
+    started = time.perf_counter()
+    x = probe_input(tuple(int(d) for d in model.inputs[0].shape[1:]), contract.value_range)
+    load = check_artifacts_load(root, artifacts, x, len(labels))
+    runtimes = ", ".join(sorted(set(load.loaded.values())))
+    log(
+        f"  {len(load.loaded)} artifact(s) loaded ({runtimes}) in {time.perf_counter() - started:.1f} s"
+    )
+    for artifact_id, why in load.unchecked.items():
+        log(f"note: {artifact_id} not load-checked here ({why})")
 
     log("computing golden probes (float32, float64 and float16-weight references) ...")
     probes, noise, probe_coverage = make_probes(model, contract, *probe_set)
@@ -227,10 +243,12 @@ def _write_bundle(
         labels=labels,
         input=contract,
         artifacts=artifacts,
-        source_model={
+        source_model={  # the bundled file is what verify loads, so its hash is checked
             "file": SOURCE_MODEL,
+            "size": (root / SOURCE_MODEL).stat().st_size,
+            "sha256": sha256_file(root / SOURCE_MODEL),
             "original": source_path.name if source_path else None,
-            "sha256": source_hash,
+            "original_sha256": sha256_file(source_path) if source_path else None,
         },
         tools=tool_versions(),
         probes={**write_probes(root, probes), "noise": noise, "coverage": probe_coverage},
