@@ -372,18 +372,32 @@ def save_probes(ref: Reference, out_dir: Path, *, force: bool = False) -> None:
             labels=m.labels,
             input=m.input,
             artifacts=[],
-            source_model={  # by hash only: the reference stays where it is
-                "file": None,
-                "original": m.source_model.get("original"),
-                "sha256": m.source_model.get("sha256"),
-            },
+            source_model=_copy_source(ref.source_path, tmp),
             tools=m.tools,
-            probes={**entry, **keep, "kind": "saved probes (edgetl verify --save-probes)"},
+            probes={**entry, **keep},
             output=m.output,
             created=m.created,
         )
         saved.save(tmp)
         staging.commit()
+
+
+def _copy_source(source: Path | None, root: Path) -> dict:
+    """The reference travels with its probes (source/NAME, hashed like a bundle's), so the
+    folder is a bundle without artifacts that the manifest schema and integrity check accept."""
+    import shutil
+
+    if source is None:
+        raise UserError("--save-probes needs --reference MODEL to make the probes from")
+    rel = f"source/{source.name}"
+    (root / "source").mkdir()
+    shutil.copyfile(source, root / rel)
+    return {
+        "file": rel,
+        "size": (root / rel).stat().st_size,
+        "sha256": sha256_file(root / rel),
+        "original": source.name,
+    }
 
 
 def load_saved_probes(

@@ -887,7 +887,13 @@ def check_output_files(args: argparse.Namespace) -> None:
     one inside the bundle or the --data folder (`--json BUNDLE/manifest.json` destroyed the
     bundle), symbolic links followed."""
     seen: dict[Path, str] = {}
-    inputs = {"bundle": Path(args.bundle)}
+    bundle = getattr(args, "bundle", None)
+    inputs = {"bundle": Path(bundle)} if bundle is not None else {}
+    if bundle is None:  # --reference / --probes: the user's files and folders are inputs too
+        inputs.update({f"artifact {p}": Path(p) for p in getattr(args, "paths", None) or []})
+        for flag in ("reference", "probes", "images"):
+            if getattr(args, flag, None) is not None:
+                inputs[f"--{flag}"] = Path(getattr(args, flag))
     if getattr(args, "data", None) is not None:
         inputs["--data folder"] = Path(args.data)
     for flag in ("json", "junit", "html"):
