@@ -16,8 +16,8 @@ path of edgetl.verifier takes it as it is:
   them (edgetl.probes.make_probes over images sampled by edgetl.data.sample_images), or read
   from a folder `--save-probes` wrote (a later run, or a machine without TensorFlow).
 
-A probes folder is a bundle without artifacts: manifest.json (labels, input contract, the
-reference's sha256, noise floors, coverage) and probes/*.bin, every file hashed.
+A probes folder is a bundle without artifacts: manifest.json (labels, input contract, noise
+floors, coverage), probes/*.bin and a copy of the reference in source/, every file hashed.
 """
 
 from __future__ import annotations
