@@ -367,16 +367,20 @@ def _train_and_export(
 
 def int8_table(work: Path, per_class: int = BUDGETS[-1], seed: int = 0) -> str:
     """The defaults' model on `per_class` labels, exported to TFLite float32 / dynamic / int8
-    (calibrated on its training folder), each artifact's test accuracy on LiteRT through
-    `verify --data`, beside Keras'."""
+    and ONNX float32 / float16 / int8 (int8 calibrated on its training folder), each
+    artifact's test accuracy on LiteRT and onnxruntime through `verify --data`, beside
+    Keras'."""
     from edgetl.verifier import verify
 
     got = _train_and_export(
-        work, "int8", per_class, seed, retrain=True, formats=["tflite"],
-        quantizations=["dynamic", "int8"],
+        work, "int8", per_class, seed, retrain=True, formats=["tflite", "onnx"],
+        quantizations=["dynamic", "int8", "onnx:float16"],
     )  # fmt: skip
     result = verify(
-        got.bundle, runtimes=["litert", "keras"], data=got.test_dir, localize_failures=False
+        got.bundle,
+        runtimes=["litert", "onnxruntime-cpu", "keras"],
+        data=got.test_dir,
+        localize_failures=False,
     )
     rows = [["keras (float32)", f"{100 * result.data['keras_accuracy']:.1f}", "-", "-"]]
     for p in result.pairs:
@@ -389,7 +393,7 @@ def int8_table(work: Path, per_class: int = BUDGETS[-1], seed: int = 0) -> str:
     from edgetl.bench import _table
 
     return (
-        f"TFLite on {result.data['images']} test digits: edgetl defaults, {per_class}/class, seed "
+        f"TFLite and ONNX on {result.data['images']} test digits: edgetl defaults, {per_class}/class, seed "
         f"{seed}; int8 calibrated on {got.calibration_images} training images; export "
         f"{got.export_s:.0f} s\n"
         + _table(rows, ["artifact", "test acc %", "points lost", "verify"])
