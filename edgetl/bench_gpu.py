@@ -62,7 +62,11 @@ def gpu_extra_requirements() -> list[str]:
     import tomllib
 
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    pins = [r for r in project["dependencies"] if r.split("==")[0] in ("numpy", "onnx")]
+    import re
+
+    # numpy and onnx pins live in the base dependencies and the `export` extra (pyproject split)
+    reqs = [*project["dependencies"], *project["optional-dependencies"].get("export", [])]
+    pins = [r for r in reqs if re.split(r"[=<>!~\[; ]", r, maxsplit=1)[0] in ("numpy", "onnx")]
     return [*project["optional-dependencies"][GPU_EXTRA], *pins]
 
 

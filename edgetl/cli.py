@@ -30,7 +30,12 @@ COMMANDS = {
     ),
     "verify": (
         "edgetl.verifier",
-        "prove every artifact of a bundle agrees with the original model",
+        "prove every artifact (a bundle, or your own files with --reference) agrees with "
+        "the original model",
+    ),
+    "runtimes": (
+        "edgetl.runtimes_cli",
+        "list the parity runtimes: which run on this machine, and for the others what to install",
     ),
     "serve": ("edgetl.serve", "serve the web app and a bundle on localhost"),
     "demo": ("edgetl.demo", "run the whole job on the bundled sample data set"),

@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgetl.anywhere import ERROR_HINT
 from edgetl.compare import compare, judge_accuracy
 from edgetl.errors import UserError
 from edgetl.localize import localize
@@ -218,9 +219,10 @@ def plan_jobs(names, required, records, manifest: Manifest, root: Path, batch: B
             arts = [source_artifact(root, (manifest.source_model or {}).get("file", ""))]
         else:
             arts = [a for a in (Artifact(r, root) for r in records) if rt.accepts(a)]
-        status = RuntimeStatus(
-            name, False, rt.unavailable_reason(), gpu=rt.gpu, required=name in required
-        )
+        reason = rt.unavailable_reason()
+        if rt.reference and reason is None and not (manifest.source_model or {}).get("file"):
+            reason = "no reference model given: the saved golden outputs are the reference"
+        status = RuntimeStatus(name, False, reason, gpu=rt.gpu, required=name in required)
         rows, streamed = None, False
         if batch.data is not None and rt.data_sample is not None:
             rows = stratified_subset(batch.data.labels, rt.data_sample)
@@ -464,7 +466,8 @@ def judge_jobs(
             tol = apply_overrides(tol, overrides, a.id, st.name)
             share = st.seconds / len(job.artifacts)  # the artifact's share of its runtime's time
             if isinstance(out, Exception):
-                pairs.append(_error_pair(a.id, st.name, out, tol, info, share))
+                hint = a.record.options.get(ERROR_HINT)
+                pairs.append(_error_pair(a.id, st.name, out, tol, info, share, hint=hint))
                 continue
             y = np.asarray(out.get("probabilities", next(iter(out.values()))), np.float32)
             predicted = job.predicted.get(a.id)
@@ -515,8 +518,13 @@ def _judge_reference(
     return pr, by_row
 
 
-def _error_pair(artifact, runtime, error, tol, info=None, seconds=None, where="") -> PairResult:
+def _error_pair(
+    artifact, runtime, error, tol, info=None, seconds=None, where="", hint=None
+) -> PairResult:
     reason = f"{type(error).__name__}: {error}"
+    if hint:  # what the load error means, in one line, with the runtime's own first line
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        reason = f"{hint}; the runtime said: {first}"
     if where:
         reason = f"on the {where} images: {reason}"
     return PairResult(
@@ -527,7 +535,9 @@ def _error_pair(artifact, runtime, error, tol, info=None, seconds=None, where=""
 # ---------------------------------------------------------------- 3. localize
 
 
-def localize_failed_pairs(pairs: list[PairResult], jobs: list[Job], root: Path, batch: Batch, say):
+def localize_failed_pairs(
+    pairs: list[PairResult], jobs: list[Job], root: Path, batch: Batch, say, keras_model=None
+):
     by_runtime = {j.status.name: j for j in jobs}
     for pr in pairs:
         if pr.status != FAIL or pr.artifact == SOURCE_ARTIFACT:
@@ -535,7 +545,9 @@ def localize_failed_pairs(pairs: list[PairResult], jobs: list[Job], root: Path, 
         job = by_runtime[pr.runtime]
         art = next(a for a in job.artifacts if a.id == pr.artifact)
         say(f"{pr.artifact}@{pr.runtime} failed; localizing ...")
-        pr.localization = localize(root, art.record, job.runtime, batch.probes.inputs)
+        pr.localization = localize(
+            root, art.record, job.runtime, batch.probes.inputs, keras_model=keras_model
+        )
 
 
 # ---------------------------------------------------------------- verify
@@ -609,6 +621,32 @@ def verify(
     overrides = [
         o if isinstance(o, ToleranceOverride) else parse_override(o) for o in tolerances or []
     ]
+    return _verify_records(
+        root, manifest, records, probes, runtimes, require, overrides, data, data_limit,
+        address, localize_failures, strict_probes, say, t0, context=context,
+    )  # fmt: skip
+
+
+def _verify_records(
+    root: Path,
+    manifest: Manifest,
+    records: list,
+    probes: ProbeSet,
+    runtimes,
+    require,
+    overrides: list[ToleranceOverride],
+    data,
+    data_limit: int | None,
+    address: str | None,
+    localize_failures: bool,
+    strict_probes: bool,
+    say,
+    t0: float,
+    keras_model=None,
+    context: RunContext | None = None,
+) -> VerifyResult:
+    """run -> judge -> localize for `records` against `probes`: a bundle's, or the in-memory
+    records and probes of verify_files (edgetl.anywhere)."""
     names, required, broken = runtime_names(runtimes, require)
     data_dir = Path(data) if data is not None else None
     batch = make_batch(manifest, probes, data_dir, say, data_limit)
@@ -621,7 +659,7 @@ def verify(
             run_jobs(jobs, batch, own, say)
     pairs, keras_pred = judge_jobs(jobs, batch, manifest, overrides)
     if localize_failures:
-        localize_failed_pairs(pairs, jobs, root, batch, say)
+        localize_failed_pairs(pairs, jobs, root, batch, say, keras_model)
 
     statuses = [j.status for j in jobs]
     for mod, why in broken.items():
@@ -640,13 +678,138 @@ def verify(
     )
 
 
+def verify_files(
+    artifacts: Sequence[str | Path],
+    reference: str | Path | None = None,
+    runtimes: Sequence[str] | str | None = None,
+    data: str | Path | None = None,
+    *,
+    probes: str | Path | None = None,
+    images: str | Path | None = None,
+    labels: Sequence[str] | None = None,
+    input_range: tuple[float, float] | None = None,
+    save_probes: str | Path | None = None,
+    force: bool = False,
+    data_limit: int | None = None,
+    cluster: str | None = None,
+    require: Sequence[str] | str | None = None,
+    tolerances: Sequence[str | ToleranceOverride] | None = None,
+    localize_failures: bool = True,
+    strict_probes: bool = False,
+    log: Callable[[str], None] | None = None,
+    context: RunContext | None = None,
+) -> VerifyResult:
+    """Verify a user's own files (ONNX, TFLite, TF.js model.json: found by content) against a
+    Keras `reference`, no bundle needed (edgetl.anywhere builds its records and probes in
+    memory; the files are read where they are). Probes are made from the reference like export
+    makes them, with real images from `images` (or `data`), or read from `probes` (a folder
+    `save_probes` wrote, hashes checked). Judged exactly as a bundle is."""
+    from edgetl import anywhere
+    from edgetl.distribute import cluster_setting, ray_address
+    from edgetl.runtimes.base import RUNTIMES
+
+    address = ray_address(cluster_setting(cluster))
+    t0 = time.perf_counter()
+    say = log or (lambda _msg: None)
+    if not artifacts:
+        raise UserError("no artifact files given: name the ONNX / TFLite / model.json files")
+    if reference is None and probes is None:
+        raise UserError("give --reference MODEL.keras (or --probes DIR saved from it)")
+    records = anywhere.artifact_records([Path(a) for a in artifacts])  # bad files: refused first
+    overrides = [
+        o if isinstance(o, ToleranceOverride) else parse_override(o) for o in tolerances or []
+    ]
+    runtime_names(runtimes, require)  # unknown names refused before the probes are made
+    if save_probes is not None:  # a folder that would lose something: refused before any work
+        from edgetl.outdir import check_out_dir
+
+        reads = {"reference model": Path(reference)} if reference else None
+        check_out_dir(Path(save_probes), force=force, reads=reads, flag="--save-probes")
+    if probes is not None:
+        ref = anywhere.load_saved_probes(
+            Path(probes), Path(reference) if reference else None, labels=labels,
+            input_range=input_range, log=say,
+        )  # fmt: skip
+    else:
+        ref = anywhere.make_reference(
+            Path(reference), images=Path(images or data) if (images or data) else None,
+            labels=list(labels) if labels else None, input_range=input_range, log=say,
+        )  # fmt: skip
+    if save_probes is not None:
+        anywhere.save_probes(ref, Path(save_probes), force=force)
+        say(f"probes saved to {save_probes}")
+    if ref.model is not None and KERAS in RUNTIMES:
+        RUNTIMES.get(KERAS).remember(ref.source_path, ref.model)  # loaded once, legacy .h5 too
+    manifest = ref.manifest
+    manifest.artifacts = records
+    say("artifacts: " + ", ".join(f"{r.id} ({Path(r.path).name})" for r in records))
+    root = ref.source_path.parent if ref.source_path else Path(probes).resolve()
+    result = _verify_records(
+        root, manifest, records, ref.probes, runtimes, require, overrides, data, data_limit,
+        address, localize_failures, strict_probes, say, t0, keras_model=ref.model,
+        context=context,
+    )  # fmt: skip
+    result.bundle_dir = ref.source_path or Path(probes)
+    return result
+
+
 # ---------------------------------------------------------------- CLI
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from edgetl.argtypes import add_number
+    from edgetl.runtimes.base import describe_runtimes
 
-    p.add_argument("bundle", type=Path, metavar="BUNDLE_DIR", help="a bundle made by edgetl export")
+    p.formatter_class = _HelpFormatter
+    p.epilog = "runtimes (`edgetl runtimes` says which run here):\n" + describe_runtimes()
+    p.add_argument(
+        "paths",
+        type=Path,
+        nargs="+",
+        metavar="BUNDLE_DIR | FILE",
+        help="a bundle made by edgetl export, or with --reference / --probes your own artifact "
+        "files in any mix, found by content: ONNX, TFLite (any quantization), TF.js model.json "
+        "(Layers or graph)",
+    )
+    p.add_argument(
+        "--reference",
+        type=Path,
+        metavar="MODEL",
+        help="the Keras model (.keras or .h5) the FILEs were converted from: the probes, golden "
+        "outputs and noise floors are made from it, as export makes them",
+    )
+    p.add_argument(
+        "--images",
+        type=Path,
+        metavar="DIR",
+        help="with --reference: images to pick real probes from (a class folder or a flat one; "
+        "default: --data if given, else synthetic probes only)",
+    )
+    p.add_argument(
+        "--labels", help="with --reference: labels file (.json list or one per line) or a,b,c"
+    )
+    p.add_argument(
+        "--input-range",
+        help="with --reference: value range the model input expects, e.g. -1,1 (default: "
+        "contract.json beside the model, else 0,255)",
+    )
+    p.add_argument(
+        "--save-probes",
+        type=Path,
+        metavar="DIR",
+        help="with --reference: also write the probes, golden outputs and noise floors (hashed) "
+        "to DIR, for --probes in a later run or on a machine without TensorFlow",
+    )
+    p.add_argument(
+        "--force", action="store_true", help="replace an existing --save-probes folder"
+    )
+    p.add_argument(
+        "--probes",
+        type=Path,
+        metavar="DIR",
+        help="use probes saved by --save-probes (hashes checked; --reference optional, and if "
+        "given its input size must match)",
+    )
     p.add_argument(
         "--runtimes",
         nargs="+",
@@ -724,7 +887,13 @@ def check_output_files(args: argparse.Namespace) -> None:
     one inside the bundle or the --data folder (`--json BUNDLE/manifest.json` destroyed the
     bundle), symbolic links followed."""
     seen: dict[Path, str] = {}
-    inputs = {"bundle": Path(args.bundle)}
+    bundle = getattr(args, "bundle", None)
+    inputs = {"bundle": Path(bundle)} if bundle is not None else {}
+    if bundle is None:  # --reference / --probes: the user's files and folders are inputs too
+        inputs.update({f"artifact {p}": Path(p) for p in getattr(args, "paths", None) or []})
+        for flag in ("reference", "probes", "images"):
+            if getattr(args, flag, None) is not None:
+                inputs[f"--{flag}"] = Path(getattr(args, flag))
     if getattr(args, "data", None) is not None:
         inputs["--data folder"] = Path(args.data)
     for flag in ("json", "junit", "html"):
@@ -815,15 +984,101 @@ def check_model_fits(bundle: Path, model) -> None:
         )
 
 
-def run(args: argparse.Namespace) -> int:
-    from edgetl import report
-    from edgetl.manifest import Manifest
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """The runtime list in the epilog keeps its lines; option defaults as the other commands."""
 
-    if not args.bundle.is_dir():
-        raise UserError(f"{args.bundle}: no such bundle directory")
+    def _get_help_string(self, action):
+        from edgetl.cli import _Formatter
+
+        return _Formatter._get_help_string(self, action)
+
+
+FILE_MODE_FLAGS = ("images", "labels", "input_range", "save_probes")  # --reference only
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.reference is not None or args.probes is not None:
+        return _run_files(args)
+    used = [f"--{f.replace('_', '-')}" for f in FILE_MODE_FLAGS if getattr(args, f) is not None]
+    if used:
+        raise UserError(f"{used[0]} applies with --reference MODEL (verifying your own files)")
+    if len(args.paths) != 1:
+        raise UserError(
+            "several paths given: verify one BUNDLE_DIR, or your own files with "
+            "--reference MODEL.keras FILE..."
+        )
+    args.bundle = args.paths[0]
+    return _run_bundle(args)
+
+
+def _check_common(args: argparse.Namespace) -> None:
     check_output_files(args)
     if args.data is not None and not Path(args.data).is_dir():
         raise UserError(f"--data {args.data}: not a folder")
+
+
+def _report(result: VerifyResult, args: argparse.Namespace) -> int:
+    from edgetl import report
+
+    print(report.format_table(result))
+    if args.json:
+        report.write_json(result, args.json)
+    if args.junit:
+        report.write_junit(result, args.junit)
+    if args.html:
+        report.write_html(result, args.html)
+    print(("OK: " if result.ok else "FAIL: ") + result.summary())
+    return 0 if result.ok else 1
+
+
+def _run_files(args: argparse.Namespace) -> int:
+    """--reference / --probes: the user's own files, no bundle."""
+    from edgetl.modelio import parse_labels, parse_range
+
+    _check_common(args)
+    if args.artifacts:
+        raise UserError("--artifacts picks ids of a bundle; with --reference name the files")
+    for flag in ("images", "probes"):
+        folder = getattr(args, flag)
+        if folder is not None and not folder.is_dir():
+            raise UserError(f"--{flag} {folder}: not a folder")
+    if args.save_probes is not None and args.probes is not None:
+        raise UserError("--save-probes makes new probes; it does not go with --probes")
+    if args.save_probes is not None and args.reference is None:
+        raise UserError("--save-probes needs --reference MODEL to make the probes from")
+    result = verify_files(
+        args.paths,
+        args.reference,
+        runtimes=args.runtimes,
+        data=args.data,
+        probes=args.probes,
+        images=args.images,
+        labels=parse_labels(args.labels) if args.labels else None,
+        input_range=parse_range(args.input_range) if args.input_range else None,
+        save_probes=args.save_probes,
+        force=args.force,
+        data_limit=args.data_limit,
+        cluster=args.cluster,
+        require=args.require,
+        tolerances=args.tolerance,
+        localize_failures=not args.no_localize,
+        strict_probes=args.strict_probes,
+        log=lambda m: print(m, file=sys.stderr),
+    )
+    return _report(result, args)
+
+
+def _run_bundle(args: argparse.Namespace) -> int:
+    from edgetl.manifest import Manifest
+
+    if not args.bundle.is_dir():
+        hint = (
+            "; to verify your own files, add --reference MODEL.keras"
+            if args.bundle.is_file()
+            else ""
+        )
+        raise UserError(f"{args.bundle}: no such bundle directory{hint}")
+    _check_common(args)
     manifest = Manifest.load(args.bundle)  # refuses paths that leave the bundle
     ids = _split(args.artifacts)
     for a in ids or []:
@@ -843,12 +1098,4 @@ def run(args: argparse.Namespace) -> int:
         strict_probes=args.strict_probes,
         log=lambda m: print(m, file=sys.stderr),
     )
-    print(report.format_table(result))
-    if args.json:
-        report.write_json(result, args.json)
-    if args.junit:
-        report.write_junit(result, args.junit)
-    if args.html:
-        report.write_html(result, args.html)
-    print(("OK: " if result.ok else "FAIL: ") + result.summary())
-    return 0 if result.ok else 1
+    return _report(result, args)

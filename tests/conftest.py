@@ -122,3 +122,12 @@ def tiny_bundle(tmp_path_factory, tiny_run, sample_data) -> Path:
         log=lambda *_: None,
     )
     return out
+
+
+@pytest.fixture(scope="session")
+def foreign_artifacts(tmp_path_factory, tiny_run) -> dict[str, Path]:
+    """tiny_run's model converted without edgetl (tests/foreign.py): tf2onnx called directly,
+    TFLiteConverter, a TF.js graph model from a SavedModel, a Keras 3 Layers model.json."""
+    from foreign import make_foreign
+
+    return make_foreign(tiny_run / "model.keras", tmp_path_factory.mktemp("foreign"))

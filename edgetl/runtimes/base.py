@@ -192,6 +192,7 @@ class Runtime(ABC):
     """
 
     name: str = ""  # registry name, e.g. "onnxruntime-cpu", "tfjs-node-wasm"
+    description: str = ""  # one line for `verify --help` and `edgetl runtimes`
     formats: frozenset[str] = frozenset()  # ArtifactRecord.format values it can run
     gpu: bool = False
     same_thread: bool = False
@@ -291,3 +292,21 @@ def load_runtimes() -> RuntimeRegistry:
     for mod in RUNTIME_MODULES:
         importlib.import_module(mod)
     return RUNTIMES
+
+
+def describe(rt: Runtime) -> str:
+    """The runtime's one line: its description, else the formats it runs."""
+    return rt.description or f"runs {', '.join(sorted(rt.formats))} artifacts"
+
+
+def describe_runtimes() -> str:
+    """One line per registered runtime (a module that fails to import is left out here;
+    `edgetl runtimes` names it), for `verify --help`."""
+    import contextlib
+    import importlib
+
+    for mod in RUNTIME_MODULES:
+        with contextlib.suppress(Exception):
+            importlib.import_module(mod)
+    width = max((len(n) for n in RUNTIMES.names()), default=0)
+    return "\n".join(f"  {n:<{width}}  {describe(rt)}" for n, rt in RUNTIMES.items())

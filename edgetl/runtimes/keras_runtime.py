@@ -64,6 +64,7 @@ class KerasSession(Session):
 
 class KerasRuntime(Runtime):
     name = "keras"
+    description = "the reference: re-runs the Keras model; localizes failures (needs TensorFlow)"
     formats = frozenset({SOURCE_FORMAT})  # the source model only; no exported artifact
     reference = True
 
@@ -73,7 +74,10 @@ class KerasRuntime(Runtime):
     def unavailable_reason(self) -> str | None:
         for pkg in ("tensorflow", "keras"):
             if importlib.util.find_spec(pkg) is None:
-                return f"{pkg} is not installed (the golden probes remain the reference)"
+                return (
+                    f"{pkg} is not installed (the golden probes remain the reference; "
+                    "pip install tensorflow keras to re-run the model and localize)"
+                )
         return None
 
     def load(self, path: Path):
@@ -87,6 +91,11 @@ class KerasRuntime(Runtime):
 
             self._models[path] = keras.models.load_model(path, compile=False)
         return self._models[path]
+
+    def remember(self, path: Path, model) -> None:
+        """A model already loaded from `path` (verify --reference, through edgetl.modelio, which
+        also reads legacy Keras 2 .h5 files): later loads of that path reuse it."""
+        self._models[Path(path).resolve()] = model
 
     def start(self, artifact: Artifact, context: RunContext, options: Options) -> KerasSession:
         return KerasSession(self, artifact, self.load(artifact.path))

@@ -132,13 +132,14 @@ class LiteRTSession(Session):
 
 class LiteRTRuntime(Runtime):
     name = "litert"
+    description = "TFLite files of every precision in the LiteRT interpreter (CPU, XNNPACK)"
     formats = frozenset({"tflite"})
     layer_formats = formats
     layer_source = "TFLite tensors"
 
     def unavailable_reason(self) -> str | None:
         if importlib.util.find_spec("ai_edge_litert") is None:
-            return "ai-edge-litert is not installed"
+            return "ai-edge-litert is not installed (pip install ai-edge-litert==2.3.0)"
         return None
 
     def start(self, artifact: Artifact, context: RunContext, options: Options) -> LiteRTSession:

@@ -41,6 +41,7 @@ class LiteRtJsRuntime(TfjsBrowserRuntime):
             raise ValueError(f"unknown LiteRT.js accelerator {backend!r}")
         self.backend = backend
         self.name = f"litertjs-{backend}"
+        self.description = f"TFLite files in LiteRT.js in headless Chromium, {backend} accelerator"
         self.gpu = backend == "webgpu"  # judged by the GPU float32 tolerance
         # --data: a stated sample, as the other browser runtimes (WebGPU on SwiftShader is slow)
         self.data_sample = 200 if backend == "wasm" else 32

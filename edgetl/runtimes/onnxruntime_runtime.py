@@ -84,8 +84,10 @@ class OnnxRuntime(Runtime):
         options: dict | None = None,
         env: dict[str, str] | None = None,
         gpu: bool = False,
+        description: str = "",
     ) -> None:
         self.name = name
+        self.description = description
         self.provider = provider
         self.provider_options = dict(options or {})
         self.env = dict(env or {})
@@ -160,9 +162,17 @@ def run_session(
     return single_output(values) if output_names is None else values
 
 
-RUNTIMES.register(OnnxRuntime("onnxruntime-cpu", CPU))
 RUNTIMES.register(
-    OnnxRuntime("onnxruntime-cuda", "CUDAExecutionProvider", {"use_tf32": 0}, gpu=True),
+    OnnxRuntime("onnxruntime-cpu", CPU, description="ONNX in native onnxruntime on the CPU")
+)
+RUNTIMES.register(
+    OnnxRuntime(
+        "onnxruntime-cuda",
+        "CUDAExecutionProvider",
+        {"use_tf32": 0},
+        gpu=True,
+        description="ONNX in onnxruntime-gpu on an NVIDIA GPU, CUDA provider (TF32 off)",
+    ),
 )
 RUNTIMES.register(
     OnnxRuntime(
@@ -170,5 +180,6 @@ RUNTIMES.register(
         "TensorrtExecutionProvider",
         env={"NVIDIA_TF32_OVERRIDE": "0"},
         gpu=True,
+        description="ONNX in onnxruntime-gpu on an NVIDIA GPU, TensorRT provider (TF32 off)",
     ),
 )

@@ -32,6 +32,7 @@ class OrtWebRuntime(TfjsBrowserRuntime):
             raise ValueError(f"unknown onnxruntime-web backend {backend!r}")
         self.backend = backend
         self.name = f"ort-web-{backend}"
+        self.description = f"ONNX in onnxruntime-web in headless Chromium, {backend}"
         self.gpu = backend == "webgpu"  # judged by the GPU float32 tolerance
         self.data_sample = 200  # as TF.js wasm: a stated stratified sample with --data
 

@@ -24,6 +24,8 @@ class TfjsRuntime(Runtime):
             )
         self.backend = backend
         self.name = f"tfjs-{self.host}-{backend}"
+        where = "Node.js" if self.host == "node" else "headless Chromium"
+        self.description = f"TF.js Layers and graph models in {where}, {backend} backend"
         # --data sample (MobileNetV2 1.0/160, 2 cores, ~216 images): wasm 30 s in Node and 8 s
         # in Chromium; the pure-JS cpu backend 155-178 s and software WebGL (SwiftShader) 124 s
         # (~0.8 s an image), so those see 32
