@@ -24,8 +24,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from edgetl.compare import max_log_error
 from edgetl.contract import InputContract
 from edgetl.manifest import ProbeSet
+from edgetl.tolerances import LOG_FLOOR
 
 MAX_REAL_PROBES = 8
 SYNTHETIC_PROBES = 8  # always added: they exercise what natural images may not
@@ -38,6 +40,12 @@ PROBE_SEED = 20261122
 MIN_OUTPUT_SPREAD = 1e-3
 MIN_FEATURES_ACTIVE = 0.5
 FEATURE_ON = 1e-6
+# Saturation. A probe is saturated when its top-1 probability is within SATURATED_MASS of 1:
+# a change that moves the logits by 0.1 (a 1% change of one conv layer moves them by less)
+# then moves every probability by < 0.1 * 1e-4 = 1e-5, the smallest float32 element limit
+# (edgetl.tolerances), so only the log-space judgement can see it there. A probe is one-hot
+# when every other class is under the log floor too: no output comparison sees anything on it.
+SATURATED_MASS = 1e-4
 
 
 def float64_model(model):
@@ -64,11 +72,13 @@ def float64_model(model):
 
 
 def noise_floors(model, inputs: np.ndarray, expected: np.ndarray) -> dict:
-    """{"float32": max |f32 - f64|, "float16": max |f16 kernels - f32|} on these probes."""
+    """{"float32": max |f32 - f64|, "float16": max |f16 kernels - f32|} on these probes, and
+    the same in log-probability space ("float32_log", "float16_log": log max(p, LOG_FLOOR))."""
     out: dict = {"method": "float64 copy; kernels rounded to float16, float32 compute"}
     try:
         y64 = float64_model(model).predict(np.asarray(inputs, np.float64), verbose=0)
         out["float32"] = float(np.abs(np.asarray(y64, np.float64) - expected).max())
+        out["float32_log"] = max_log_error(y64, expected, LOG_FLOOR)
     except Exception as e:  # a custom layer without float64 kernels: fixed limits then apply
         out["float32"] = None
         out["float32_error"] = f"{type(e).__name__}: {e}"[:300]
@@ -79,6 +89,7 @@ def noise_floors(model, inputs: np.ndarray, expected: np.ndarray) -> dict:
         )
         y16 = model.predict(inputs, batch_size=16, verbose=0)
         out["float16"] = float(np.abs(np.asarray(y16, np.float64) - expected).max())
+        out["float16_log"] = max_log_error(expected, y16, LOG_FLOOR)
     finally:
         model.set_weights(weights)
     return out
@@ -108,6 +119,10 @@ def coverage(model, inputs: np.ndarray, expected: np.ndarray, embed=None) -> dic
             f"{len(inputs)} probes {spread:.2g} < {MIN_OUTPUT_SPREAD:g}): a changed weight "
             "cannot show on them; is the backbone trained?"
         )
+    sat = saturation(expected)
+    out.update(sat)
+    if (why := saturation_problem(sat, len(inputs))) is not None:
+        problems.append(why)
     embed = embed if embed is not None else embedding_model(model)
     if embed is not None:
         feats = np.asarray(embed.predict(inputs, batch_size=16, verbose=0), np.float64)
@@ -123,6 +138,50 @@ def coverage(model, inputs: np.ndarray, expected: np.ndarray, embed=None) -> dic
             )
     out["informative"] = not problems
     out["problems"] = problems
+    return out
+
+
+def saturation(expected: np.ndarray) -> dict:
+    """Which probes' reference outputs are saturated (1 - top-1 < SATURATED_MASS) or one-hot
+    (every other class under LOG_FLOOR); indices into the probes."""
+    y = np.asarray(expected, np.float64)
+    if y.ndim != 2 or not len(y):
+        return {"saturated": 0, "saturated_probes": [], "one_hot": 0, "one_hot_probes": []}
+    top = y.argmax(1)
+    rest = y.copy()
+    rest[np.arange(len(y)), top] = 0.0
+    sat = np.flatnonzero(rest.sum(1) < SATURATED_MASS)
+    hot = np.flatnonzero(rest.max(1, initial=0.0) < LOG_FLOOR)
+    return {
+        "saturated": len(sat),
+        "saturated_probes": sat.tolist(),
+        "saturated_mass": SATURATED_MASS,
+        "one_hot": len(hot),
+        "one_hot_probes": hot.tolist(),
+        "log_floor": LOG_FLOOR,
+    }
+
+
+def saturation_problem(sat: dict, probes: int) -> str | None:
+    """Every probe one-hot: not even log p can show a change (a problem, like a dead model)."""
+    if probes and sat.get("one_hot", 0) >= probes:
+        return (
+            f"every probe's output is one-hot in float32 (all other classes < "
+            f"{sat.get('log_floor', LOG_FLOOR):g}): neither probabilities nor their logarithms "
+            "can show a changed weight; export the model's logits (before softmax) instead"
+        )
+    return None
+
+
+def with_saturation(coverage: dict | None, expected: np.ndarray) -> dict | None:
+    """A recorded coverage with the saturation of these golden outputs (bundles exported
+    before saturation was recorded get it at verify, from probes/expected.bin)."""
+    if coverage is None or "saturated" in coverage:
+        return coverage
+    out = {**coverage, **saturation(expected)}
+    if (why := saturation_problem(out, len(expected))) is not None:
+        out["problems"] = [*out.get("problems", []), why]
+        out["informative"] = False
     return out
 
 

@@ -39,6 +39,7 @@ from edgetl.compare import compare, judge_accuracy
 from edgetl.errors import UserError
 from edgetl.localize import localize
 from edgetl.manifest import Manifest, ProbeSet, check_integrity, read_probes
+from edgetl.probes import with_saturation
 from edgetl.results import (
     ERROR,
     FAIL,
@@ -560,7 +561,7 @@ def verify(
         batch.k,
         _data_info(batch, data, keras_pred),
         time.perf_counter() - t0,
-        probe_coverage=manifest.probes.get("coverage"),
+        probe_coverage=with_saturation(manifest.probes.get("coverage"), probes.expected),
         strict_probes=strict_probes,
     )
 
