@@ -24,7 +24,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from edgetl.compare import max_log_error
+from edgetl.compare import log_probs, max_log_error
 from edgetl.contract import InputContract
 from edgetl.manifest import ProbeSet
 from edgetl.tolerances import LOG_FLOOR
@@ -38,6 +38,9 @@ PROBE_SEED = 20261122
 # probabilities by 0.05-0.4 across probes. A feature is "on" when it exceeds this fraction of
 # the largest embedding value on the probes.
 MIN_OUTPUT_SPREAD = 1e-3
+# ... or of log p (a saturated model's probabilities are ~0 and ~1 on every probe, its log p
+# still spread by whole units; a dead model's by < 1e-6 like its probabilities).
+MIN_LOG_SPREAD = 1e-2
 MIN_FEATURES_ACTIVE = 0.5
 FEATURE_ON = 1e-6
 # Saturation. A probe is saturated when its top-1 probability is within SATURATED_MASS of 1:
@@ -110,14 +113,17 @@ def embedding_model(model):
 
 def coverage(model, inputs: np.ndarray, expected: np.ndarray, embed=None) -> dict:
     """What these probes can show: output spread and the share of embedding features on."""
-    spread = float(np.asarray(expected, np.float64).std(axis=0).max()) if len(expected) > 1 else 0.0
-    out: dict = {"probes": len(inputs), "output_spread": spread}
+    y = np.asarray(expected, np.float64)
+    spread = float(y.std(axis=0).max()) if len(y) > 1 else 0.0
+    log_spread = float(log_probs(y, LOG_FLOOR).std(axis=0).max()) if len(y) > 1 else 0.0
+    out: dict = {"probes": len(inputs), "output_spread": spread, "log_spread": log_spread}
     problems = []
-    if spread < MIN_OUTPUT_SPREAD:
+    if spread < MIN_OUTPUT_SPREAD and log_spread < MIN_LOG_SPREAD:
         problems.append(
             f"the model's outputs barely depend on its input (largest spread across "
-            f"{len(inputs)} probes {spread:.2g} < {MIN_OUTPUT_SPREAD:g}): a changed weight "
-            "cannot show on them; is the backbone trained?"
+            f"{len(inputs)} probes {spread:.2g} < {MIN_OUTPUT_SPREAD:g}, of log p "
+            f"{log_spread:.2g} < {MIN_LOG_SPREAD:g}): a changed weight cannot show on them; "
+            "is the backbone trained?"
         )
     sat = saturation(expected)
     out.update(sat)

@@ -99,6 +99,8 @@ def probe_line(result: VerifyResult) -> str:
     if c is None:
         return f"probes: coverage not recorded. WARNING: {result.probe_warning}"
     parts = [f"output spread {c.get('output_spread', 0):.2g}"]
+    if "log_spread" in c:
+        parts[0] += f" (log p {c['log_spread']:.2g})"
     if "features" in c:
         parts.append(
             f"{c['features_active']}/{c['features']} embedding features switched on "
