@@ -212,7 +212,10 @@ def float32_tolerance(noise: dict | None, *, gpu: bool = False) -> Tolerance:
         limit = max(GPU_FACTOR * limit, FLOAT32_GPU_MIN_ABS)
         log_limit = GPU_FACTOR * log_limit if log_limit is not None else None
         return Tolerance(
-            max_abs=limit, max_log=log_limit, name="FLOAT32_GPU", basis=f"{GPU_FACTOR:g} x ({basis})"
+            max_abs=limit,
+            max_log=log_limit,
+            name="FLOAT32_GPU",
+            basis=f"{GPU_FACTOR:g} x ({basis})",
         )
     return Tolerance(max_abs=limit, max_log=log_limit, name="FLOAT32_CPU", basis=basis)
 

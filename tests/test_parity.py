@@ -442,7 +442,10 @@ def test_log_limits_scale_with_the_bundles_log_floors():
     assert default_tolerance(f32, noise={"float32": 1e-7}).max_log is None
     webgl = default_tolerance(f32, noise=noise, info={"backend": "webgl"})
     assert webgl.max_log is None
-    o = [tolerances.parse_override("onnx:max_log=0.5"), tolerances.parse_override("log_floor=1e-20")]
+    o = [
+        tolerances.parse_override("onnx:max_log=0.5"),
+        tolerances.parse_override("log_floor=1e-20"),
+    ]
     t2 = tolerances.apply_overrides(t, o, "onnx", "onnxruntime-cpu")
     assert (t2.max_log, t2.log_floor) == (0.5, 1e-20)
     with pytest.raises(UserError, match="log_floor needs a number"):
