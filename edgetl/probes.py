@@ -196,8 +196,17 @@ def _features_on(feats: np.ndarray) -> np.ndarray:
     return (np.abs(feats) > FEATURE_ON * scale).any(axis=0)
 
 
-def synthetic_images(h: int, w: int, lo: float, hi: float, count: int, seed: int) -> np.ndarray:
-    """Seeded images in the contract's range: noise (fine and coarse), ramps, edges, colours."""
+def synthetic_images(
+    h: int,
+    w: int,
+    lo: float,
+    hi: float,
+    count: int,
+    seed: int,
+    gray_weights: tuple[float, float, float] | None = None,
+) -> np.ndarray:
+    """Seeded images in the contract's range: noise (fine and coarse), ramps, edges, colours;
+    made in RGB, then gray by `gray_weights` for a 1-channel model (as real images are)."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     fixed = [
@@ -222,7 +231,10 @@ def synthetic_images(h: int, w: int, lo: float, hi: float, count: int, seed: int
             disc = (((yy - cy) ** 2 + (xx - cx) ** 2) < r * r)[..., None]
             img = np.where(disc, rng.uniform(0, 1, 3), rng.uniform(0, 1, 3))
         made.append(img)
-    return (np.stack(made).astype(np.float32) * (hi - lo) + lo).astype(np.float32)
+    rgb = np.stack(made).astype(np.float32)
+    if gray_weights is not None:
+        rgb = (rgb @ np.asarray(gray_weights, np.float32))[..., None]
+    return (rgb * (hi - lo) + lo).astype(np.float32)
 
 
 def _greedy_by_features(feats: np.ndarray, k: int) -> list[int]:
@@ -248,8 +260,8 @@ def make_probes(
     labels: Sequence[int | None] | None,
     names: Sequence[str] | None,
 ) -> tuple[ProbeSet, dict, dict]:
-    """(probes, noise floors, coverage). `images` are float32 (N, H, W, 3) in the contract's
-    range; the probes keep the images that switch on the most embedding features."""
+    """(probes, noise floors, coverage). `images` are float32 (N, H, W, C) as the contract says
+    (channels, range); the probes keep the images that switch on the most embedding features."""
     h, w = contract.height, contract.width
     lo, hi = contract.value_range
     embed = embedding_model(model)
@@ -266,7 +278,9 @@ def make_probes(
         all_labels += [
             (None if labels is None or labels[i] is None else int(labels[i])) for i in idx
         ]
-    synth = synthetic_images(h, w, lo, hi, SYNTHETIC_PROBES + EXTRA_SYNTHETIC, PROBE_SEED)
+    synth = synthetic_images(
+        h, w, lo, hi, SYNTHETIC_PROBES + EXTRA_SYNTHETIC, PROBE_SEED, contract.gray_weights
+    )
     keep = list(range(SYNTHETIC_PROBES))
     if embed is not None:  # extra synthetic probes only where they switch on something new
         base = np.concatenate([*parts, synth[:SYNTHETIC_PROBES]])

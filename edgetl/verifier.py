@@ -121,7 +121,11 @@ class LabelledData:
         """The images `rows` at once (a runtime's small stated sample)."""
         c = self.contract
         parts = [x for _, x in self.images(rows)]
-        return np.concatenate(parts) if parts else np.zeros((0, c.height, c.width, 3), np.float32)
+        return (
+            np.concatenate(parts)
+            if parts
+            else np.zeros((0, c.height, c.width, c.channels), np.float32)
+        )
 
 
 def load_labelled_data(
