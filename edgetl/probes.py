@@ -99,16 +99,49 @@ def noise_floors(model, inputs: np.ndarray, expected: np.ndarray) -> dict:
 
 
 def embedding_model(model):
-    """Image -> the input of the head's first Dense layer: the backbone's pooled features."""
+    """Image -> the input of the head's first Dense layer: the backbone's pooled features,
+    whatever the backbone (MobileNet, Xception, a plain CNN) and however it is nested (a
+    Sequential, a functional model wrapping the whole classifier, a head in its own model)."""
     import keras
 
-    dense = [la for la in model.layers if isinstance(la, keras.layers.Dense)]
-    if not dense:
-        return None
     try:
-        return keras.Model(model.inputs, dense[0].input)
+        tensor = _features_tensor(model)
+        return None if tensor is None else keras.Model(model.inputs, tensor)
     except Exception:  # a layer used twice, or not functional: coverage is then not measured
         return None
+
+
+def _features_tensor(model):
+    """The tensor of `model`'s own graph that feeds its first Dense layer (graph order),
+    descending into nested models; None when there is no Dense layer."""
+    import keras
+
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Dense):
+            return layer.input
+        if isinstance(layer, keras.Model):
+            inner = _features_tensor(layer)
+            if inner is None:
+                continue
+            outer = _outer_input(layer)
+            if outer is None:
+                continue
+            if any(inner is t for t in layer.inputs):  # the nested model starts with the Dense
+                return outer
+            return keras.Model(layer.inputs, inner)(outer)
+    return None
+
+
+def _outer_input(nested):
+    """The tensor of the enclosing graph a nested model is called on (its own .input is its
+    inner Input); None when it is called more than once, or not on one tensor."""
+    own = {id(t) for t in nested.inputs}
+    calls = [
+        node.input_tensors
+        for node in getattr(nested, "_inbound_nodes", [])
+        if len(node.input_tensors) == 1 and id(node.input_tensors[0]) not in own
+    ]
+    return calls[0][0] if len(calls) == 1 else None
 
 
 def coverage(model, inputs: np.ndarray, expected: np.ndarray, embed=None) -> dict:
