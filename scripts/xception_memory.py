@@ -36,8 +36,11 @@ def main() -> None:
     me = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     load = Path("/proc/loadavg").read_text().split()[:3]
-    print(f"isolate={int(isolate)} rc={rc} export wall {wall:.0f} s, peak RSS this process "
-          f"{me:.0f} MB, largest child {kids:.0f} MB, load average {' '.join(load)}", flush=True)
+    print(
+        f"isolate={int(isolate)} rc={rc} export wall {wall:.0f} s, peak RSS this process "
+        f"{me:.0f} MB, largest child {kids:.0f} MB, load average {' '.join(load)}",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":
