@@ -1,5 +1,5 @@
 """Benchmarks: `python -m edgetl.bench
-[train|export|verify|parity|browser|scale|accuracy|int8|tfjs-quant|all]` prints side-by-side tables.
+[train|export|verify|parity|browser|scale|accuracy|int8|tfjs-quant|serve|all]` prints side-by-side tables.
 
 Speed targets live here, never in timed unit tests. Every comparison runs both sides in one
 process on the same data, and prints the ratio.
@@ -1062,6 +1062,7 @@ def main(argv: list[str] | None = None) -> int:
             "accuracy",
             "int8",
             "tfjs-quant",
+            "serve",
             "all",
         ],
     )
@@ -1106,6 +1107,10 @@ def main(argv: list[str] | None = None) -> int:
         from edgetl.bench_scale import bench_scale
 
         print(bench_scale(work / "scale", args.quick), flush=True)
+    if args.what == "serve":  # not part of "all": 1,000 connections and 1.5 GB on loopback
+        from edgetl.bench_serve import bench_serve
+
+        print(bench_serve(work / "serve", args.quick), flush=True)
     if args.what in ("accuracy", "int8", "tfjs-quant"):  # not in "all": needs the [bench] extra
         from edgetl import bench_accuracy
 

@@ -144,7 +144,7 @@ def export_bundle(
         tfjs_quantizations=tuple(tfjs_quantizations),
     )
     probe_set = (probe_images, probe_labels, probe_names)
-    staging = Staging(out_dir, log=log)
+    staging = Staging(out_dir, log=log, replace=overwrite)
     with staging as tmp:
         manifest = _write_bundle(
             model, tmp, contract, options, formats, probe_set, source_path, log

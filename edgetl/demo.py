@@ -11,6 +11,8 @@ import argparse
 import time
 from pathlib import Path
 
+from edgetl.outdir import check_out_dir
+
 DEMO_BACKBONE = ("mobilenet_v2", 0.35, 96)
 PRETRAIN_SEED = 7  # the proxy pretraining set differs from the demo data (seed 0)
 
@@ -31,6 +33,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--no-verify", action="store_true", help="stop after export")
     p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace OUT/run and OUT/bundle when they exist (an earlier demo, or your own "
+        "model: without --force the demo refuses to touch them)",
+    )
+    p.add_argument(
         "--int8",
         choices=["auto", "yes", "no"],
         default="auto",
@@ -47,6 +55,9 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     out: Path = args.out
     bb, alpha, size = resolve(args.backbone, args.alpha, args.size)
+    run_dir, bundle = out / "run", out / "bundle"
+    for d in (run_dir, bundle):  # before any work: OUT/run may hold the user's own model
+        check_out_dir(d, force=args.force)
     data = out / "data"
     if not data.is_dir():
         print(f"[1/4] generating the sample dataset in {data}")
@@ -56,15 +67,13 @@ def run(args: argparse.Namespace) -> int:
     weights = demo_weights(out, bb.name, alpha, size)
     quantizations = demo_quantizations(args.int8, weights)
 
-    run_dir = out / "run"
     print(f"[2/4] training {bb.name} alpha {alpha} size {size} -> {run_dir}")
     config = TrainConfig(
         backbone=bb.name, alpha=alpha, size=size, weights=weights, epochs=args.epochs
     )
-    result = train(data, run_dir, config, overwrite=True)  # a re-run replaces its run
+    result = train(data, run_dir, config, overwrite=args.force)
     print(f"      validation accuracy {result.metrics['accuracy']:.3f}")
 
-    bundle = out / "bundle"
     print(
         f"[3/4] exporting TF.js, ONNX and TFLite (float32, {', '.join(quantizations)}) -> {bundle}"
     )
@@ -74,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
         data_dir=data,
         quantizations=quantizations,
         model_name="demo",
-        overwrite=True,  # a re-run replaces the old bundle atomically
+        overwrite=args.force,  # replaced atomically
     )
     for a in manifest.artifacts:
         print(f"      {a.id:<16} {a.size / 1e6:6.2f} MB  {bundle / a.path}")

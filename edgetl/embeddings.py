@@ -7,16 +7,25 @@ batch 1 for MobileNetV2 1.0/224 on 2 cores), with Keras as the fallback.
 
 Cache layout (default ~/.cache/edgetl, or $EDGETL_CACHE):
     extractors/<backbone_key>.onnx              the backbone + pooling, converted once
-    embeddings/<backbone_key>/<image_sha256>.npy   one float32 vector per image file
+    embeddings/<backbone_key>/<image_sha256>.vec   one float32 vector per image file
 Keys are content hashes: the backbone's weights and config, the image file's bytes and the
 input size, so renaming a file or changing head settings reuses the cache, and nothing stale
 is ever read after weights change.
+
+Each .vec entry carries its length and the sha256 of its bytes (VEC_MAGIC header): an entry
+that a crash or a full disk left empty, truncated or garbled is recomputed, with one line
+saying so, never read as a vector or raised as an EOFError. A cache folder that cannot be
+written is found before any work (check_cache_dir): a read-only one is still read (a shared,
+pre-filled cache), one that cannot be read either is left out; each with one line saying what
+to set.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import struct
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,12 +33,65 @@ from pathlib import Path
 import numpy as np
 
 from edgetl.errors import UserError
+from edgetl.outdir import atomic_write
 
 EXTRACTOR_OUTPUT = "embedding"
+VEC_SUFFIX = ".vec"  # .npy entries of earlier versions carried no checksum; they are not read
+VEC_MAGIC = b"EDGETLV1"
+_VEC_HEADER = struct.Struct("<8sI32s")  # magic, vector length, sha256 of the float32 bytes
+
+
+class CorruptEntry(ValueError):
+    """A cache entry whose header, length or checksum does not hold."""
 
 
 def default_cache_dir() -> Path:
     return Path(os.environ.get("EDGETL_CACHE", Path.home() / ".cache" / "edgetl"))
+
+
+@dataclass
+class CacheAccess:
+    """What the embedding cache may do here, found before any work."""
+
+    folder: Path | None  # None: no cache this run
+    writable: bool
+    note: str | None = None  # the one line saying why, when not the full cache
+
+
+def check_cache_dir(setting: str | None) -> CacheAccess:
+    """`--cache-dir` (None: $EDGETL_CACHE or ~/.cache/edgetl; "": off) checked up front.
+
+    A cache only saves time (the vectors are the same either way), so a folder that cannot be
+    written does not stop training: if it can be read it is used read-only (a cache shared
+    read-only between users or CI jobs still gives its hits), else training runs without one.
+    Either way one line says so and what to set."""
+    if setting == "":
+        return CacheAccess(None, False)
+    folder = Path(setting).expanduser() if setting else default_cache_dir()
+    flag = "--cache-dir" if setting else "$EDGETL_CACHE"
+    fix = f"set {flag} to a writable folder ('' turns the cache off)"
+    if folder.exists() and not folder.is_dir():
+        return CacheAccess(
+            None, False, f"note: embedding cache {folder} is a file; no cache this run ({fix})"
+        )
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        os.rmdir(tempfile.mkdtemp(prefix=".edgetl-write-test-", dir=folder))
+        return CacheAccess(folder, True)
+    except OSError as e:
+        why = e.strerror or str(e)
+    if os.access(folder, os.R_OK | os.X_OK) and folder.is_dir():
+        return CacheAccess(
+            folder,
+            False,
+            f"note: embedding cache {folder} cannot be written ({why}): reading the vectors it "
+            f"has, computing the rest without storing them ({fix} to keep them)",
+        )
+    return CacheAccess(
+        None,
+        False,
+        f"note: embedding cache {folder} cannot be used ({why}): no cache this run ({fix})",
+    )
 
 
 def backbone_key(embedding_model) -> str:
@@ -78,9 +140,11 @@ class EmbeddingCache:
         runtime: str = "auto",
         batch_size: int = 32,
         cluster: str | None = None,
+        writable: bool = True,
     ) -> None:
         self.model = embedding_model
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self.writable = writable  # False: a read-only cache, read but never written
         self.runtime = runtime
         self.batch_size = batch_size
         self.cluster = cluster  # None: $EDGETL_CLUSTER (edgetl.distribute.cluster_setting)
@@ -125,25 +189,34 @@ class EmbeddingCache:
 
         missing: list[int] = []
         keys = []
+        bad: list[Path] = []
         for i, p in enumerate(paths):
             k = f"{sha256_file(p)}-{self.h}x{self.w}"
             keys.append(k)
             cached = self._cache_file(k)
             if cached is not None and cached.is_file():
                 try:
-                    out[i] = np.load(cached)
+                    out[i] = load_vector(cached, self.dim)
                     self.stats.from_cache += 1
                     continue
-                except (OSError, ValueError):
-                    pass  # unreadable cache entry: recompute it
+                except (OSError, CorruptEntry):
+                    bad.append(cached)  # recomputed below (and stored again, if writable)
             missing.append(i)
+        if bad:
+            note = (
+                f"note: {len(bad)} embedding-cache entr{'y was' if len(bad) == 1 else 'ies were'}"
+                f" empty or corrupt (e.g. {bad[0]}, as a crash or a full disk leaves); "
+                "recomputing them"
+            )
+            self.stats.notes.append(note)
+            print(note, file=sys.stderr)
         return keys, missing
 
     def _embed_on_ray(self, address, paths, keys, missing, out) -> None:
         """The missing rows computed by Ray workers into the shared cache, then read back."""
         from edgetl.cluster import embed_on_ray
 
-        if self.cache_dir is None or self._onnx_session() is None:
+        if self.cache_dir is None or not self.writable or self._onnx_session() is None:
             raise UserError(
                 "Ray embedding needs the onnxruntime extractor and a cache folder the "
                 "workers share (--cache-dir or $EDGETL_CACHE)"
@@ -160,7 +233,7 @@ class EmbeddingCache:
         )
         self.stats.workers = f"ray: {cpus} CPUs"
         for i in missing:
-            out[i] = np.load(self._cache_file(keys[i]))
+            out[i] = load_vector(self._cache_file(keys[i]), self.dim)
 
     def _embed_here(self, paths, keys, missing, out, progress: bool) -> None:
         """The missing rows computed in this process, batch by batch, each stored as it comes."""
@@ -200,7 +273,7 @@ class EmbeddingCache:
         return cache_file(self.cache_dir, self.key, key)
 
     def _store(self, key: str, vec: np.ndarray) -> None:
-        if self.cache_dir is not None:
+        if self.cache_dir is not None and self.writable:
             store_vector(self.cache_dir, self.key, key, vec)
 
     def _onnx_session(self):
@@ -216,9 +289,12 @@ class EmbeddingCache:
             self.runtime = "keras"
             return None
         tmpdir = None
+        path = None
         if self.cache_dir is not None:
             path = self.cache_dir / "extractors" / f"{self.key}.onnx"
-        else:
+            if not self.writable and not path.is_file():
+                path = None
+        if path is None:
             tmpdir = tempfile.TemporaryDirectory(prefix="edgetl-extractor-")
             path = Path(tmpdir.name) / "extractor.onnx"
         try:
@@ -250,15 +326,34 @@ class EmbeddingCache:
 
 def cache_file(cache_dir: Path, backbone: str, image_key: str) -> Path:
     """Where one image's vector lives: content-addressed, so any worker may write it."""
-    return Path(cache_dir) / "embeddings" / backbone / f"{image_key}.npy"
+    return Path(cache_dir) / "embeddings" / backbone / f"{image_key}{VEC_SUFFIX}"
+
+
+def encode_vector(vec: np.ndarray) -> bytes:
+    """A cache entry: header (magic, length, sha256 of the payload) + float32 little-endian."""
+    payload = np.ascontiguousarray(vec, dtype="<f4").reshape(-1).tobytes()
+    digest = hashlib.sha256(payload).digest()
+    return _VEC_HEADER.pack(VEC_MAGIC, len(payload) // 4, digest) + payload
+
+
+def load_vector(path: Path, dim: int | None = None) -> np.ndarray:
+    """One cache entry, checked: CorruptEntry when its header, length or checksum is wrong."""
+    data = Path(path).read_bytes()
+    if len(data) < _VEC_HEADER.size:
+        raise CorruptEntry(f"{path}: {len(data)} bytes, shorter than the header")
+    magic, n, digest = _VEC_HEADER.unpack_from(data)
+    payload = data[_VEC_HEADER.size :]
+    if magic != VEC_MAGIC or len(payload) != 4 * n or (dim is not None and n != dim):
+        raise CorruptEntry(f"{path}: not a {dim}-long edgetl vector")
+    if hashlib.sha256(payload).digest() != digest:
+        raise CorruptEntry(f"{path}: checksum mismatch")
+    return np.frombuffer(payload, dtype="<f4").astype(np.float32)
 
 
 def store_vector(cache_dir: Path, backbone: str, image_key: str, vec: np.ndarray) -> None:
     path = cache_file(cache_dir, backbone, image_key)
     path.parent.mkdir(parents=True, exist_ok=True)
-    from edgetl.outdir import atomic_write
-
-    atomic_write(path, lambda f: np.save(f, vec))
+    atomic_write(path, encode_vector(vec))
 
 
 def embed_streamed(run_batch, paths: list[Path], size: tuple[int, int], batch_size: int, keep):

@@ -7,6 +7,8 @@ come from files beside it (labels.json, contract.json) or from the command line.
 from __future__ import annotations
 
 import json
+import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,14 +31,29 @@ class LoadedModel:
     notes: tuple[str, ...] = ()
 
 
+# Pixels are float32 and become float16 in half-precision artifacts: a range beyond this is no
+# image input (and 0..255 mapped onto it overflows; `0,inf` once gave an OverflowError).
+MAX_INPUT_RANGE = 65504.0  # float16's largest finite value
+
+
 def parse_range(text: str) -> tuple[float, float]:
-    """'0,255' -> (0.0, 255.0); the range of values the model's input expects."""
+    """'0,255' -> (0.0, 255.0); the range of values the model's input expects: two finite
+    numbers, low < high, within +-MAX_INPUT_RANGE."""
     try:
         lo, hi = (float(v) for v in text.split(","))
     except ValueError:
         raise UserError(f"--input-range must look like 0,255 or -1,1; got {text!r}") from None
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise UserError(
+            f"--input-range must be two finite numbers (like 0,255 or -1,1); got {text!r}"
+        )
     if not lo < hi:
         raise UserError(f"--input-range must be low,high with low < high; got {text!r}")
+    if max(abs(lo), abs(hi)) > MAX_INPUT_RANGE:
+        raise UserError(
+            f"--input-range must lie within +-{MAX_INPUT_RANGE:g} (what float16 artifacts can "
+            f"hold); got {text!r}"
+        )
     return lo, hi
 
 
@@ -210,6 +227,9 @@ def _load_keras(path: Path):
         return keras.models.load_model(path, compile=False)
     except Exception as e:  # keras raises many types for a bad file; the user needs the reason
         first = e
+    unknown = unknown_object_message(path, first)
+    if unknown is not None:
+        raise UserError(unknown) from None
     if path.suffix.lower() in (".h5", ".hdf5") and _keras2_h5_version(path):
         try:
             return _load_keras2_h5(path)
@@ -219,6 +239,30 @@ def _load_keras(path: Path):
                 f"after translation: {type(e).__name__}: {e}"
             ) from None
     raise UserError(f"cannot load Keras model {path}: {type(first).__name__}: {first}") from None
+
+
+_UNKNOWN_OBJECT = re.compile(r"Could not locate (class|function) '([^']+)'")
+
+
+def unknown_object_message(path: Path, error: Exception) -> str | None:
+    """One line for a model that names a custom layer (or function) this process has not
+    registered, in place of Keras' 2 KB config dump with the cause in its middle; None for any
+    other load error."""
+    text = str(error)
+    m = _UNKNOWN_OBJECT.search(text)
+    if m is None:
+        return None
+    kind, name = m.groups()
+    registered = re.search(rf"'registered_name': '([^'>]+)>{re.escape(name)}'", text)
+    package = registered.group(1) if registered else "Custom"
+    what = "custom layer class" if kind == "class" else "custom function"
+    return (
+        f"cannot load {path}: it uses the {what} {name!r}, which is not registered here. "
+        f"In Python, define it with @keras.saving.register_keras_serializable(package="
+        f"{package!r}) (or load with keras.models.load_model(path, custom_objects={{{name!r}: "
+        f"{name}}})) and export the loaded model with edgetl.bundle.export_bundle; or rebuild "
+        "the model from built-in Keras layers"
+    )
 
 
 def _keras2_h5_version(path: Path) -> str | None:

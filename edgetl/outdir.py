@@ -8,13 +8,19 @@
   (SavedModels, converter scratch) go inside that partial folder, not into $TMPDIR.
 * A run that is killed (SIGKILL, power loss) leaves its partial folder behind; the next run for
   the same --out removes partials whose process is gone (PID in the name, host in a marker).
+* One writer per output (OutputClaim): a run holds an flock on `.NAME.lock` beside --out from
+  the start of its work to the rename, so a second run for the same --out is refused at once
+  (two `train` runs into one new --out both once said "run written"; one of them was lost).
+  The lock dies with its process: nothing stale to clean after kill -9.
 * Single files (verify's --json/--junit/--html, the embedding cache) go through atomic_write:
   a temporary file beside the target, renamed over it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import os
 import re
 import shutil
@@ -22,6 +28,7 @@ import socket
 import tempfile
 import time
 from pathlib import Path
+from typing import ClassVar
 
 from edgetl.errors import UserError
 
@@ -162,6 +169,108 @@ def _os_error(out: Path, e: OSError) -> UserError:
     return UserError(f"cannot write {out}: {why}: {e.filename or out}{hint}")
 
 
+def _not_empty(out: Path) -> bool:
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        return True
+    try:
+        return out.is_dir() and any(out.iterdir())
+    except OSError:
+        return True
+
+
+class OutputClaim:
+    """`with OutputClaim(out, replace=force): ...`: this process is the only edgetl writer of
+    `out` until the block ends.
+
+    An exclusive, non-blocking flock on `.NAME.lock` beside `out` (created, with missing parent
+    folders, if needed; removed at the end). A second claim from another process fails at once
+    with a one-line UserError; the same process may claim again (train, then its Staging).
+    Without `replace`, an output that appeared after the caller's check_out_dir (a run that
+    finished meanwhile) is refused too, so it is never replaced by a run that was not told to."""
+
+    _held: ClassVar[dict[Path, int]] = {}  # resolved output -> nesting depth, this process
+
+    def __init__(self, out: Path, *, replace: bool, flag: str = "--out") -> None:
+        self.out = Path(out)
+        self.replace = replace
+        self.flag = flag
+        self.target = _resolve(self.out)
+        self.lock_path = self.target.parent / f".{self.target.name}.lock"
+        self._fd: int | None = None
+        self._created: list[Path] = []
+
+    def __enter__(self) -> OutputClaim:
+        if self.target in OutputClaim._held:
+            OutputClaim._held[self.target] += 1
+            return self
+        try:
+            self._acquire()
+        except OSError as e:
+            self._release()
+            raise _os_error(self.out, e) from None
+        OutputClaim._held[self.target] = 1
+        if not self.replace and _not_empty(self.out):
+            self.__exit__(None, None, None)
+            raise UserError(
+                f"{self.out} was written by another run after this one started; nothing was "
+                f"replaced. Choose another {self.flag} or pass --force to replace it"
+            )
+        return self
+
+    def _acquire(self) -> None:
+        p = self.target.parent
+        missing = []
+        while not p.exists():
+            missing.append(p)
+            p = p.parent
+        for d in reversed(missing):
+            d.mkdir()
+            self._created.append(d)
+        while True:
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                owner = os.read(fd, 200).decode(errors="replace").split()
+                os.close(fd)
+                who = f" (process {owner[0]} on {owner[1]})" if len(owner) >= 2 else ""
+                raise UserError(
+                    f"{self.out} is being written by another edgetl run{who}; wait for it to "
+                    f"finish or choose another {self.flag}"
+                ) from None
+            try:
+                same = os.stat(self.lock_path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:  # not a lock file its last holder removed while we waited for it
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
+        self._fd = fd
+
+    def _release(self) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):  # unlinked while still locked (see _acquire)
+                os.unlink(self.lock_path)
+            os.close(self._fd)
+            self._fd = None
+        for d in reversed(self._created):
+            try:
+                d.rmdir()  # only if still empty (the output was not written)
+            except OSError:
+                break
+        self._created = []
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        depth = OutputClaim._held.get(self.target, 0)
+        if depth > 1:
+            OutputClaim._held[self.target] = depth - 1
+            return
+        OutputClaim._held.pop(self.target, None)
+        self._release()
+
+
 class Staging:
     """`with Staging(out) as tmp: ...write into tmp...; staging.commit()`.
 
@@ -169,8 +278,11 @@ class Staging:
     the partial folder and any parent folders it created are removed; nothing is left behind.
     With capture_tempfiles, Python's tempfile module writes into the partial folder meanwhile."""
 
-    def __init__(self, out: Path, *, capture_tempfiles: bool = True, log=None) -> None:
+    def __init__(
+        self, out: Path, *, capture_tempfiles: bool = True, log=None, replace: bool = True
+    ) -> None:
         self.out = Path(out)
+        self.claim = OutputClaim(out, replace=replace)
         self.capture_tempfiles = capture_tempfiles
         self.log = log
         self.tmp: Path | None = None
@@ -179,6 +291,7 @@ class Staging:
         self._committed = False
 
     def __enter__(self) -> Path:
+        self.claim.__enter__()  # one writer per output (re-entrant: train claims it earlier)
         sweep_stale(self.out, self.log)
         try:
             missing = []
@@ -202,6 +315,7 @@ class Staging:
                 (self.tmp / TMP_SUBDIR).mkdir()
         except OSError as e:
             self._cleanup()
+            self.claim.__exit__(None, None, None)
             raise _os_error(self.out, e) from None
         if self.capture_tempfiles:
             self._saved_tempdir = tempfile.tempdir
@@ -210,6 +324,11 @@ class Staging:
 
     def commit(self) -> None:
         assert self.tmp is not None
+        if not self.claim.replace and _not_empty(self.out):
+            raise UserError(
+                f"{self.out} appeared while this run was writing it (not by edgetl); nothing "
+                "was replaced. Choose another --out or pass --force to replace it"
+            )
         self._restore_tempdir()
         shutil.rmtree(self.tmp / TMP_SUBDIR, ignore_errors=True)
         (self.tmp / MARKER).unlink(missing_ok=True)
@@ -234,10 +353,13 @@ class Staging:
                 break
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if not self._committed:
-            self._cleanup()
-        else:
-            self._restore_tempdir()
+        try:
+            if not self._committed:
+                self._cleanup()
+            else:
+                self._restore_tempdir()
+        finally:
+            self.claim.__exit__(exc_type, exc, tb)
 
 
 def replace_dir(new: Path, target: Path) -> None:

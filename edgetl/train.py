@@ -21,8 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
+from edgetl.embeddings import check_cache_dir
 from edgetl.errors import UserError
 from edgetl.metrics import CONFUSION_PNG, CURVES_PNG
+from edgetl.outdir import OutputClaim
 from edgetl.probes import MIN_OUTPUT_SPREAD
 
 METRICS_FILE = "metrics.json"
@@ -323,6 +325,7 @@ class Job:
     sample_weights: np.ndarray
     progress: bool = True
     strategy: object = None  # tf.distribute strategy (edgetl.distribute.choose_strategy)
+    cache: object = None  # edgetl.embeddings.CacheAccess, checked in prepare()
     timings: dict[str, float] = field(default_factory=dict)
     history: dict[str, list[float]] = field(default_factory=dict)
     emb_stats: dict = field(default_factory=dict)
@@ -359,6 +362,48 @@ class Job:
         return history, best
 
 
+# A class needs one image to train on and one to validate with; fewer is refused. Fewer than
+# MIN_VAL_IMAGES validation images make that class's accuracy (and, when classes are unequal,
+# the overall one) noise: a warning says so. A class of 1 image beside 10,000 once trained
+# silently and reported "validation accuracy 1.000", that class absent from validation.
+MIN_CLASS_IMAGES = 2
+MIN_VAL_IMAGES = 5
+
+
+def check_class_sizes(classes: list[str], labels: np.ndarray, val_split: float) -> None:
+    """Refuse classes too small to train on and judge (MIN_CLASS_IMAGES)."""
+    counts = np.bincount(labels, minlength=len(classes))
+    small = [f"{c} ({k})" for c, k in zip(classes, counts, strict=True) if k < MIN_CLASS_IMAGES]
+    if small:
+        raise UserError(
+            f"class(es) with fewer than {MIN_CLASS_IMAGES} images: {', '.join(small)}. Each "
+            "class needs one image to train on and one to validate with; add images to it (a "
+            f"few dozen for a fair accuracy) or remove its folder"
+        )
+
+
+def warn_small_validation(classes: list[str], val_labels: np.ndarray, labels: np.ndarray) -> None:
+    """One line when some class has too few validation images for its accuracy to mean much."""
+    if len(val_labels) == 0:
+        return
+    val = np.bincount(val_labels, minlength=len(classes))
+    small = [f"{c} ({k})" for c, k in zip(classes, val, strict=True) if k < MIN_VAL_IMAGES]
+    if not small:
+        return
+    counts = np.bincount(labels, minlength=len(classes))
+    imbalance = (
+        f"; the classes range from {counts.min()} to {counts.max()} images, so the overall "
+        "accuracy mostly reflects the large ones: read the per-class recall"
+        if counts.max() >= 10 * counts.min()
+        else ""
+    )
+    print(
+        f"warning: fewer than {MIN_VAL_IMAGES} validation images in {', '.join(small[:8])}"
+        f"{', ...' if len(small) > 8 else ''}: their accuracy is noise{imbalance}",
+        file=sys.stderr,
+    )
+
+
 def prepare(data_dir: Path, run_dir: Path, config: TrainConfig, overwrite: bool, progress: bool):
     """The cheap refusals, the folder scan and the seeded stratified split."""
     from edgetl.data import scan_image_folder, stratified_split
@@ -377,7 +422,14 @@ def prepare(data_dir: Path, run_dir: Path, config: TrainConfig, overwrite: bool,
         f"{len(folder.files)} images in {n} classes: "
         + ", ".join(f"{c} ({k})" for c, k in folder.counts().items())
     )
+    check_class_sizes(folder.classes, folder.labels, config.val_split)
     train_idx, val_idx = stratified_split(folder.labels, config.val_split, config.seed)
+    warn_small_validation(folder.classes, folder.labels[val_idx], folder.labels)
+    cache = None
+    if not (config.augment or config.full_forward):
+        cache = check_cache_dir(config.cache_dir)  # before any work, a one-line note if not
+        if cache.note:
+            print(cache.note, file=sys.stderr)
     cw = np.ones(n, np.float32)
     if config.class_weights:
         cw = balanced_class_weights(folder.labels[train_idx], n)
@@ -392,6 +444,7 @@ def prepare(data_dir: Path, run_dir: Path, config: TrainConfig, overwrite: bool,
         one_hot(folder.labels, n),
         cw[folder.labels].astype(np.float32),
         progress,
+        cache=cache,
     )
 
 
@@ -434,18 +487,25 @@ def stage1_cached(job: Job, model, head_cfg):
     import keras
 
     from edgetl.classifier import build_head_model, copy_head_weights, embedding_model
-    from edgetl.embeddings import EmbeddingCache, default_cache_dir
+    from edgetl.embeddings import EmbeddingCache, check_cache_dir
     from edgetl.pipeline import VectorFile
 
     c = job.config
     t = time.perf_counter()
-    cache_dir = None if c.cache_dir == "" else Path(c.cache_dir or default_cache_dir())
+    access = job.cache or check_cache_dir(c.cache_dir)
+    cache_dir = access.folder
     cache = EmbeddingCache(
-        embedding_model(model), cache_dir, runtime=c.embedding_runtime, cluster=c.cluster
+        embedding_model(model),
+        cache_dir,
+        runtime=c.embedding_runtime,
+        cluster=c.cluster,
+        writable=access.writable,
     )
     # The rows stay on disk (a temporary file beside the cache), read batch by batch: the
     # matrix (5 KB per image for a 1280-wide MobileNetV2) no longer grows the process.
-    emb = VectorFile(len(job.folder.files), cache.dim, folder=cache_dir)
+    emb = VectorFile(
+        len(job.folder.files), cache.dim, folder=cache_dir if access.writable else None
+    )
     cache.embed_files(job.folder.files, progress=job.progress, out=emb)
     job.timings["embeddings_s"] = time.perf_counter() - t
     job.emb_stats = asdict(cache.stats)
@@ -558,7 +618,9 @@ def final_metrics(job: Job, model, head, emb, images) -> dict:
     return metrics
 
 
-def write_run_dir(run_dir: Path, job: Job, model, metrics: dict, data_dir: Path) -> None:
+def write_run_dir(
+    run_dir: Path, job: Job, model, metrics: dict, data_dir: Path, overwrite: bool = False
+) -> None:
     """RUN_DIR, staged and swapped in whole (edgetl.outdir): model, labels, contract, metrics,
     train info and the two plots."""
     from edgetl.contract import CONTRACT_FILE, LABELS_FILE, InputContract, save_labels
@@ -570,7 +632,7 @@ def write_run_dir(run_dir: Path, job: Job, model, metrics: dict, data_dir: Path)
         raise TrainingDiverged(
             "training produced NaN/Inf weights; nothing was written. Try a lower learning rate."
         )
-    staging = Staging(run_dir)
+    staging = Staging(run_dir, replace=overwrite)
     with staging as tmp:
         model.save(tmp / MODEL_FILE)
         save_labels(tmp / LABELS_FILE, job.classes)
@@ -612,22 +674,25 @@ def train(
     t_all = time.perf_counter()
     run_dir = Path(run_dir)
     job = prepare(Path(data_dir), run_dir, config, overwrite, progress)
-    if config.augment or config.full_forward or config.fine_tune_layers:
-        job.strategy = choose_strategy()  # tf.distribute: one process unless a cluster is set
-        print(f"  training on {describe(job.strategy)}")
-    with job.strategy.scope() if job.strategy is not None else nullcontext():
-        model, base, head_cfg = build_model(job)
-    head = emb = images = None
-    if config.augment or config.full_forward:
-        images = stage1_full_forward(job, model)
-    else:
-        head, emb = stage1_cached(job, model, head_cfg)
-    if config.fine_tune_layers and base is not None:
-        images = stage2_fine_tune(job, model, base, images)
-    metrics = final_metrics(job, model, head, emb, images)
-    job.timings["total_s"] = time.perf_counter() - t_all
-    metrics["timings"] = job.timings
-    write_run_dir(run_dir, job, model, metrics, Path(data_dir))
+    # One writer per run directory from here to the rename: a second `train --out` for the
+    # same folder is refused now, not after its training (edgetl.outdir.OutputClaim).
+    with OutputClaim(run_dir, replace=overwrite):
+        if config.augment or config.full_forward or config.fine_tune_layers:
+            job.strategy = choose_strategy()  # tf.distribute: one process, unless a cluster
+            print(f"  training on {describe(job.strategy)}")
+        with job.strategy.scope() if job.strategy is not None else nullcontext():
+            model, base, head_cfg = build_model(job)
+        head = emb = images = None
+        if config.augment or config.full_forward:
+            images = stage1_full_forward(job, model)
+        else:
+            head, emb = stage1_cached(job, model, head_cfg)
+        if config.fine_tune_layers and base is not None:
+            images = stage2_fine_tune(job, model, base, images)
+        metrics = final_metrics(job, model, head, emb, images)
+        job.timings["total_s"] = time.perf_counter() - t_all
+        metrics["timings"] = job.timings
+        write_run_dir(run_dir, job, model, metrics, Path(data_dir), overwrite)
     return TrainResult(
         run_dir=run_dir,
         labels=job.classes,
