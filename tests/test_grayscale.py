@@ -76,3 +76,28 @@ def test_gray_model_verifies_in_tfjs_node(gray_bundle):
 def test_gray_model_verifies_in_chromium(gray_bundle):
     rts = "tfjs-browser-wasm,ort-web-wasm"
     assert main(["verify", str(gray_bundle), "--runtimes", rts, "--require", rts]) == 0
+
+
+def test_other_channel_counts_are_refused_in_one_line(tmp_path, capsys):
+    import keras
+
+    inp = keras.Input((8, 8, 2))
+    x = keras.layers.GlobalAveragePooling2D()(inp)
+    keras.Model(inp, keras.layers.Dense(2, activation="softmax")(x)).save(tmp_path / "m.keras")
+    out = tmp_path / "b"
+    assert main(["export", str(tmp_path / "m.keras"), "--out", str(out), "--labels", "a,b"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "(batch, height, width, 1) (grayscale)" in err and "Traceback" not in err
+    assert len(err.splitlines()) == 1 and not out.exists()
+
+
+def test_gray_contract_round_trips_and_needs_its_rule():
+    from edgetl.contract import InputContract
+
+    c = InputContract.for_channels(1, height=8, width=8)
+    assert InputContract.from_dict(c.to_dict()) == c
+    assert "gray_weights" not in InputContract(8, 8).to_dict()  # RGB contracts unchanged
+    with pytest.raises(ValueError, match="gray_weights"):
+        InputContract(8, 8, channels=1)
+    with pytest.raises(ValueError, match="not 4"):
+        InputContract(8, 8, channels=4)
