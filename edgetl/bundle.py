@@ -210,16 +210,9 @@ def _write_bundle(
     model.save(root / SOURCE_MODEL)
     source_hash = sha256_file(source_path) if source_path else sha256_file(root / SOURCE_MODEL)
 
-    isolate = model.count_params() >= ISOLATE_PARAMS
     for fmt in formats:
-        log(f"exporting {fmt}{' (own process)' if isolate else ''} ...")
+        log(f"exporting {fmt} ...")
         try:
-            if isolate:
-                try:
-                    artifacts += _export_in_child(fmt, root, contract, options)
-                    continue
-                except _NotIsolated:
-                    isolate = False
             artifacts += FORMATS.get(fmt).export(model, root, contract=contract, options=options)
         except UserError:
             raise
@@ -248,43 +241,6 @@ def _write_bundle(
     )
     manifest.save(root)
     return manifest
-
-
-# Large models: each converter runs in a process of its own, which loads the source model just
-# saved in the bundle and exits when done. In one process what every converter leaves behind
-# (traced tf.functions, frozen graphs holding a copy of every weight, TFLite's MLIR buffers,
-# allocator arenas that are never returned) adds up: 7.4 GB peak RSS for an 86 MB Xception
-# against 2.1 GB for MobileNetV2/224. Small models stay in-process (a child costs the seconds
-# of importing TensorFlow again). 20M parameters = 80 MB of float32 weights.
-ISOLATE_PARAMS = 20_000_000
-
-
-def _export_in_child(fmt: str, root: Path, contract, options) -> list[ArtifactRecord]:
-    import multiprocessing
-
-    with multiprocessing.get_context("spawn").Pool(1) as pool:
-        records = pool.apply(_child_export, (fmt, str(root), contract, options))
-    if records is None:  # custom layers the child cannot rebuild: in this process after all
-        raise _NotIsolated
-    return records
-
-
-class _NotIsolated(Exception):
-    pass
-
-
-def _child_export(fmt: str, root: str, contract, options) -> list[ArtifactRecord] | None:
-    """One format's export in a fresh process, from the bundle's saved source model (None when
-    that process cannot load it, e.g. custom layers registered only in the parent)."""
-    import keras
-
-    from edgetl.converters import FORMATS
-
-    try:
-        model = keras.models.load_model(Path(root) / SOURCE_MODEL, compile=False)
-    except Exception:
-        return None
-    return FORMATS.get(fmt).export(model, Path(root), contract=contract, options=options)
 
 
 def tool_versions() -> dict[str, str]:
