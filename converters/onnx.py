@@ -60,7 +60,7 @@ def convert_onnx(
     _, h, w, c = model.input_shape
     spec = (tf.TensorSpec((None, h, w, c), tf.float32, name=INPUT_NAME),)
     proto, _ = tf2onnx.convert.from_keras(
-        model,
+        functional(model),
         input_signature=spec,
         opset=opset,
         inputs_as_nchw=[INPUT_NAME] if nchw else None,
@@ -74,6 +74,19 @@ def convert_onnx(
     path = Path(path)
     path.write_bytes(proto.SerializeToString())
     return path
+
+
+def functional(model):
+    """`model` itself, or a Sequential wrapped as a functional model around it: tf2onnx 1.17
+    looks up a Keras 3 Sequential's tensors by name and fails on every one (KeyError
+    'keras_tensor_N'); the same layers called on a new Input convert (same weights, same
+    outputs). A Sequential nested inside a functional model converts as it is."""
+    import keras
+
+    if not isinstance(model, keras.Sequential):
+        return model
+    inp = keras.Input(batch_shape=tuple(model.inputs[0].shape), name=INPUT_NAME)
+    return keras.Model(inp, model(inp), name=model.name)
 
 
 def _rename_output(proto, name: str) -> None:

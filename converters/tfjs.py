@@ -11,7 +11,10 @@ clears one tfjs load error or one numerical mismatch (measured; see shared/field
 3. Keras 3 `inbound_nodes` ({"args", "kwargs"}) -> Keras 2 nested lists; flat
    `input_layers` / `output_layers` -> nested lists.
 4. References to a nested functional model: node index + 1 (tfjs, like Keras 2, counts the
-   model's own construction as node 0; Keras 3 does not) - else "Graph disconnected".
+   model's own construction as node 0; Keras 3 does not) - else "Graph disconnected". Except
+   in input_layers / output_layers, where Keras 3 already counts it for a nested Functional
+   (not for a nested Sequential): + 1 there made `output_layers: [["model_1", 2, 0]]` for a
+   wrapper whose output is a nested model's, which tfjs cannot load.
 5. DepthwiseConv2D weight `kernel` -> `depthwise_kernel` (tfjs' variable name).
 6. MobileNetV3: `x + 3.0` / `x * (1/6)` ops with a Python scalar -> Rescaling;
    Activation("hard_silu") -> x * relu6(x + 3) / 6 from Rescaling/ReLU/Multiply (tfjs'
@@ -291,6 +294,10 @@ def translate_model(class_name: str, config: dict, name: str) -> dict:
     if class_name not in ("Functional", "Model"):
         raise TfjsConversionError(f"model {name!r}: TF.js cannot load a {class_name} model")
     nested = {e["name"] for e in config["layers"] if e["class_name"] in MODEL_CLASSES}
+    # Keras 3 numbers a nested Functional's nodes from 1 in input_layers / output_layers (its
+    # get_config counts the construction node there, as tfjs does), but from 0 inside
+    # inbound_nodes and for a nested Sequential everywhere: only those get the + 1.
+    counted = {e["name"] for e in config["layers"] if e["class_name"] in ("Functional", "Model")}
     layers = []
     for entry in config["layers"]:
         layers.extend(_translate_layer(entry, nested=nested, sequential=False))
@@ -300,8 +307,8 @@ def translate_model(class_name: str, config: dict, name: str) -> dict:
             "name": config.get("name", name),
             "trainable": config.get("trainable", True),
             "layers": layers,
-            "input_layers": _nested_refs(config["input_layers"], nested),
-            "output_layers": _nested_refs(config["output_layers"], nested),
+            "input_layers": _nested_refs(config["input_layers"], nested - counted),
+            "output_layers": _nested_refs(config["output_layers"], nested - counted),
         },
     }
 

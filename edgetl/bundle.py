@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import sys
+import time
 from collections.abc import Callable, Sequence
 from importlib import metadata
 from pathlib import Path
@@ -21,6 +22,7 @@ import numpy as np
 
 from edgetl.contract import LABELS_FILE, InputContract, save_labels
 from edgetl.errors import UserError
+from edgetl.loadcheck import check_artifacts_load, probe_input
 from edgetl.manifest import (
     ArtifactRecord,
     Manifest,
@@ -218,6 +220,19 @@ def _write_bundle(
             raise
         except Exception as e:
             raise ExportError(f"{fmt} export failed: {type(e).__name__}: {e}") from e
+
+    # Exit 0 must mean every file loads where it is meant to: each artifact is opened in its
+    # own runtime and run on one image (edgetl.loadcheck); a failure removes the staged bundle.
+    log("checking that every artifact loads in its runtime ...")
+    started = time.perf_counter()
+    x = probe_input(tuple(int(d) for d in model.inputs[0].shape[1:]), contract.value_range)
+    load = check_artifacts_load(root, artifacts, x, len(labels))
+    runtimes = ", ".join(sorted(set(load.loaded.values())))
+    log(
+        f"  {len(load.loaded)} artifact(s) loaded ({runtimes}) in {time.perf_counter() - started:.1f} s"
+    )
+    for artifact_id, why in load.unchecked.items():
+        log(f"note: {artifact_id} not load-checked here ({why})")
 
     log("computing golden probes (float32, float64 and float16-weight references) ...")
     probes, noise, probe_coverage = make_probes(model, contract, *probe_set)

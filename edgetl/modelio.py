@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import math
 import re
+import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -115,7 +117,7 @@ def load_model_source(
     source = Path(source)
     model_path = _model_path(source)
     side = model_path.parent
-    model = _load_keras(model_path)
+    model = single_tensor_io(_load_keras(model_path))
     notes: list[str] = []
     model = check_classifier_output(model, model_path, add_softmax=add_softmax, notes=notes)
     shape = _input_shape(model, model_path)
@@ -144,9 +146,10 @@ def _model_path(source: Path) -> Path:
             )
         return model_path
     if source.is_file():
-        if source.suffix.lower() not in MODEL_SUFFIXES:
+        if source.suffix.lower() not in MODEL_SUFFIXES and sniff_format(source) is None:
             raise UserError(
-                f"{source}: not a Keras model file; expected {', '.join(MODEL_SUFFIXES)}"
+                f"{source}: not a Keras model file; expected {', '.join(MODEL_SUFFIXES)} (or an "
+                "HDF5 / .keras zip file under another name)"
             )
         return source
     raise UserError(f"model not found: {source}")
@@ -223,22 +226,111 @@ def _recorded_data_dir(side: Path) -> Path | None:
 def _load_keras(path: Path):
     import keras
 
-    try:
-        return keras.models.load_model(path, compile=False)
-    except Exception as e:  # keras raises many types for a bad file; the user needs the reason
-        first = e
-    unknown = unknown_object_message(path, first)
-    if unknown is not None:
-        raise UserError(unknown) from None
-    if path.suffix.lower() in (".h5", ".hdf5") and _keras2_h5_version(path):
+    with tempfile.TemporaryDirectory(prefix="edgetl-load-") as tmp:
+        readable = _keras_named(path, Path(tmp))
         try:
-            return _load_keras2_h5(path)
-        except Exception as e:
-            raise UserError(
-                f"cannot load Keras 2 model {path}: {type(first).__name__}: {first}; "
-                f"after translation: {type(e).__name__}: {e}"
-            ) from None
-    raise UserError(f"cannot load Keras model {path}: {type(first).__name__}: {first}") from None
+            return keras.models.load_model(readable, compile=False)
+        except Exception as e:  # keras raises many types for a bad file; the user needs the reason
+            first = e
+        unknown = unknown_object_message(path, first)
+        if unknown is not None:
+            raise UserError(unknown) from None
+        if sniff_format(path) == HDF5 and _keras2_h5_version(path):
+            try:
+                return _load_keras2_h5(readable)
+            except Exception as e:
+                raise UserError(_unrebuildable(path, _keras2_h5_version(path), e)) from None
+    if sniff_format(path) == KERAS_ZIP:
+        raise UserError(_unrebuildable(path, saved_keras_version(path), first)) from None
+    raise UserError(f"cannot load Keras model {path}: {short_reason(first)}") from None
+
+
+# A file's first bytes say what it is, whatever its name: HDF5 (Keras 2 / legacy .h5, often
+# saved as .model or .hdf5) or a zip (Keras 3 .keras).
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+ZIP_SIGNATURE = b"PK\x03\x04"
+HDF5, KERAS_ZIP = "hdf5", "keras"
+
+
+def sniff_format(path: Path) -> str | None:
+    """HDF5 or KERAS_ZIP by the file's signature (HDF5's may also sit at 512, 1024, ... when a
+    user block precedes it), None for anything else."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if head.startswith(ZIP_SIGNATURE):
+                return KERAS_ZIP
+            offset = 0
+            while head:
+                if head == HDF5_SIGNATURE:
+                    return HDF5
+                offset = 512 if offset == 0 else offset * 2
+                f.seek(offset)
+                head = f.read(8)
+                if offset > (1 << 20):
+                    break
+    except OSError:
+        return None
+    return None
+
+
+def _keras_named(path: Path, tmp: Path) -> Path:
+    """`path`, or a link to it named model.h5 / model.keras in `tmp` when its name does not say
+    what it is: Keras picks its loader by the file extension and refuses any other."""
+    kind = sniff_format(path)
+    want = {HDF5: (".h5", ".hdf5"), KERAS_ZIP: (".keras",)}.get(kind)
+    if want is None or path.suffix.lower() in want:
+        return path
+    link = tmp / ("model.h5" if kind == HDF5 else "model.keras")
+    link.symlink_to(path.resolve())
+    return link
+
+
+def saved_keras_version(path: Path) -> str | None:
+    """The Keras version a .keras file records in its metadata.json (None if unreadable)."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            meta = json.loads(z.read("metadata.json"))
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return None
+    version = meta.get("keras_version") if isinstance(meta, dict) else None
+    return str(version) if version else None
+
+
+def _unrebuildable(path: Path, saved_by: str | None, error: Exception) -> str:
+    """One line: who saved the file, that this Keras cannot rebuild it, why, and what to do."""
+    import keras
+
+    if saved_by is None:  # no Keras metadata: not a Keras file at all, or a damaged one
+        return f"cannot load Keras model {path}: {short_reason(error)}"
+    head = (
+        f"{path}: saved by Keras {saved_by}; the installed Keras {keras.__version__} cannot "
+        f"rebuild it ({short_reason(error)})"
+    )
+    if saved_by.startswith("2."):
+        return (
+            f"{head}. Build the same model in code with Keras {keras.__version__}, load this "
+            "file's weights into it (model.load_weights), save it as .keras and export that"
+        )
+    return (
+        f"{head}. Load it with keras=={saved_by} and save it again as .h5 "
+        f"(model.save('model.h5')), or build the same model in code with Keras "
+        f"{keras.__version__} and load its weights (model.load_weights); then export that file"
+    )
+
+
+def short_reason(error: Exception, limit: int = 160) -> str:
+    """The gist of a Keras load error on one line: its innermost 'Exception encountered'
+    clause, without tensor reprs, config dumps or the text after them."""
+    text = str(error)
+    if "Exception encountered:" in text:
+        text = text.rsplit("Exception encountered:", 1)[1]
+    text = re.sub(r"<KerasTensor[^>]*>", "<tensor>", text)
+    text = re.sub(r"\s+", " ", text.split(" config=")[0].split("Inputs received")[0]).strip()
+    text = text.rstrip(" .;:,")
+    if len(text) > limit:
+        text = text[: limit - 3].rstrip() + "..."
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 _UNKNOWN_OBJECT = re.compile(r"Could not locate (class|function) '([^']+)'")
@@ -284,13 +376,15 @@ def _load_keras2_h5(path: Path):
     one for Keras 2's construction node, which Keras 2 files already left out). The weights
     are read from the same file, by layer name."""
     import shutil
-    import tempfile
 
     import h5py
     import keras
 
     def patch(config: dict) -> set[str]:
         nested = set()
+        _drop_initializer_dtype(config)
+        if isinstance(config["config"], list):  # Keras 2.0-2.2 Sequential: a bare layer list
+            config["config"] = {"name": "sequential", "layers": config["config"]}
         for layer in config["config"]["layers"]:
             if layer["class_name"] == "DepthwiseConv2D":
                 layer["config"].pop("groups", None)
@@ -313,6 +407,40 @@ def _load_keras2_h5(path: Path):
             patch(config)
             f.attrs["model_config"] = json.dumps(config)
         return keras.models.load_model(copy, compile=False)
+
+
+def single_tensor_io(model):
+    """A functional model saved with its one input or one output inside a list or dict
+    (`keras.Model(inp, [logits])`, common in Keras 3 files) rebuilt on the bare tensors, so
+    calling it gives a tensor, not a one-element list (which Softmax, the converters and the
+    probes cannot take). Same layers and weights; other models are returned as they are."""
+    import keras
+
+    if not isinstance(model, keras.Model) or isinstance(model, keras.Sequential):
+        return model
+    wrapped = [
+        isinstance(getattr(model, attr, None), list | tuple | dict)
+        for attr in ("_inputs_struct", "_outputs_struct")
+    ]
+    if not any(wrapped) or len(model.inputs) != 1 or len(model.outputs) != 1:
+        return model
+    return keras.Model(model.inputs[0], model.outputs[0], name=model.name)
+
+
+def _drop_initializer_dtype(config) -> None:
+    """TF 1.x-era Keras (keras_version 2.2.4-tf, ...) wrote `dtype` into every initializer's
+    config; Keras 3's initializers take no dtype (the layer's own dtype decides) and refuse the
+    whole file. Dropped in place, recursively."""
+    if isinstance(config, dict):
+        for key, value in config.items():
+            if key.endswith("_initializer") and isinstance(value, dict):
+                inner = value.get("config")
+                if isinstance(inner, dict):
+                    inner.pop("dtype", None)
+            _drop_initializer_dtype(value)
+    elif isinstance(config, list):
+        for value in config:
+            _drop_initializer_dtype(value)
 
 
 def _input_shape(model, path: Path) -> tuple[int, int, int]:

@@ -74,6 +74,17 @@ def format_table(result: VerifyResult) -> str:
     ]
     out.append(probe_line(result))
     out += text_table(HEADERS, [_row(p) for p in result.pairs])
+    adapters = {
+        p.runtime: p.info["webgpu_adapter"] for p in result.pairs if p.info.get("webgpu_adapter")
+    }
+    if adapters:  # which WebGPU adapter ran: a real GPU, or SwiftShader's software one
+        out.append(
+            "WebGPU adapter: "
+            + "; ".join(
+                f"{rt}: {a.get('vendor') or '?'} {a.get('architecture') or ''}".rstrip()
+                for rt, a in adapters.items()
+            )
+        )
     for p in result.pairs:
         if p.passed:
             continue

@@ -74,6 +74,25 @@ VENDOR_FILES.update(
     }
 )
 
+# LiteRT.js: its ES module, the helper it imports by bare name (an import map in the page points
+# it here) and every wasm build (it picks compat / plain / threaded / JSPI by the browser's
+# features).
+LITERTJS = "@litertjs/"
+VENDOR_FILES["litertjs/index.js"] = LITERTJS + "core/dist/index.js"
+VENDOR_FILES["litertjs/wasm-utils.js"] = LITERTJS + "wasm-utils/dist/index.js"
+VENDOR_FILES.update(
+    {
+        f"litertjs/wasm/litert_wasm_{build}internal.{ext}": f"{LITERTJS}core/wasm/"
+        f"litert_wasm_{build}internal.{ext}"
+        for build in ("", "compat_", "threaded_", "jspi_")
+        for ext in ("js", "wasm")
+    }
+)
+# TF.js' WebGPU backend (a script beside tf.min.js; it registers the "webgpu" backend).
+VENDOR_FILES["tf-backend-webgpu.min.js"] = (
+    "@tensorflow/tfjs-backend-webgpu/dist/tf-backend-webgpu.min.js"
+)
+
 # Content types from the standard table (mimetypes), with the few that must be exact for the
 # browser whatever the host's /etc/mime.types says: ES modules, wasm (streaming compilation
 # refuses another type) and JSON; text types are served as UTF-8.

@@ -48,6 +48,7 @@ from edgetl.results import (
     RuntimeStatus,
     VerifyResult,
 )
+from edgetl.runtimes.base import RunContext
 from edgetl.tolerances import (
     ToleranceOverride,
     apply_overrides,
@@ -514,6 +515,7 @@ def verify(
     localize_failures: bool = True,
     strict_probes: bool = False,
     log: Callable[[str], None] | None = None,
+    context: RunContext | None = None,
 ) -> VerifyResult:
     """Verify a bundle; returns the result (call .raise_for_status() or check .ok).
 
@@ -523,9 +525,9 @@ def verify(
     strict_probes: fail when the bundle's probes cannot tell a broken artifact from a good one;
     data_limit: check a stratified sample of that many --data images (default: every one);
     cluster: 'ray' or 'ray://HOST:PORT' shards the --data images over Ray workers (default:
-    $EDGETL_CLUSTER, unset: this process)."""
+    $EDGETL_CLUSTER, unset: this process); context: a RunContext to share with other calls
+    (one Chromium, with the WebGPU shaders it compiled, for several bundles), left open."""
     from edgetl.distribute import cluster_setting, ray_address
-    from edgetl.runtimes.base import RunContext
 
     address = ray_address(cluster_setting(cluster))  # a bad setting is refused before any work
 
@@ -547,8 +549,11 @@ def verify(
     batch = make_batch(manifest, probes, data_dir, say, data_limit)
     batch.cluster = address
     jobs = plan_jobs(names, required, records, manifest, root, batch)
-    with RunContext() as context:  # the run's shared resources (Chromium), closed at the end
+    if context is not None:
         run_jobs(jobs, batch, context, say)
+    else:
+        with RunContext() as own:  # the run's shared resources (Chromium), closed at the end
+            run_jobs(jobs, batch, own, say)
     pairs, keras_pred = judge_jobs(jobs, batch, manifest, overrides)
     if localize_failures:
         localize_failed_pairs(pairs, jobs, root, batch, say)

@@ -74,12 +74,14 @@ def test_every_runtime_declares_its_capabilities_as_flags():
 
     # Playwright's sync API binds every runtime that drives Chromium to one thread
     in_chromium = {n for n, rt in runtimes.items() if isinstance(rt, TfjsBrowserRuntime)}
-    assert {"tfjs-browser-wasm", "ort-web-wasm"} <= in_chromium
+    assert {"tfjs-browser-wasm", "ort-web-wasm", "litertjs-wasm"} <= in_chromium
     assert set(runtimes.select(same_thread=True)) == in_chromium
     assert set(runtimes.select(gpu=True)) == {
         "onnxruntime-cuda",
         "onnxruntime-tensorrt",
         "ort-web-webgpu",
+        "litertjs-webgpu",
+        "tfjs-browser-webgpu",
     }
 
 

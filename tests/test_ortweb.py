@@ -1,6 +1,6 @@
 """onnxruntime-web in real headless Chromium (edgetl.runtimes.ortweb): the ONNX artifact passes
-verify on ort-web-wasm with threads and SIMD, a 1% change of one conv kernel fails it, and
-ort-web-webgpu either passes or is listed as unavailable with the reason the page found."""
+verify on ort-web-wasm with threads and SIMD, and a 1% change of one conv kernel fails it
+(ort-web-webgpu is tested with the other WebGPU engines in test_litertjs.py)."""
 
 from __future__ import annotations
 
@@ -37,7 +37,8 @@ def test_ort_web_passes_verify_and_reports_what_ran(ortweb, tiny_bundle):
 
     from edgetl import verify
 
-    result = verify(tiny_bundle, runtimes=["ort-web-wasm", "ort-web-webgpu"], artifacts=["onnx"])
+    # ort-web-webgpu: tests/test_litertjs.py (with the other WebGPU engines, on few probes)
+    result = verify(tiny_bundle, runtimes=["ort-web-wasm"], artifacts=["onnx"])
     pairs = {p.runtime: p for p in result.pairs}
     wasm = pairs["ort-web-wasm"]
     assert wasm.passed, wasm.reasons
@@ -48,12 +49,6 @@ def test_ort_web_passes_verify_and_reports_what_ran(ortweb, tiny_bundle):
     assert info["ort_version"] == ort_web_version()
     assert info["cross_origin_isolated"] is True
     assert info["wasm_threads"] == max(1, min(os.cpu_count() or 1, 16))
-    webgpu = {s.name: s for s in result.runtimes}["ort-web-webgpu"]
-    if webgpu.available:
-        assert pairs["ort-web-webgpu"].passed, pairs["ort-web-webgpu"].reasons
-    else:  # headless --disable-gpu: no adapter; the reason comes from the page itself
-        assert "WebGPU" in webgpu.reason and "requestAdapter" in webgpu.reason, webgpu.reason
-        assert "ort-web-webgpu" not in pairs
     assert result.ok
 
 

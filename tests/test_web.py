@@ -735,8 +735,14 @@ def test_page_runs_every_engine_like_python(engines_bundle, web_model, browser, 
     try:
         page, errors = _open_app(browser, url)
         assert page.evaluate("document.body.dataset.state") == "ready", page.inner_text("#error")
-        # The bundle has ONNX: the page picks onnxruntime-web on wasm, with threads and SIMD.
-        assert page.evaluate("document.body.dataset.engine") == "ort-wasm"
+        # The bundle has ONNX: the page races onnxruntime-web (wasm) against TF.js at load and
+        # keeps the faster warm one (WebGPU on SwiftShader is listed, not raced).
+        race = page.evaluate("window.edgetlApp.state.race")
+        assert set(race) == {"ort-wasm", "tfjs"}, race
+        assert page.evaluate("document.body.dataset.engine") == min(race, key=race.get), race
+        if page.evaluate("document.body.dataset.engine") != "ort-wasm":
+            page.select_option("#engine", "ort-wasm")
+            page.wait_for_function("document.body.dataset.engine === 'ort-wasm'")
         info = page.inner_text("#engine-info")
         pinned = json.loads((web_dir() / "package.json").read_text())["dependencies"]
         assert f"ort {pinned['onnxruntime-web']}" in info, info
@@ -753,7 +759,7 @@ def test_page_runs_every_engine_like_python(engines_bundle, web_model, browser, 
         page.screenshot(path=str(shots / "engine_ort_webgpu.png"), full_page=True)
         if page.evaluate("document.body.dataset.engine") == "ort-webgpu":
             check(page, "onnxruntime-web · webgpu", 1e-3)
-        else:  # headless --disable-gpu: no adapter, said on the page; wasm keeps running
+        else:  # a Chromium without WebGPU: the reason is said on the page; wasm keeps running
             assert "WebGPU adapter" in page.inner_text("#error"), page.inner_text("#error")
             assert page.inner_text("#active-engine") == "onnxruntime-web · wasm"
 
@@ -766,6 +772,55 @@ def test_page_runs_every_engine_like_python(engines_bundle, web_model, browser, 
             )
             check(page, f"TF.js · {backend}", atol)
             page.screenshot(path=str(shots / f"engine_tfjs_{backend}.png"), full_page=True)
+        assert not errors, errors
+        page.close()
+    finally:
+        stop_server(server)
+
+
+@pytest.mark.browser
+def test_page_classifies_with_litertjs_like_native_litert(tiny_bundle, sample_data, browser, shots):
+    """A bundle with TFLite: the page lists LiteRT.js, races the engines it can run at load and
+    makes the fastest warm one the default; LiteRT.js (wasm, then WebGPU on the adapter there
+    is) gives native LiteRT's probabilities for a real image, and the page renders it."""
+    from edgetl.data import load_image
+    from edgetl.manifest import Manifest
+    from edgetl.runtimes.base import RUNTIMES, Artifact, load_runtimes
+    from edgetl.serve import start_server, stop_server
+
+    load_runtimes()
+    manifest = Manifest.load(tiny_bundle)
+    image = sorted(sample_data.rglob("*.jpg"))[0]
+    x = load_image(image, manifest.input.height, manifest.input.width)[None]
+    record = manifest.artifact("tflite_float32")
+    want = RUNTIMES.get("litert").run(Artifact(record, tiny_bundle), x)["probabilities"][0]
+
+    server, url = start_server(tiny_bundle)
+    try:
+        page, errors = _open_app(browser, url)
+        assert page.evaluate("document.body.dataset.state") == "ready", page.inner_text("#error")
+        race = page.evaluate("window.edgetlApp.state.race")
+        assert {"litertjs-wasm", "ort-wasm", "tfjs"} <= set(race), race
+        assert page.evaluate("document.body.dataset.engine") == min(race, key=race.get), race
+        options = page.eval_on_selector_all(
+            "#engine option", "os => os.filter(o => !o.disabled).map(o => o.value)"
+        )
+        assert {"litertjs-wasm", "ort-wasm", "tfjs"} <= set(options), options
+        adapter = page.evaluate("window.edgetlApp.state.adapter")
+        assert ("litertjs-webgpu" in options) == (adapter is not None), (options, adapter)
+
+        engines = [("litertjs-wasm", "LiteRT.js · wasm", 1e-4)]
+        if adapter:
+            engines.append(("litertjs-webgpu", "LiteRT.js · webgpu", 1e-3))
+        for value, label, atol in engines:
+            page.select_option("#engine", value)
+            page.wait_for_function(f"document.body.dataset.engine === '{value}'")
+            result = _classify_file(page, image)
+            assert result["engine"] == label
+            np.testing.assert_allclose(result["probabilities"], want, atol=atol, err_msg=value)
+            assert page.inner_text("#active-engine") == label
+            assert "thread(s)" in page.inner_text("#engine-info")
+            page.screenshot(path=str(shots / f"engine_{value}.png"), full_page=True)
         assert not errors, errors
         page.close()
     finally:

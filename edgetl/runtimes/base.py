@@ -259,6 +259,7 @@ RUNTIME_MODULES = [
     "edgetl.runtimes.tfjs_node",
     "edgetl.runtimes.tfjs_browser",
     "edgetl.runtimes.ortweb",
+    "edgetl.runtimes.litertjs",
 ]
 
 

@@ -40,18 +40,29 @@ from edgetl.runtimes.tfjs_common import TfjsRuntime, decode_outputs, float32_arr
 from edgetl.webdir import web_dir
 
 DEFAULT_CHROMIUM = "/usr/bin/chromium"
+# WebGPU on every machine: without --disable-gpu, and with --enable-unsafe-webgpu (headless
+# Linux Chromium exposes no WebGPU otherwise), a machine with a GPU gives its real adapter; one
+# without falls back to SwiftShader (--use-webgpu-adapter=swiftshader: vendor "google",
+# architecture "swiftshader"), so the WebGPU code of every browser engine runs in CI.
 CHROMIUM_FLAGS = [
     "--headless",
     "--no-sandbox",
-    "--disable-gpu",
     "--disable-background-networking",
     "--disable-component-update",
+    "--enable-unsafe-webgpu",
+    "--use-webgpu-adapter=swiftshader",
 ]
-BACKENDS = ("webgl", "wasm", "cpu")
+BACKENDS = ("webgl", "wasm", "cpu", "webgpu")
 CHROMIUM = "chromium"  # RunContext key of the shared browser
 # Software WebGL compiles a shader per op on first use; MobileNet 1.0/224 takes tens of seconds.
 PAGE_TIMEOUT_MS = 300_000
 HARNESS_PAGE = "harness/browser.html"
+# What each harness page runs, for messages.
+ENGINES = {
+    HARNESS_PAGE: "TF.js",
+    "harness/ort.html": "onnxruntime-web",
+    "harness/litert.html": "LiteRT.js",
+}
 
 
 def chromium_path() -> str:
@@ -172,7 +183,7 @@ class Chromium:
             try:
                 info = page.evaluate("(o) => window.edgetlHarness.init(o)", opts)
             except Exception as e:
-                engine = "TF.js" if page_path == HARNESS_PAGE else "onnxruntime-web"
+                engine = ENGINES.get(page_path, "TF.js")
                 raise RuntimeUnavailable(
                     f"{engine} {backend} backend unavailable in Chromium: {_js_error(e)}"
                 ) from None
@@ -314,10 +325,15 @@ class TfjsBrowserRuntime(TfjsRuntime):
     host = "browser"
     backends = BACKENDS
     page_path = HARNESS_PAGE  # the harness page (edgetl.runtimes.ortweb has its own)
-    # Under --disable-gpu WebGL is SwiftShader (software): none of these needs a GPU.
+    # WebGL is judged by its reported precision (tolerances.default_tolerance); WebGPU by the GPU
+    # float32 tolerance, on a real adapter or SwiftShader's (the info says which ran).
     gpu = False
     same_thread = True  # Playwright's sync API is bound to its thread
     has_own_timing = True
+
+    def __init__(self, backend: str) -> None:
+        super().__init__(backend)
+        self.gpu = backend == "webgpu"
 
     def unavailable_reason(self) -> str | None:
         return browser_unavailable_reason()

@@ -90,7 +90,7 @@ def run_node(
         raise NodeRunnerError("Node.js not found")
     x = np.ascontiguousarray(inputs, dtype="<f4")
     with tempfile.TemporaryDirectory(prefix="edgetl-node-") as tmp:
-        tmp_path = Path(tmp)
+        tmp_path = Path(tmp).resolve()  # node runs in web/: TMPDIR may be relative (staging)
         (tmp_path / "inputs.bin").write_bytes(x.tobytes())
         cmd = [
             exe,

@@ -4,11 +4,14 @@
 // artifact with tf.loadLayersModel. The bundle is /bundle/ (what `edgetl serve` maps) unless the
 // page URL says ?bundle=/some/path/. ?backend=wasm|webgl|cpu picks the starting TF.js backend.
 //
-// Classification engines: when the bundle has an ONNX artifact, the bundle's model runs on
-// onnxruntime-web (wasm with SIMD and threads; WebGPU where the browser has an adapter), the fast
-// path; otherwise, or when chosen, on TF.js. ?engine=ort-wasm|ort-webgpu|tfjs picks it. A trained
-// head always runs on TF.js (it exists only there). Every engine is warmed up after load, and the
-// page shows the load time, the first (cold) inference and the warm time per image.
+// Classification engines: the bundle's model runs on LiteRT.js when the bundle has a float32
+// TFLite artifact, on onnxruntime-web when it has ONNX (each on wasm with SIMD and threads, or
+// WebGPU where the browser has an adapter), or on TF.js. The page warms up every engine it can
+// run at load and makes the fastest (warm time per image) the default; WebGPU on a software
+// adapter (SwiftShader) is listed but not raced, it is never the fastest and compiles for tens of
+// seconds. ?engine=litertjs-wasm|litertjs-webgpu|ort-wasm|ort-webgpu|tfjs picks one. A trained
+// head always runs on TF.js (it exists only there): TF.js Layers stays the model the page trains.
+// The page shows the load time, the first (cold) inference and the warm time per image.
 //
 // In-browser training follows the seed TF.js MobileNet example: freeze the loaded model, take its
 // penultimate "features_pool" output as an embedding, train a small new head on embeddings of the
@@ -19,8 +22,10 @@
 //   train({epochs, learningRate, hiddenUnits, onEpoch}), useModel('bundle'|'head'),
 //   save(url), switchBackend(name), switchEngine(name), state.
 
-import {BACKENDS, backendInfo, initBackend} from '/lib/backend.js';
-import {createSession, ortInfo, runSession, toNchw} from '/lib/ort_engine.js';
+import {BACKENDS, adapterInfo, backendInfo, initBackend} from '/lib/backend.js';
+import {compileModel, litertInfo, runOnce} from '/lib/litert_engine.js';
+import {createSession, ortInfo, runSession, toNchw, webgpuUnavailableReason}
+  from '/lib/ort_engine.js';
 import {checkContract, decodeImage, preprocess} from '/lib/preprocess.js';
 
 const tf = globalThis.tf;
@@ -28,7 +33,7 @@ const $ = (id) => document.getElementById(id);
 const TOP_K = 5;
 const FEATURE_LAYER = 'features_pool';
 const SAVE_NAME = 'edgetl-trained';
-const ENGINES = ['ort-wasm', 'ort-webgpu', 'tfjs'];
+const ENGINES = ['litertjs-wasm', 'litertjs-webgpu', 'ort-wasm', 'ort-webgpu', 'tfjs'];
 const WARM_RUNS = 3; // after the cold run; the median is the warm time shown
 
 const state = {
@@ -48,8 +53,11 @@ const state = {
   busy: false,
   lastResult: null, // the latest classification: {top, ms, probabilities, model, engine}
   onnx: null, // the bundle's ONNX artifact record, if any
-  engine: 'tfjs', // which engine runs the bundle's model: ort-wasm | ort-webgpu | tfjs
+  engine: 'tfjs', // which engine runs the bundle's model: one of ENGINES
   sessions: {}, // ort backend -> InferenceSession
+  litert: {}, // LiteRT.js accelerator -> CompiledModel
+  tflite: null, // the bundle's float32 TFLite artifact (LiteRT.js), or null
+  adapter: null, // the WebGPU adapter's info, or null when there is none
   tfjsLoadMs: null, // manifest + TF.js model load
   timings: {}, // engine key (ort-wasm, tfjs-webgl, ...) -> {load_ms, cold_ms, warm_ms}
 };
@@ -129,14 +137,18 @@ async function loadManifest(base) {
                     'with `edgetl export MODEL --formats tfjs`.');
   }
   const onnx = artifacts.find((a) => a && a.format === 'onnx' && typeof a.path === 'string');
-  return {manifest, labels, contract, layers, onnx: onnx || null};
+  // LiteRT.js: the float32 TFLite file (fixed batch-1 signature, float32 in and out).
+  const tflite = artifacts.find((a) => a && a.format === 'tflite' && a.precision === 'float32' &&
+                                       typeof a.path === 'string');
+  return {manifest, labels, contract, layers, onnx: onnx || null, tflite: tflite || null};
 }
 
 async function loadBundle() {
   state.bundleUrl = bundleUrlFromPage();
   setStatus(`Reading ${state.bundleUrl}manifest.json…`);
-  const {manifest, labels, contract, layers, onnx} = await loadManifest(state.bundleUrl);
+  const {manifest, labels, contract, layers, onnx, tflite} = await loadManifest(state.bundleUrl);
   state.onnx = onnx;
+  state.tflite = tflite;
   state.manifest = manifest;
   state.labels = labels;
   state.contract = contract;
@@ -246,6 +258,33 @@ function ortBackend(engine) {
   return engine.startsWith('ort-') ? engine.slice(4) : null;
 }
 
+function litertBackend(engine) {
+  return engine.startsWith('litertjs-') ? engine.slice('litertjs-'.length) : null;
+}
+
+/** Run the bundle's TFLite artifact on LiteRT.js (batch 1, NHWC); probabilities out. */
+async function runLitert(accelerator, data) {
+  const {height, width} = state.contract;
+  const outs = await runOnce(state.litert[accelerator], data, [1, height, width, 3]);
+  return outs[0].data;
+}
+
+/** Why `engine` cannot run this bundle here (null when it can); adapter: false skips the
+ * WebGPU adapter check (switchEngine asks the browser itself). */
+function engineUnavailable(engine, {adapter = true} = {}) {
+  if (engine === 'tfjs') return null;
+  if (litertBackend(engine) && !state.tflite) {
+    return 'this bundle has no float32 TFLite artifact; export it with `--formats tflite`';
+  }
+  if (ortBackend(engine) && !state.onnx) {
+    return 'this bundle has no ONNX artifact; export it with `--formats tfjs,onnx`';
+  }
+  if (adapter && engine.endsWith('-webgpu') && !state.adapter) {
+    return 'no WebGPU adapter in this browser';
+  }
+  return null;
+}
+
 /** Run the bundle's ONNX artifact on onnxruntime-web; NHWC input data in, probabilities out. */
 async function runOnnx(backend, data) {
   const {height, width, channels} = state.contract;
@@ -260,10 +299,25 @@ async function runOnnx(backend, data) {
 async function switchEngine(name) {
   if (!ENGINES.includes(name)) throw new Error(`unknown engine "${name}"; use ${ENGINES}`);
   const backend = ortBackend(name);
-  if (backend) {
-    if (!state.onnx) {
-      throw new Error('this bundle has no ONNX artifact; export it with `--formats tfjs,onnx`');
+  const accelerator = litertBackend(name);
+  const missing = engineUnavailable(name, {adapter: false});
+  if (missing) throw new Error(missing);
+  if (name.endsWith('-webgpu')) {
+    const reason = await webgpuUnavailableReason(); // the page's own reason, e.g. no adapter
+    if (reason) throw new Error(reason);
+  }
+  if (accelerator) {
+    if (!state.litert[accelerator]) {
+      setStatus(`Loading ${state.tflite.path} on LiteRT.js (${accelerator})…`);
+      const t0 = performance.now();
+      const model = await compileModel(`${state.bundleUrl}${state.tflite.path}`, accelerator);
+      const loadMs = performance.now() - t0;
+      state.litert[accelerator] = model;
+      const input = zerosInput();
+      state.timings[name] = {load_ms: loadMs, ...await warmUp(() => runLitert(accelerator, input))};
+      state.litertInfo = await litertInfo(accelerator);
     }
+  } else if (backend) {
     if (!state.sessions[backend]) {
       setStatus(`Loading ${state.onnx.path} on onnxruntime-web (${backend})…`);
       const t0 = performance.now();
@@ -289,6 +343,8 @@ function engineKey() {
 function engineLabel() {
   if (state.active === 'head' && state.trained) return `TF.js · ${tf.getBackend()}`;
   const backend = ortBackend(state.engine);
+  const accelerator = litertBackend(state.engine);
+  if (accelerator) return `LiteRT.js · ${accelerator}`;
   return backend ? `onnxruntime-web · ${backend}` : `TF.js · ${tf.getBackend()}`;
 }
 
@@ -296,11 +352,20 @@ function showEngine() {
   $('active-engine').textContent = engineLabel();
   document.body.dataset.engine = state.engine;
   const backend = ortBackend(state.engine);
+  const accelerator = litertBackend(state.engine);
   const bits = [];
   if (backend) {
     const info = ortInfo(backend);
     bits.push(`ort ${info.ort_version}`, `${info.wasm_threads} thread(s)`, 'SIMD');
     bits.push(info.cross_origin_isolated ? 'cross-origin isolated' : 'not isolated');
+  }
+  if (accelerator && state.litertInfo) {
+    const info = state.litertInfo;
+    bits.push(`${info.wasm_threads} thread(s)`, info.wasm_relaxed_simd ? 'relaxed SIMD' : 'SIMD');
+    bits.push(info.cross_origin_isolated ? 'cross-origin isolated' : 'not isolated');
+  }
+  if (state.engine.endsWith('-webgpu') && state.adapter) {
+    bits.push(`adapter ${state.adapter.vendor} ${state.adapter.architecture}`.trim());
   }
   $('engine-info').textContent = bits.join(' · ');
   const t = state.timings[engineKey()];
@@ -328,11 +393,17 @@ async function classify(source) {
   const labels = currentLabels();
   const x = preprocess(source, state.contract);
   const backend = model === state.model ? ortBackend(state.engine) : null;
+  const accelerator = model === state.model ? litertBackend(state.engine) : null;
   let y;
   try {
     let probs;
     let ms;
-    if (backend) {
+    if (accelerator) {
+      const data = await x.data();
+      const t0 = performance.now();
+      probs = await runLitert(accelerator, data);
+      ms = performance.now() - t0;
+    } else if (backend) {
       const data = await x.data();
       const t0 = performance.now();
       probs = await runOnnx(backend, data);
@@ -722,6 +793,30 @@ function wire() {
       .catch((e) => showError('Saving to IndexedDB failed', errorText(e))));
 }
 
+/** Software WebGPU (SwiftShader): correct but far slower than wasm, so never raced at load. */
+function softwareAdapter() {
+  return !state.adapter || /swiftshader/i.test(`${state.adapter.architecture} ` +
+                                                `${state.adapter.description}`);
+}
+
+/** Warm up every engine that can run this bundle here (wasm engines, and WebGPU on a hardware
+ * adapter) and return the one with the lowest warm time per image; state.race keeps the times. */
+async function fastestEngine() {
+  const raced = {tfjs: state.timings[`tfjs-${tf.getBackend()}`]?.warm_ms ?? Infinity};
+  for (const name of ENGINES) {
+    if (name === 'tfjs' || engineUnavailable(name)) continue;
+    if (name.endsWith('-webgpu') && softwareAdapter()) continue;
+    try {
+      await switchEngine(name);
+      raced[name] = state.timings[name].warm_ms;
+    } catch (e) {
+      raced[name] = Infinity; // reported if chosen by ?engine=; here it just does not win
+    }
+  }
+  state.race = raced;
+  return Object.entries(raced).sort((a, b) => a[1] - b[1])[0][0];
+}
+
 async function main() {
   wire();
   if (!tf) {
@@ -735,11 +830,13 @@ async function main() {
   // Warm-up: the first predict compiles kernels (WebGL shaders, wasm); keep it out of what the
   // user waits for, and show it apart (cold) from the time per image (warm).
   await warmTfjs();
+  state.adapter = await webgpuUnavailableReason() ? null : await adapterInfo();
   for (const option of $('engine').options) {
-    option.disabled = option.value !== 'tfjs' && !state.onnx;
+    option.disabled = engineUnavailable(option.value) !== null;
   }
+  $('backend').querySelector('option[value="webgpu"]').disabled = !state.adapter;
   const wanted = new URLSearchParams(location.search).get('engine');
-  const engine = wanted || (state.onnx ? 'ort-wasm' : 'tfjs');
+  const engine = wanted || await fastestEngine();
   try {
     await switchEngine(engine);
   } catch (e) {

@@ -5,6 +5,7 @@
 //   benchmark({modelUrl, contract, layout, runs, warmup}) -> batch-1 latency statistics (ms)
 // Inputs are the probes' raw float32 NHWC bytes; NCHW artifacts get them transposed here.
 
+import {adapterInfo} from '/lib/backend.js';
 import {fetchFloat32, timeRuns, toBase64} from '/lib/float32.js';
 import {createSession, loadOrt, ortInfo, runSession, toNchw} from '/lib/ort_engine.js';
 
@@ -14,7 +15,14 @@ const sessions = new Map(); // modelUrl -> InferenceSession
 async function init({backend: name, numThreads} = {}) {
   await loadOrt(name, numThreads ? {numThreads} : {});
   backend = name;
-  return ortInfo(backend);
+  return info();
+}
+
+/** ortInfo, plus which WebGPU adapter ran (vendor, architecture) on the webgpu backend. */
+async function info() {
+  const out = ortInfo(backend);
+  if (backend === 'webgpu') out.webgpu_adapter = await adapterInfo();
+  return out;
 }
 
 async function session(modelUrl) {
@@ -39,7 +47,7 @@ async function run({modelUrl, format, inputsUrl, inputShape, layout = 'NHWC'}) {
   const t3 = performance.now();
   return {
     outputs: outs.map((o) => ({name: o.name, shape: o.dims, data: toBase64(o.data)})),
-    info: ortInfo(backend),
+    info: await info(),
     timings: {load_ms: t1 - t0, fetch_ms: t2 - t1, infer_ms: t3 - t2},
   };
 }
@@ -57,8 +65,8 @@ async function benchmark({modelUrl, contract, layout = 'NHWC', runs = 30, warmup
     await runSession(s, feed, feedShape(shape, layout));
     return performance.now() - start;
   };
-  return {...await timeRuns(once, {runs, warmup}), load_ms: loadMs, info: ortInfo(backend)};
+  return {...await timeRuns(once, {runs, warmup}), load_ms: loadMs, info: await info()};
 }
 
-window.edgetlHarness = {init, run, benchmark, backendInfo: async () => ortInfo(backend)};
+window.edgetlHarness = {init, run, benchmark, backendInfo: info};
 window.edgetlHarnessReady = true;

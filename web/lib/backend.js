@@ -1,7 +1,9 @@
+import {webgpuUnavailableReason} from '/lib/ort_engine.js';
+
 // Choosing a TF.js backend the same way in the app and in the parity harness, and saying what
 // actually runs: which backend, whether wasm got SIMD and threads, whether WebGL renders float32.
 
-export const BACKENDS = ['webgl', 'wasm', 'cpu'];
+export const BACKENDS = ['webgl', 'wasm', 'cpu', 'webgpu'];
 
 /** Where `edgetl serve` puts the wasm binaries (never a CDN). */
 export const WASM_PATH = '/vendor/';
@@ -20,6 +22,14 @@ export function defaultThreads() {
  */
 export async function initBackend(name, {numThreads = defaultThreads(), tf = globalThis.tf} = {}) {
   if (!BACKENDS.includes(name)) throw new Error(`unknown backend "${name}"; use ${BACKENDS}`);
+  if (name === 'webgpu') {
+    // tf-backend-webgpu registers itself but fails late without an adapter: say why up front.
+    if (!tf.findBackendFactory('webgpu')) {
+      throw new Error('the TF.js WebGPU backend script (tf-backend-webgpu) is not loaded');
+    }
+    const reason = await webgpuUnavailableReason();
+    if (reason) throw new Error(reason);
+  }
   if (name === 'wasm') {
     if (!tf.wasm) throw new Error('the TF.js wasm backend script (tf-backend-wasm) is not loaded');
     if (!wasmConfigured) {
@@ -56,6 +66,10 @@ export async function backendInfo(tf = globalThis.tf) {
     info.wasm_simd = await tf.env().getAsync('WASM_HAS_SIMD_SUPPORT');
     info.wasm_multithread = await tf.env().getAsync('WASM_HAS_MULTITHREAD_SUPPORT');
     info.wasm_threads = tf.wasm.getThreadsCount();
+  } else if (name === 'webgpu') {
+    // TF.js' WebGPU kernels compute in float32 (f32 storage buffers); the adapter says what ran.
+    info.webgpu_precision = 'float32';
+    info.webgpu_adapter = await adapterInfo();
   } else if (name === 'webgl') {
     const env = tf.env();
     info.webgl_version = env.getNumber('WEBGL_VERSION');
@@ -74,4 +88,14 @@ export async function backendInfo(tf = globalThis.tf) {
     }
   }
   return info;
+}
+
+/** The WebGPU adapter's description ({vendor, architecture, device, description}) or null. */
+export async function adapterInfo() {
+  if (!globalThis.navigator || !navigator.gpu) return null;
+  const adapter = await navigator.gpu.requestAdapter({powerPreference: 'high-performance'});
+  if (!adapter) return null;
+  const i = adapter.info || {};
+  return {vendor: i.vendor || '', architecture: i.architecture || '', device: i.device || '',
+          description: i.description || ''};
 }

@@ -89,7 +89,8 @@ export function toNchw(data, [n, h, w, c]) {
   return out;
 }
 
-/** What ran on `backend`: engine, version, threads, isolation. */
+/** What ran on `backend`: engine, version, threads, isolation (and the WebGPU adapter, which
+ * the harness adds with adapterInfo() from backend.js). */
 export function ortInfo(backend) {
   const ort = loaded.get(backend);
   if (!ort) return {engine: 'onnxruntime-web', backend: null};
