@@ -159,9 +159,11 @@ def check_request(model, labels, formats, quantizations, calibration_images, tfj
     """Registered formats and quantizations that fit together, one label per model output."""
     from edgetl.converters import FORMATS, QUANTIZATIONS, TFJS_QUANTIZATIONS
 
+    # Each name once (`--formats onnx,onnx` wrote two artifacts with one id): order kept.
     formats = [FORMATS.check(f) for f in (FORMATS.names() if formats is None else formats)]
-    quantizations = [QUANTIZATIONS.check(q) for q in quantizations]
-    tfjs_quantizations = [TFJS_QUANTIZATIONS.check(q) for q in tfjs_quantizations]
+    formats = list(dict.fromkeys(formats))
+    quantizations = list(dict.fromkeys(QUANTIZATIONS.check(q) for q in quantizations))
+    tfjs_quantizations = list(dict.fromkeys(TFJS_QUANTIZATIONS.check(q) for q in tfjs_quantizations))
     if quantizations and "tflite" not in formats:
         raise UserError("--quantize applies to TFLite; add tflite to --formats")
     if tfjs_quantizations and "tfjs" not in formats:
@@ -210,7 +212,6 @@ def _write_bundle(
     # layer-by-layer localization, and what the hash in the manifest is about.
     (root / "source").mkdir()
     model.save(root / SOURCE_MODEL)
-    source_hash = sha256_file(source_path) if source_path else sha256_file(root / SOURCE_MODEL)
 
     for fmt in formats:
         log(f"exporting {fmt} ...")
@@ -244,10 +245,12 @@ def _write_bundle(
         labels=labels,
         input=contract,
         artifacts=artifacts,
-        source_model={
+        source_model={  # the bundled file is what verify loads, so its hash is checked
             "file": SOURCE_MODEL,
+            "size": (root / SOURCE_MODEL).stat().st_size,
+            "sha256": sha256_file(root / SOURCE_MODEL),
             "original": source_path.name if source_path else None,
-            "sha256": source_hash,
+            "original_sha256": sha256_file(source_path) if source_path else None,
         },
         tools=tool_versions(),
         probes={**write_probes(root, probes), "noise": noise, "coverage": probe_coverage},

@@ -13,6 +13,10 @@ A bundle directory looks like:
     probes/expected.bin    the Keras model's outputs for them: little-endian float32, probes.output_shape
 
 Python, Node and the browser read exactly these bytes, so parity needs no TensorFlow.
+A bundle is untrusted: Manifest.load validates the manifest (edgetl.bundlecheck's schema), and
+check_integrity refuses, before any runtime opens anything, a file that is not a regular file
+inside the bundle of its recorded size and sha256, or that a model reads without the manifest
+listing it (TF.js shards, ONNX external data).
 """
 
 from __future__ import annotations
@@ -20,41 +24,26 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
-from pathlib import Path, PurePosixPath, PureWindowsPath
+from pathlib import Path
 
 import numpy as np
 
+from edgetl.bundlecheck import (
+    MANIFEST_VERSION,
+    MAX_MANIFEST_BYTES,
+    BundleError,
+    check_side_files,
+    inside,
+    read_json,
+    regular_file,
+    validate_manifest,
+)
 from edgetl.contract import InputContract
 
+__all__ = ["MANIFEST_VERSION", "BundleError", "inside"]  # re-exported: their old home
+
 MANIFEST_FILE = "manifest.json"
-MANIFEST_VERSION = 1
 PROBES_DIR = "probes"
-
-
-class BundleError(ValueError):
-    """A bundle that is missing, malformed or tampered with."""
-
-
-def inside(bundle_dir: Path, rel: object, what: str) -> Path:
-    """The path `rel` names inside the bundle, refused (BundleError) unless it stays there: a
-    bundle is untrusted input, so absolute paths, `..` and symbolic links that lead out of the
-    folder are refused before anything is opened."""
-    if not isinstance(rel, str) or not rel:
-        raise BundleError(f"{what}: path must be a non-empty relative path, got {rel!r}")
-    if "\x00" in rel or "\\" in rel:
-        raise BundleError(f"{what}: path {rel!r} has a forbidden character")
-    pure = PurePosixPath(rel)
-    if pure.is_absolute() or PureWindowsPath(rel).drive or ".." in pure.parts:
-        raise BundleError(
-            f"{what}: path {rel!r} points outside the bundle (absolute or '..'); refused"
-        )
-    root = Path(bundle_dir).resolve()
-    full = root.joinpath(*pure.parts)
-    if not full.resolve().is_relative_to(root):
-        raise BundleError(
-            f"{what}: {rel!r} is a symbolic link that leads outside the bundle; refused"
-        )
-    return full
 
 
 def check_paths(bundle_dir: Path, manifest: Manifest) -> None:
@@ -172,28 +161,28 @@ class Manifest:
 
     @classmethod
     def load(cls, bundle_dir: Path) -> Manifest:
+        """The bundle's manifest, validated against the schema and against itself
+        (edgetl.bundlecheck.validate_manifest) and with every path it names inside the bundle;
+        BundleError otherwise. Nothing but manifest.json is opened."""
         p = Path(bundle_dir) / MANIFEST_FILE
-        if not p.is_file():
+        if not p.exists() and not p.is_symlink():
             raise BundleError(f"{bundle_dir}: not a bundle (no {MANIFEST_FILE})")
-        inside(bundle_dir, MANIFEST_FILE, "manifest")
+        regular_file(inside(bundle_dir, MANIFEST_FILE, "manifest"), MANIFEST_FILE, "manifest")
+        d = read_json(p, str(p), MAX_MANIFEST_BYTES)
+        validate_manifest(d, str(p))
         try:
-            d = json.loads(p.read_text(encoding="utf-8"))
-            if not isinstance(d.get("probes"), dict):
-                raise BundleError(f"{p}: malformed manifest (no probes record)")
             manifest = cls(
                 name=d["name"],
                 labels=list(d["labels"]),
                 input=InputContract.from_dict(d["input"]),
                 artifacts=[ArtifactRecord.from_dict(a) for a in d["artifacts"]],
-                source_model=d.get("source_model", {}),
+                source_model=d["source_model"],
                 tools=d.get("tools", {}),
                 probes=d["probes"],
                 output=d.get("output", {}),
                 created=d.get("created", ""),
-                manifest_version=d.get("manifest_version", MANIFEST_VERSION),
+                manifest_version=d["manifest_version"],
             )
-        except BundleError:
-            raise
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise BundleError(f"{p}: malformed manifest ({type(e).__name__}: {e})") from None
         check_paths(bundle_dir, manifest)
@@ -217,30 +206,44 @@ def folder_files(bundle_dir: Path, folder: str) -> list[FileRecord]:
 def check_integrity(
     bundle_dir: Path, manifest: Manifest, artifact_ids: list[str] | None = None
 ) -> None:
-    """Refuse any artifact (or probe file) whose bytes differ from what the manifest recorded."""
+    """Refuse, before any runtime opens anything, a bundle whose files differ from what the
+    manifest recorded: every file of the chosen artifacts, the probes and the source model must
+    be a regular file inside the bundle with its recorded size and sha256, and each artifact's
+    files exactly those its model reads, of the sizes its weight specs imply
+    (edgetl.bundlecheck.check_side_files)."""
     root = Path(bundle_dir)
     check_paths(root, manifest)
-    problems = []
-    for a in manifest.artifacts:
-        if artifact_ids is not None and a.id not in artifact_ids:
+    problems: list[str] = []
+    chosen = [a for a in manifest.artifacts if artifact_ids is None or a.id in artifact_ids]
+    src = manifest.source_model
+    named = [(f.path, f.size, f.sha256, a.id) for a in chosen for f in a.files]
+    for key, shape in (("inputs", "input_shape"), ("expected", "output_shape")):
+        size = 4 * int(np.prod(manifest.probes[shape]))
+        named.append((manifest.probes[key], size, manifest.probes["sha256"][key], f"probes {key}"))
+    named.append((src["file"], src["size"], src["sha256"], "source model"))
+    # 1. regular files of the recorded sizes (stat only: nothing opened yet)
+    sized = []
+    for rel, size, sha, what in named:
+        try:
+            st = regular_file(inside(root, rel, what), rel, what)
+        except BundleError as e:
+            problems.append(str(e))
             continue
-        for f in a.files:
-            p = inside(root, f.path, f"artifact {a.id}")
-            if not p.is_file():
-                problems.append(f"{a.id}: {f.path} is missing")
-            elif p.stat().st_size != f.size or sha256_file(p) != f.sha256:
-                problems.append(f"{a.id}: {f.path} does not match its sha256 in the manifest")
-    for key in ("inputs", "expected"):
-        rel = manifest.probes.get(key)
-        want = (manifest.probes.get("sha256") or {}).get(key)
-        if not want:
-            problems.append(f"probes: no sha256 recorded for {rel}")
-            continue
-        p = inside(root, rel, f"probes {key}")
-        if not p.is_file() or sha256_file(p) != want:
-            problems.append(f"probes: {rel} is missing or does not match its sha256")
+        if st.st_size != size:
+            problems.append(f"{what}: {rel} is {st.st_size} bytes, the manifest says {size}")
+        else:
+            sized.append((rel, sha, what))
     if problems:
-        raise BundleError("bundle integrity check failed:\n  " + "\n  ".join(problems))
+        raise BundleError("bundle integrity check failed: " + "\n  ".join(problems))
+    # 2. each model reads exactly its listed files, of the sizes its weight specs imply
+    for a in chosen:
+        check_side_files(root, manifest, a)
+    # 3. the bytes
+    for rel, sha, what in sized:
+        if sha256_file(root / rel) != sha:
+            problems.append(f"{what}: {rel} does not match its sha256 in the manifest")
+    if problems:
+        raise BundleError("bundle integrity check failed: " + "\n  ".join(problems))
 
 
 def write_probes(bundle_dir: Path, probes: ProbeSet) -> dict:

@@ -13,7 +13,9 @@
   (two `train` runs into one new --out both once said "run written"; one of them was lost).
   The lock dies with its process: nothing stale to clean after kill -9.
 * Single files (verify's --json/--junit/--html, the embedding cache) go through atomic_write:
-  a temporary file beside the target, renamed over it.
+  a temporary file beside the target, renamed over it. Report paths go through write_report,
+  which writes devices, FIFOs and /dev/std* in place and symbolic links through to their
+  targets, so nothing the path points at is replaced.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ import os
 import re
 import shutil
 import socket
+import stat
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -399,6 +403,50 @@ def atomic_write(path: str | Path, write) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+# Paths that name one of this process's open file descriptors: written through that
+# descriptor (sharing its offset, so a redirected stdout keeps the table before the JSON and
+# the summary after), never reopened or renamed over.
+FD_PATH = re.compile(r"/dev/(stdout|stderr)|/dev/fd/(\d+)|/proc/(?:self|(\d+))/fd/(\d+)")
+
+
+def _own_fd(path: Path) -> int | None:
+    m = FD_PATH.fullmatch(os.path.abspath(path))
+    if m is None or (m.group(3) and int(m.group(3)) != os.getpid()):
+        return None
+    if m.group(1):
+        return 1 if m.group(1) == "stdout" else 2
+    return int(m.group(2) or m.group(4))
+
+
+def write_report(path: str | Path, data: bytes) -> None:
+    """Write a report file (verify's --json/--junit/--html) without replacing what the path
+    points at: /dev/stdout, /dev/stderr, /dev/fd/N and /proc/self/fd/N go through that
+    descriptor; a character device, FIFO or socket is opened and written in place (as root, a
+    rename over /dev/stdout replaced the system's symlink with a regular file, and one over
+    /dev/null the device); a symbolic link is followed and its target written atomically, the
+    link kept; a plain path is written with atomic_write."""
+    path = Path(path)
+    fd = _own_fd(path)
+    if fd is not None:
+        for stream in (sys.stdout, sys.stderr):  # what was printed goes first
+            with contextlib.suppress(OSError, ValueError, AttributeError):
+                stream.flush()
+        with os.fdopen(os.dup(fd), "wb") as f:
+            f.write(data)
+        return
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        st = None
+    except OSError as e:
+        raise _os_error(path, e) from None
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        with open(os.open(path, os.O_WRONLY), "wb") as f:
+            f.write(data)
+        return
+    atomic_write(os.path.realpath(path), data)  # through a link: its target, the link kept
 
 
 def _umask() -> int:

@@ -52,7 +52,7 @@ class Registry(Generic[T]):
             raise UnknownNameError(f"no {self.kind} given; valid: {', '.join(self._entries)}")
         for n in names:
             self.get(n)
-        return names
+        return list(dict.fromkeys(names))  # each once: `onnx,onnx` is one format
 
     def __contains__(self, name: object) -> bool:
         return name in self._entries

@@ -1,20 +1,22 @@
 """Reports of a verify run: terminal table, JSON, JUnit XML and one self-contained HTML page.
 
 The HTML has no external assets (inline CSS and SVG) so it can be attached to a CI run and
-opened anywhere. Files are written atomically (outdir.atomic_write); text_table() is also the
+opened anywhere. Files are written by outdir.write_report (atomically; devices, FIFOs and
+/dev/std* in place; symbolic links through to their targets); text_table() is also the
 bench's table.
 """
 
 from __future__ import annotations
 
 import html
+import io
 import json
 import math
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from edgetl.outdir import atomic_write
+from edgetl.outdir import write_report
 
 if TYPE_CHECKING:
     from edgetl.results import PairResult, VerifyResult
@@ -147,7 +149,7 @@ def to_json_dict(result: VerifyResult) -> dict:
 
 def write_json(result: VerifyResult, path: Path) -> None:
     text = json.dumps(to_json_dict(result), indent=2, allow_nan=False) + "\n"
-    atomic_write(path, text.encode("utf-8"))
+    write_report(path, text.encode("utf-8"))
 
 
 def write_junit(result: VerifyResult, path: Path) -> None:
@@ -191,9 +193,9 @@ def write_junit(result: VerifyResult, path: Path) -> None:
     suite.set("errors", "0")
     suite.set("skipped", str(n_skip))
     suite.set("time", f"{result.seconds:.3f}")
-    atomic_write(
-        path, lambda f: ET.ElementTree(suite).write(f, encoding="utf-8", xml_declaration=True)
-    )
+    buf = io.BytesIO()
+    ET.ElementTree(suite).write(buf, encoding="utf-8", xml_declaration=True)
+    write_report(path, buf.getvalue())
 
 
 def histogram_svg(hist: dict | None, width: int = 260, height: int = 80) -> str:
@@ -267,4 +269,4 @@ tr.fail td:nth-child(3) {{ color: #b00020; font-weight: bold; }}
 <h2>Unavailable runtimes</h2><ul>{missing or "<li>none</li>"}</ul>
 </body></html>
 """
-    atomic_write(path, page.encode("utf-8"))
+    write_report(path, page.encode("utf-8"))

@@ -27,9 +27,9 @@ import argparse
 import importlib
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -180,6 +180,8 @@ class Job:
     outputs: dict = field(default_factory=dict)  # artifact id -> {name: probe array} | Exception
     info: dict = field(default_factory=dict)  # artifact id -> what the runtime reported
     predicted: dict = field(default_factory=dict)  # artifact id -> class per data row | Exception
+    timed_out: bool = False  # ran past run_limit_s(): abandoned, its late results ignored
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
 
 @dataclass
@@ -237,16 +239,66 @@ def plan_jobs(names, required, records, manifest: Manifest, root: Path, batch: B
 # ---------------------------------------------------------------- 1. run
 
 
-def _overlapped(jobs: list[Job], work: Callable[[Job], None]) -> None:
-    """work(job) for every job, runtimes overlapping; same_thread runtimes (Playwright) stay on
-    this thread."""
-    with ThreadPoolExecutor(max_workers=PARALLEL_RUNTIMES) as pool:
-        futures = [pool.submit(work, j) for j in jobs if not j.runtime.same_thread]
-        for j in jobs:
-            if j.runtime.same_thread:
-                work(j)
-        for f in futures:
-            f.result()
+def _overlapped(
+    jobs: list[Job], work: Callable[[Job], None], on_timeout: Callable[[Job, Exception], None]
+) -> None:
+    """work(job) for every job, runtimes overlapping (PARALLEL_RUNTIMES at once) in daemon
+    threads, each given run_limit_s(): a job still running then is left behind (a thread
+    cannot be killed; a daemon one does not hold the process at exit) and on_timeout(job, err)
+    records the ERROR, so a hang never holds verify. same_thread runtimes (Playwright) stay on
+    this thread, bounded by their own page timeouts."""
+    import threading
+
+    from edgetl.runtimes.base import RUN_LIMIT_ENV, RuntimeTimeout, run_limit_s
+
+    limit = run_limit_s()
+    slots = threading.Semaphore(PARALLEL_RUNTIMES)
+    failures: list[BaseException] = []
+    finished: list[threading.Event] = []
+
+    def run(job: Job, done: threading.Event) -> None:
+        try:
+            work(job)
+        except BaseException as e:  # re-raised on this thread below
+            failures.append(e)
+        finally:
+            with job.lock:
+                if not done.is_set():
+                    done.set()
+                    slots.release()
+
+    def expire(job: Job, done: threading.Event) -> None:
+        with job.lock:
+            if done.is_set():
+                return
+            job.timed_out = True
+            done.set()
+            slots.release()
+        on_timeout(job, RuntimeTimeout(
+            f"{job.status.name} ran past its {limit:g} s limit and was abandoned "
+            f"(${RUN_LIMIT_ENV} sets the limit)"
+        ))  # fmt: skip
+
+    def launch() -> None:
+        for job in [j for j in jobs if not j.runtime.same_thread]:
+            slots.acquire()
+            done = threading.Event()
+            finished.append(done)
+            timer = threading.Timer(limit, expire, (job, done))
+            timer.daemon = True
+            timer.start()
+            threading.Thread(target=run, args=(job, done), daemon=True).start()
+
+    launcher = threading.Thread(target=launch, daemon=True)
+    launcher.start()
+    for j in jobs:
+        if j.runtime.same_thread:
+            work(j)
+    launcher.join()
+    for done in finished:
+        done.wait()
+    if failures:
+        raise failures[0]
 
 
 def _classes(out: dict) -> np.ndarray:
@@ -261,6 +313,8 @@ def run_jobs(jobs: list[Job], batch: Batch, context, say) -> None:
     folder streamed in chunks (_stream_data). Runtimes are independent processes or
     thread-safe libraries, so they overlap. `context` holds what sessions share (Chromium)."""
 
+    started = time.perf_counter()
+
     def execute(job: Job) -> None:
         t = time.perf_counter()
         inputs = batch.probes.inputs
@@ -268,6 +322,11 @@ def run_jobs(jobs: list[Job], batch: Batch, context, say) -> None:
         if sample:
             inputs = np.concatenate([inputs, batch.data.decode(job.data_rows)])
         results = job.runtime.run_many(job.artifacts, inputs.astype(np.float32), context)
+        with job.lock:
+            if not job.timed_out:
+                keep(job, results, inputs, sample, t)
+
+    def keep(job: Job, results: dict, inputs: np.ndarray, sample: bool, t: float) -> None:
         for a in job.artifacts:
             got = results.get(a.id, RuntimeError("the runtime returned nothing for it"))
             if isinstance(got, Exception):  # reported per artifact by judge
@@ -283,7 +342,12 @@ def run_jobs(jobs: list[Job], batch: Batch, context, say) -> None:
         if job.outputs:
             say(f"{job.status.name}: {len(job.outputs)} model(s) in {job.status.seconds:.1f} s")
 
-    _overlapped([j for j in jobs if j.status.reason is None], execute)
+    def timed_out(job: Job, error: Exception) -> None:
+        for a in job.artifacts:
+            job.outputs[a.id] = error
+        job.status.seconds = time.perf_counter() - started
+
+    _overlapped([j for j in jobs if j.status.reason is None], execute, timed_out)
     streamed = [j for j in jobs if j.status.reason is None and j.streamed]
     if streamed:
         _stream_data(streamed, batch, context, say)
@@ -315,7 +379,7 @@ def _stream_data(jobs: list[Job], batch: Batch, context, say) -> None:
 
         def run_chunk(rows: np.ndarray, chunk: np.ndarray, job: Job) -> None:
             t = time.perf_counter()
-            for art_id, session in sessions[id(job)].items():
+            for art_id, session in list(sessions[id(job)].items()):
                 pred = job.predicted[art_id]
                 if isinstance(pred, Exception):
                     continue
@@ -328,8 +392,14 @@ def _stream_data(jobs: list[Job], batch: Batch, context, say) -> None:
                     job.predicted[art_id] = e
             job.status.seconds += time.perf_counter() - t
 
+        def chunk_timed_out(job: Job, error: Exception) -> None:
+            for art_id in sessions[id(job)]:
+                job.predicted[art_id] = error
+            sessions[id(job)] = {}  # the abandoned session is not fed again
+
         for rows, chunk in batch.data.images():
-            _overlapped(jobs, functools.partial(run_chunk, rows, chunk))
+            live = [j for j in jobs if not j.timed_out]
+            _overlapped(live, functools.partial(run_chunk, rows, chunk), chunk_timed_out)
     say(f"--data: {n} images through {len(jobs)} runtime(s) in {time.perf_counter() - t0:.1f} s")
 
 
@@ -655,8 +725,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def check_output_files(args: argparse.Namespace) -> None:
-    """--json / --junit / --html: refuse, before any work, a path that cannot be written."""
+    """--json / --junit / --html: refuse, before any work, a path that cannot be written, or
+    one inside the bundle or the --data folder (`--json BUNDLE/manifest.json` destroyed the
+    bundle), symbolic links followed."""
     seen: dict[Path, str] = {}
+    inputs = {"bundle": Path(args.bundle)}
+    if getattr(args, "data", None) is not None:
+        inputs["--data folder"] = Path(args.data)
     for flag in ("json", "junit", "html"):
         path = getattr(args, flag, None)
         if path is None:
@@ -675,10 +750,17 @@ def check_output_files(args: argparse.Namespace) -> None:
             )
         if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
             raise UserError(f"{where}: {parent} is not writable")
-        key = Path(os.path.abspath(path))
+        key = Path(os.path.realpath(path))  # through symbolic links: what gets written
         if key in seen:
             raise UserError(f"{where}: the same file as --{seen[key]}")
         seen[key] = flag
+        for label, src in inputs.items():
+            src = Path(os.path.realpath(src))
+            if key == src or key.is_relative_to(src):
+                raise UserError(
+                    f"{where} is inside the {label} ({src}): writing the report there would "
+                    "change what verify reads; choose a path outside it"
+                )
 
 
 def check_source_model(bundle: Path, runtimes) -> None:
@@ -700,7 +782,8 @@ def check_source_model(bundle: Path, runtimes) -> None:
     if rt.unavailable_reason() is not None:
         return
     try:
-        rt.load(source_model_path(bundle))
+        model = rt.load(source_model_path(bundle))
+        check_model_fits(bundle, model)
     except (BundleError, RuntimeUnavailable):
         raise
     except Exception as e:
@@ -711,6 +794,28 @@ def check_source_model(bundle: Path, runtimes) -> None:
             else f"{type(e).__name__}: {first}"
         )
         raise BundleError(f"{bundle}: the bundle's source model is refused: {why}") from None
+
+
+def check_model_fits(bundle: Path, model) -> None:
+    """The source model against the manifest: its input is the contract's [H, W, 3] and it
+    has one output per label (a bundle error, not an artifact failure)."""
+    from edgetl.manifest import BundleError
+
+    manifest = Manifest.load(bundle)
+    c = manifest.input
+    shape_in = model.input_shape[0] if isinstance(model.input_shape, list) else model.input_shape
+    shape_out = model.output_shape[0] if isinstance(model.output_shape, list) else model.output_shape
+    want = [c.height, c.width, 3]  # Keras models here are channels-last
+    if list(shape_in[1:]) != want:
+        raise BundleError(
+            f"{bundle}: the source model takes {list(shape_in[1:])}, but the manifest's input "
+            f"contract says {want}; refused"
+        )
+    if shape_out[-1] != len(manifest.labels):
+        raise BundleError(
+            f"{bundle}: the source model has {shape_out[-1]} outputs but the bundle has "
+            f"{len(manifest.labels)} labels; refused"
+        )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -99,28 +99,78 @@ def fake_run(tmp_path) -> Path:
 # ------------------------------------------------------------ security: verify stays inside
 
 
+def tiny_onnx(path: Path, classes: int = 2, size: int = 8, external: str | None = None) -> Path:
+    """A real ONNX classifier (mean over pixels -> MatMul -> Softmax) for [N, size, size, 3]
+    float32 input, built with onnx.helper (no TensorFlow); `external`: its weight goes to that
+    external data file beside it."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.linspace(-1, 1, 3 * classes, dtype=np.float32).reshape(3, classes)
+    graph = helper.make_graph(
+        [
+            helper.make_node("ReduceMean", ["x"], ["m"], axes=[1, 2], keepdims=0),
+            helper.make_node("MatMul", ["m", "w"], ["z"]),
+            helper.make_node("Softmax", ["z"], ["y"], axis=1),
+        ],
+        "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", size, size, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", classes])],
+        [numpy_helper.from_array(w, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    if external:
+        onnx.save(model, str(path), save_as_external_data=True, location=external,
+                  size_threshold=0)  # fmt: skip
+    else:
+        onnx.save(model, str(path))
+    return path
+
+
 def make_bundle(
-    root: Path, *, onnx_path="model.onnx", onnx_file=None, probes_inputs=None, source=None
+    root: Path, *, onnx_path="model.onnx", onnx_file=None, probes_inputs=None, source=None,
+    external: str | None = None,
 ) -> Path:
-    """A hand-made bundle (no TensorFlow): a manifest, probes and an 'onnx' artifact."""
-    from edgetl.manifest import sha256_file
+    """A hand-made bundle (no TensorFlow): a manifest, probes, a source model file and a real
+    'onnx' artifact whose golden outputs onnxruntime reproduces (`external`: its weight in
+    that external data file, listed and hashed)."""
+    from edgetl.manifest import MANIFEST_VERSION, sha256_file
 
     root.mkdir(parents=True, exist_ok=True)
     (root / "probes").mkdir(exist_ok=True)
-    x = np.zeros((1, 8, 8, 3), "<f4")
-    y = np.full((1, 2), 0.5, "<f4")
+    (root / "source").mkdir(exist_ok=True)
+    (root / "source" / "model.keras").write_bytes(b"a source model, not loaded here")
+    x = np.random.default_rng(0).uniform(0, 255, (1, 8, 8, 3)).astype("<f4")
     (root / "probes" / "inputs.bin").write_bytes(x.tobytes())
-    (root / "probes" / "expected.bin").write_bytes(y.tobytes())
     real = onnx_file or (root / "model.onnx")
+    files = [onnx_path]
     if onnx_file is None:
-        real.write_bytes(b"onnx bytes")
+        tiny_onnx(real, external=external)
+        files += [external] if external else []
+        import onnxruntime as ort
+
+        y = ort.InferenceSession(str(real)).run(None, {"x": x})[0].astype("<f4")
+    else:
+        y = np.full((1, 2), 0.5, "<f4")
+    (root / "probes" / "expected.bin").write_bytes(y.tobytes())
+
+    def record(rel: str) -> dict:
+        p = real if rel == onnx_path else root / rel
+        return {"path": rel, "size": p.stat().st_size, "sha256": sha256_file(p)}
+
+    src = root / "source" / "model.keras"
     manifest = {
-        "manifest_version": 1,
+        "manifest_version": MANIFEST_VERSION,
         "name": "crafted",
         "labels": ["a", "b"],
         "input": {"height": 8, "width": 8},
         "output": {"activation": "softmax"},
-        "source_model": {"file": source or "source/model.keras", "sha256": "0"},
+        "source_model": {
+            "file": source or "source/model.keras",
+            "size": src.stat().st_size,
+            "sha256": sha256_file(src),
+        },
         "tools": {},
         "artifacts": [
             {
@@ -128,9 +178,7 @@ def make_bundle(
                 "format": "onnx",
                 "precision": "float32",
                 "path": onnx_path,
-                "files": [
-                    {"path": onnx_path, "size": real.stat().st_size, "sha256": sha256_file(real)}
-                ],
+                "files": [record(f) for f in files],
             }
         ],
         "probes": {
@@ -205,8 +253,8 @@ def test_verify_refuses_lambda_source_model_with_a_message(tmp_path, capsys):
     inp = keras.Input((8, 8, 3))
     x = keras.layers.Lambda(lambda t: t * 2.0)(inp)
     out = keras.layers.Dense(2, activation="softmax")(keras.layers.GlobalAveragePooling2D()(x))
-    (bundle / "source").mkdir()
     keras.Model(inp, out).save(bundle / "source" / "model.keras")
+    rehash(bundle)
     refused(
         capsys,
         ["verify", bundle, "--runtimes", "keras"],
@@ -214,6 +262,30 @@ def test_verify_refuses_lambda_source_model_with_a_message(tmp_path, capsys):
         "lambda",
         watch=[tmp_path],
     )
+
+
+def rehash(bundle: Path) -> dict:
+    """Record every named file's current size and sha256 in the manifest, as an attacker
+    would; returns the manifest."""
+    from edgetl.manifest import sha256_file
+
+    m = json.loads((bundle / "manifest.json").read_text())
+    for a in m["artifacts"]:
+        for f in a["files"]:
+            p = bundle / f["path"]
+            if p.is_file():
+                f["size"], f["sha256"] = p.stat().st_size, sha256_file(p)
+        a["size"] = sum(f["size"] for f in a["files"])
+        a["sha256"] = next((f["sha256"] for f in a["files"] if f["path"] == a["path"]), "")
+    src = bundle / m["source_model"]["file"]
+    if src.is_file():
+        m["source_model"]["size"], m["source_model"]["sha256"] = src.stat().st_size, sha256_file(src)
+    for key in ("inputs", "expected"):
+        p = bundle / m["probes"][key]
+        if p.is_file():
+            m["probes"]["sha256"][key] = sha256_file(p)
+    (bundle / "manifest.json").write_text(json.dumps(m))
+    return m
 
 
 # ------------------------------------------------------------ tracebacks -> messages

@@ -28,6 +28,7 @@ How to add a runtime (one file plus one name):
 from __future__ import annotations
 
 import contextlib
+import os
 import statistics
 import time
 from abc import ABC, abstractmethod
@@ -41,6 +42,27 @@ from edgetl.manifest import ArtifactRecord
 from edgetl.registry import Registry
 
 OUTPUT_NAME = "probabilities"  # the key of a single-output model's array
+# Every runtime call has a time limit (issue 21: a weight shard pointing at a FIFO hung verify
+# forever). The slowest measured call: TF.js's pure-JS cpu backend in Node, seconds per image
+# at 224 px, ~0.8 s an image at 160 px (155-178 s for a 216-image sample, 2 cores): a verify's
+# 7 artifacts x (probes + its 32-image --data sample) stays near 300-600 s. $EDGETL_RUNTIME_TIMEOUT
+# (seconds) changes it.
+RUN_LIMIT_S = 1800.0
+RUN_LIMIT_ENV = "EDGETL_RUNTIME_TIMEOUT"
+
+
+def run_limit_s() -> float:
+    """Seconds one runtime may take for one call (its probes, or one --data chunk)."""
+    text = os.environ.get(RUN_LIMIT_ENV, "")
+    try:
+        value = float(text) if text else RUN_LIMIT_S
+    except ValueError:
+        value = RUN_LIMIT_S
+    return value if value > 0 and value == value else RUN_LIMIT_S
+
+
+class RuntimeTimeout(RuntimeError):
+    """A runtime call ran past run_limit_s(); the pair is reported as an ERROR."""
 
 
 @dataclass(frozen=True)

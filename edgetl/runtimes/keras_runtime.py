@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgetl.bundlecheck import check_keras_archive
 from edgetl.results import SOURCE_ARTIFACT
 from edgetl.runtimes.base import (
     OUTPUT_NAME,
@@ -81,6 +82,7 @@ class KerasRuntime(Runtime):
         if path not in self._models:
             if not path.is_file():
                 raise RuntimeUnavailable(f"no Keras source model at {path}")
+            check_keras_archive(path)  # nothing in it may point outside the bundle
             import keras
 
             self._models[path] = keras.models.load_model(path, compile=False)

@@ -29,12 +29,15 @@ from pathlib import Path
 import numpy as np
 
 from edgetl.runtimes.base import (
+    RUN_LIMIT_ENV,
     RUNTIMES,
     Artifact,
     Options,
     RunContext,
+    RuntimeTimeout,
     RuntimeUnavailable,
     Session,
+    run_limit_s,
 )
 from edgetl.runtimes.tfjs_common import TfjsRuntime, decode_outputs, float32_array
 from edgetl.webdir import web_dir
@@ -63,6 +66,12 @@ ENGINES = {
     "harness/ort.html": "onnxruntime-web",
     "harness/litert.html": "LiteRT.js",
 }
+TIMED_OUT = "ran past its limit of"
+# A harness call raced against a timer: [call, options, limit in ms].
+EVALUATE_WITHIN = (
+    "([call, o, ms]) => Promise.race([window.edgetlHarness[call](o), new Promise((_, no) => "
+    f"setTimeout(() => no(new Error(`{TIMED_OUT} ${{ms / 1000}} s`)), ms))])"
+)
 
 
 def chromium_path() -> str:
@@ -272,12 +281,21 @@ class BrowserSession(Session):
         self.base = chromium.mount_bundle(artifact.bundle_dir)
 
     def _evaluate(self, call: str, options: dict):
+        """A harness call, bounded by run_limit_s() (page.evaluate itself has no timeout: a
+        fetch that never ends would hold verify), as RuntimeTimeout when it runs past it."""
+        limit_ms = int(run_limit_s() * 1000)
         try:
-            return self.page.evaluate(f"(o) => window.edgetlHarness.{call}(o)", options)
+            return self.page.evaluate(EVALUATE_WITHIN, [call, options, limit_ms])
         except Exception as e:
+            message = _js_error(e)
+            if TIMED_OUT in message:
+                raise RuntimeTimeout(
+                    f"{self.runtime.name} on {self.artifact.id}: the page call {message} "
+                    f"(${RUN_LIMIT_ENV} sets the limit)"
+                ) from None
             tail = "\n".join(self.log[-5:])
             raise RuntimeError(
-                f"{self.runtime.name} failed on {self.artifact.id}: {_js_error(e)}"
+                f"{self.runtime.name} failed on {self.artifact.id}: {message}"
                 + (f"\nbrowser console:\n{tail}" if tail else "")
             ) from None
 

@@ -23,14 +23,21 @@ from pathlib import Path
 
 import numpy as np
 
-from edgetl.runtimes.base import RUNTIMES, Artifact, Options, RunContext, Session
+from edgetl.runtimes.base import (
+    RUN_LIMIT_ENV,
+    RUNTIMES,
+    Artifact,
+    Options,
+    RunContext,
+    RuntimeTimeout,
+    Session,
+    run_limit_s,
+)
 from edgetl.runtimes.tfjs_common import TfjsRuntime, decode_outputs, float32_array
 from edgetl.webdir import web_dir
 
 BACKENDS = ("cpu", "wasm")
 MIN_NODE_MAJOR = 18
-# MobileNet 1.0/224 on the cpu backend takes seconds per image; a verify runs 7 artifacts.
-TIMEOUT_S = 1800
 RUNNER = "harness/node_runner.mjs"
 PACKAGES = {
     "cpu": ("@tensorflow/tfjs",),
@@ -79,7 +86,7 @@ def run_node(
     models: list[tuple[str, str, Path]],
     inputs: np.ndarray,
     layers: list[str] | None = None,
-    timeout: float = TIMEOUT_S,
+    timeout: float | None = None,
 ) -> tuple[dict, dict[str, dict[str, np.ndarray] | Exception], dict[str, dict[str, np.ndarray]]]:
     """Run (id, format, model.json) models in one node_runner process.
 
@@ -88,6 +95,7 @@ def run_node(
     exe = node_executable()
     if exe is None:
         raise NodeRunnerError("Node.js not found")
+    timeout = run_limit_s() if timeout is None else timeout
     x = np.ascontiguousarray(inputs, dtype="<f4")
     with tempfile.TemporaryDirectory(prefix="edgetl-node-") as tmp:
         tmp_path = Path(tmp).resolve()  # node runs in web/: TMPDIR may be relative (staging)
@@ -109,7 +117,10 @@ def run_node(
                 cmd, capture_output=True, text=True, timeout=timeout, cwd=web_dir()
             )
         except subprocess.TimeoutExpired as e:
-            raise NodeRunnerError(f"node_runner ({backend}) timed out after {timeout:g} s") from e
+            raise RuntimeTimeout(
+                f"TF.js ({backend}, Node) timed out after {timeout:g} s and was stopped "
+                f"(the limit is ${RUN_LIMIT_ENV})"
+            ) from e
         summary_path = tmp_path / "out" / "summary.json"
         if proc.returncode != 0 or not summary_path.is_file():
             tail = (proc.stderr or proc.stdout).strip()[-4000:]
@@ -194,7 +205,7 @@ class TfjsNodeRuntime(TfjsRuntime):
             summary, outputs, _ = run_node(
                 self.backend, [(a.id, a.format, a.path) for a in todo], inputs
             )
-        except NodeRunnerError as e:
+        except (NodeRunnerError, RuntimeTimeout) as e:
             return {**results, **{a.id: e for a in todo}}
         for a in todo:
             out = outputs[a.id]
