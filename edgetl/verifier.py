@@ -805,7 +805,7 @@ def check_model_fits(bundle: Path, model) -> None:
     c = manifest.input
     shape_in = model.input_shape[0] if isinstance(model.input_shape, list) else model.input_shape
     shape_out = model.output_shape[0] if isinstance(model.output_shape, list) else model.output_shape
-    want = [c.height, c.width, 3]  # Keras models here are channels-last
+    want = [c.height, c.width, c.channels]  # Keras models here are channels-last
     if list(shape_in[1:]) != want:
         raise BundleError(
             f"{bundle}: the source model takes {list(shape_in[1:])}, but the manifest's input "
