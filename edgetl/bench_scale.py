@@ -145,7 +145,7 @@ def bench_scale(work: Path, quick: bool = False, log=None, sizes=None) -> str:
         wall, rss = measured(
             _edgetl("train", str(folders[n]), "--out", str(run2), *common, "--epochs", "1",
                     "--cache-dir", str(cache), "--fine-tune-layers", "10",
-                    "--fine-tune-epochs", "1")
+                    "--fine-tune-epochs", "1", "--no-refit")  # one stage-2 pass, as before
         )  # fmt: skip
         m = json.loads((run2 / "metrics.json").read_text())
         s = m["timings"]["stage2_s"]

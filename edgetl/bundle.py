@@ -157,18 +157,27 @@ def export_bundle(
 
 def check_request(model, labels, formats, quantizations, calibration_images, tfjs_quantizations=()):
     """Registered formats and quantizations that fit together, one label per model output."""
-    from edgetl.converters import FORMATS, QUANTIZATIONS, TFJS_QUANTIZATIONS
+    from edgetl.converters import (
+        FORMATS,
+        TFJS_QUANTIZATIONS,
+        split_quantization,
+        unwritten_quantization,
+    )
 
     # Each name once (`--formats onnx,onnx` wrote two artifacts with one id): order kept.
     formats = [FORMATS.check(f) for f in (FORMATS.names() if formats is None else formats)]
     formats = list(dict.fromkeys(formats))
-    quantizations = list(dict.fromkeys(QUANTIZATIONS.check(q) for q in quantizations))
-    tfjs_quantizations = list(dict.fromkeys(TFJS_QUANTIZATIONS.check(q) for q in tfjs_quantizations))
-    if quantizations and "tflite" not in formats:
-        raise UserError("--quantize applies to TFLite; add tflite to --formats")
+    quantizations = list(dict.fromkeys(q.strip() for q in quantizations))
+    names = [split_quantization(q)[1] for q in quantizations]
+    tfjs_quantizations = list(
+        dict.fromkeys(TFJS_QUANTIZATIONS.check(q) for q in tfjs_quantizations)
+    )
+    refusal = unwritten_quantization(quantizations, formats)
+    if refusal:
+        raise UserError(refusal)
     if tfjs_quantizations and "tfjs" not in formats:
         raise UserError("--tfjs-quantize applies to TF.js; add tfjs to --formats")
-    if "int8" in quantizations and (calibration_images is None or len(calibration_images) == 0):
+    if "int8" in names and (calibration_images is None or len(calibration_images) == 0):
         raise UserError(
             "int8 needs calibration images: pass --calibration DATA_DIR (or export a "
             "run directory whose training data is still on disk)"

@@ -396,8 +396,10 @@ def tfjs_shards(
     sizes: dict[str, int] = {}
     for gi, group in enumerate(groups):
         where = f"{what}: {model_json_rel} weightsManifest[{gi}]"
-        if not isinstance(group, dict) or not isinstance(group.get("paths"), list) or not (
-            isinstance(group.get("weights"), list)
+        if (
+            not isinstance(group, dict)
+            or not isinstance(group.get("paths"), list)
+            or not (isinstance(group.get("weights"), list))
         ):
             raise BundleError(f"{where}: needs 'paths' and 'weights' lists; refused")
         implied = sum(_tfjs_weight_bytes(w, f"{where}.weights[{i}]")
@@ -440,12 +442,13 @@ def _tfjs_weight_bytes(w: object, where: str) -> int:
         raise BundleError(f"{where}: shape {shape!r} is not a list of sizes; refused"[:300])
     q = w.get("quantization")
     if q is not None:
-        if not isinstance(q, dict) or not isinstance(q.get("dtype"), str) or (
-            q["dtype"] not in TFJS_QUANT_BYTES
+        if (
+            not isinstance(q, dict)
+            or not isinstance(q.get("dtype"), str)
+            or (q["dtype"] not in TFJS_QUANT_BYTES)
         ):
             raise BundleError(
-                f"{where}: quantization dtype must be one of "
-                f"{', '.join(TFJS_QUANT_BYTES)}; refused"
+                f"{where}: quantization dtype must be one of {', '.join(TFJS_QUANT_BYTES)}; refused"
             )
         per = TFJS_QUANT_BYTES[q["dtype"]]
     elif isinstance(w.get("dtype"), str) and w["dtype"] in TFJS_BYTES:
@@ -538,6 +541,7 @@ def _onnx_tensors(model) -> Iterator:
 def check_onnx_io(model, manifest, record, what: str) -> None:
     """The ONNX graph's first input is [N, H, W, C] (or NCHW) of the contract and its output
     has one value per label."""
+
     def dims(vi) -> list:
         return [d.dim_value if d.HasField("dim_value") else None
                 for d in vi.type.tensor_type.shape.dim]  # fmt: skip
@@ -682,8 +686,7 @@ def check_side_files(bundle_dir: Path, manifest, record) -> None:
     for rel, need in uses.items():
         if rel not in listed:
             raise BundleError(
-                f"{what}: its model reads {rel}, which the manifest does not list and hash; "
-                "refused"
+                f"{what}: its model reads {rel}, which the manifest does not list and hash; refused"
             )
         if need is not None and listed[rel] != need:
             raise BundleError(

@@ -32,8 +32,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--quantize",
         default="",
-        help=f"extra TFLite variants, comma-separated: {describe(QUANTIZATIONS)}; float32 is "
-        "always written",
+        help=f"extra ONNX/TFLite variants, comma-separated: {describe(QUANTIZATIONS)}; float32 is "
+        "always written; FORMAT:NAME (e.g. tflite:int8) makes it for that format only",
     )
     p.add_argument(
         "--calibration",
@@ -76,11 +76,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from edgetl.bundle import export_from_source
-    from edgetl.converters import FORMATS, QUANTIZATIONS, TFJS_QUANTIZATIONS
+    from edgetl.converters import (
+        FORMATS,
+        TFJS_QUANTIZATIONS,
+        parse_quantizations,
+        unwritten_quantization,
+    )
     from edgetl.modelio import parse_labels, parse_range
 
     formats = FORMATS.parse_list(args.formats)
-    quantizations = QUANTIZATIONS.parse_list(args.quantize) if args.quantize else []
+    quantizations = parse_quantizations(args.quantize) if args.quantize else []
     tfjs_q = TFJS_QUANTIZATIONS.parse_list(args.tfjs_quantize) if args.tfjs_quantize else []
     if args.opset is not None:
         from edgetl.converters.onnx import MAX_OPSET, MIN_OPSET
@@ -91,8 +96,9 @@ def run(args: argparse.Namespace) -> int:
             )
     if args.calibration is not None and not args.calibration.is_dir():
         raise UserError(f"--calibration {args.calibration}: not a directory")
-    if quantizations and "tflite" not in formats:
-        raise UserError("--quantize applies to TFLite; add tflite to --formats")
+    refusal = unwritten_quantization(quantizations, formats)
+    if refusal:
+        raise UserError(refusal)
     if tfjs_q and "tfjs" not in formats:
         raise UserError("--tfjs-quantize applies to TF.js; add tfjs to --formats")
     given_labels = parse_labels(args.labels) if args.labels else None

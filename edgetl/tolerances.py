@@ -170,6 +170,10 @@ TFLITE_DYNAMIC = Tolerance(
 # over the worst. The min/max calibration of the previous round lost 2.0 / 2.2 / 1.4 and now
 # fails on seed 1, as does the 3.3-point loss (83.3% -> 80.0%) that passed under the 5 points of
 # earlier rounds. Field notes: ~1 point for MobileNetV2 on ImageNet.
+# ONNX int8 (QDQ) and ONNX float16 are judged by their precision, like their TFLite siblings
+# (default_tolerance): the same calibration rule (converters.calibration), and on the parity
+# bench's MobileNetV2 0.35/96 ONNX float16 measured 3.3e-2 against its 0.25 limit with top-1
+# kept on all 16 decisive probes (float16 compute, float32 input/output).
 TFLITE_INT8 = Tolerance(
     max_abs=None,
     min_top1=0.9,

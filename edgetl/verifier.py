@@ -804,7 +804,9 @@ def check_model_fits(bundle: Path, model) -> None:
     manifest = Manifest.load(bundle)
     c = manifest.input
     shape_in = model.input_shape[0] if isinstance(model.input_shape, list) else model.input_shape
-    shape_out = model.output_shape[0] if isinstance(model.output_shape, list) else model.output_shape
+    shape_out = (
+        model.output_shape[0] if isinstance(model.output_shape, list) else model.output_shape
+    )
     want = [c.height, c.width, c.channels]  # Keras models here are channels-last
     if list(shape_in[1:]) != want:
         raise BundleError(

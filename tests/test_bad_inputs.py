@@ -129,7 +129,12 @@ def tiny_onnx(path: Path, classes: int = 2, size: int = 8, external: str | None 
 
 
 def make_bundle(
-    root: Path, *, onnx_path="model.onnx", onnx_file=None, probes_inputs=None, source=None,
+    root: Path,
+    *,
+    onnx_path="model.onnx",
+    onnx_file=None,
+    probes_inputs=None,
+    source=None,
     external: str | None = None,
 ) -> Path:
     """A hand-made bundle (no TensorFlow): a manifest, probes, a source model file and a real
@@ -279,7 +284,10 @@ def rehash(bundle: Path) -> dict:
         a["sha256"] = next((f["sha256"] for f in a["files"] if f["path"] == a["path"]), "")
     src = bundle / m["source_model"]["file"]
     if src.is_file():
-        m["source_model"]["size"], m["source_model"]["sha256"] = src.stat().st_size, sha256_file(src)
+        m["source_model"]["size"], m["source_model"]["sha256"] = (
+            src.stat().st_size,
+            sha256_file(src),
+        )
     for key in ("inputs", "expected"):
         p = bundle / m["probes"][key]
         if p.is_file():

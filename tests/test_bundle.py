@@ -223,7 +223,8 @@ def test_each_backbone_exports_to_onnx_and_every_tflite_variant(
         labels=labels,
         contract=contract,
         formats=PER_BACKBONE_FORMATS,
-        quantizations=QUANTIZATIONS.names(),
+        # TFLite's variants here; ONNX's (float16, int8) in test_onnx_quantize.py
+        quantizations=[f"tflite:{q}" for q in QUANTIZATIONS.names()],
         calibration_images=images,
         probe_images=images,
         probe_labels=y,
@@ -266,7 +267,7 @@ def test_export_cli_on_a_run_directory(tiny_run, tmp_path, capsys):
             "--formats",
             "onnx,tflite",
             "--quantize",
-            "int8",
+            "int8,onnx:int8",
             "--int8-io",
             "int8",
         ]
@@ -277,6 +278,8 @@ def test_export_cli_on_a_run_directory(tiny_run, tmp_path, capsys):
     m = Manifest.load(tmp_path / "b")
     # calibration defaulted to the training data recorded in the run directory
     assert m.artifact("tflite_int8").options["calibration_images"] == 48
+    # onnx:int8 makes ONNX's QDQ variant, from the same calibration images
+    assert m.artifact("onnx_int8").options["calibration_images"] == 48
     assert any(n.startswith("image:") for n in m.probes["names"])
 
 

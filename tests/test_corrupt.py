@@ -29,7 +29,7 @@ def source_bundle(tmp_path_factory, tiny_run) -> tuple[Path, Path]:
         bundle,
         data_dir=data,
         sample_limit=12,
-        quantizations=["int8"],
+        quantizations=["tflite:int8"],
         model_name="model",
         log=lambda *_: None,
     )

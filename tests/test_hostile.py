@@ -454,7 +454,10 @@ def test_report_to_dev_stdout_keeps_the_link(tmp_path, ort_bundle, stdout):
     assert "onnxruntime-cpu  PASS" in head and tail.strip().startswith("OK: 1/1")
     assert json.loads(body + "}")["ok"] is True and "Traceback" not in proc.stderr
     after = os.lstat("/dev/stdout")
-    assert (stat.S_IFMT(after.st_mode), after.st_ino) == (stat.S_IFMT(before.st_mode), before.st_ino)
+    assert (stat.S_IFMT(after.st_mode), after.st_ino) == (
+        stat.S_IFMT(before.st_mode),
+        before.st_ino,
+    )
 
 
 @pytest.mark.parametrize("where", ["manifest", "new-file-inside", "link-into-bundle", "data"])
@@ -508,7 +511,9 @@ def test_export_formats_named_twice_are_one():
     assert (formats, quant) == (["onnx", "tflite"], ["float16"])
 
 
-@pytest.mark.parametrize("version, words", [(99, ["newer", "upgrade"]), (1, ["older", "re-export"])])
+@pytest.mark.parametrize(
+    "version, words", [(99, ["newer", "upgrade"]), (1, ["older", "re-export"])]
+)
 def test_unknown_manifest_version(capsys, ort_bundle, version, words):
     edit_manifest(ort_bundle, lambda m: m.update(manifest_version=version))
     refused_bundle(capsys, ort_bundle, ORT, f"manifest_version {version}", *words)

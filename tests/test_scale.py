@@ -251,6 +251,12 @@ def test_multi_worker_training_equals_one_process(tmp_path, sample_data, local_w
         assert w.returncode == 0
         assert "training on MultiWorkerMirroredStrategy, 2 replicas" in stdout
     single = _head_and_base(tmp_path / "one")
+    # The same stage order on workers: scored on validation before the refit, then stage 1
+    # and stage 2 again on train + val.
+    for run in ("one", "worker0", "worker1"):
+        m = json.loads((tmp_path / run / "metrics.json").read_text())
+        assert m["seen_by_weights"] is False and m["scored_stages"] == ["stage1", "stage2"], run
+        assert m["written_model_stages"] == ["refit", "refit_stage2"], run
     for i in range(2):
         multi = _head_and_base(tmp_path / f"worker{i}")
         diff = max(float(np.abs(a - b).max()) for a, b in zip(single, multi, strict=True))

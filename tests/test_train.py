@@ -200,6 +200,14 @@ def test_fine_tune_stage_unfreezes_top_layers_and_keeps_bn_frozen(
         progress=False,
     )
     assert len(r.history["stage2_loss"]) == 1
+    # --augment: stage 1 runs through the backbone (no cache, so no refit); both stages train
+    # on the training split only and the model they give is the one scored on validation.
+    from test_train_leak import _check_scored_weights_never_saw_validation, _split_files
+
+    cfg = TrainConfig(epochs=1)  # the default seed and split fraction of the run above
+    _check_scored_weights_never_saw_validation(r, *_split_files(sample_data, cfg))
+    assert set(r.trained_on) == {"stage1", "stage2"}
+    assert r.metrics["written_model_scored"] is True
     model = keras.models.load_model(tmp_path / "ft" / "model.keras", compile=False)
     base = find_base(model)
     k = set_fine_tune(base, 0.25)
@@ -421,6 +429,40 @@ def test_refit_and_linear_head(tmp_path, sample_data, local_weights, cache_dir):
     chosen = int(np.argmin(r.history["stage1_val_loss"])) + 1
     assert len(r.history["refit_loss"]) == chosen
     assert r.metrics["split"] == "validation" and r.metrics["count"] == r.metrics["val_count"]
+    assert r.metrics["scored_stages"] == ["stage1"] and r.metrics["seen_by_weights"] is False
+    assert r.metrics["written_model_stages"] == ["refit"]
+    assert r.metrics["trained_on"]["refit"] == 48
     model = keras.models.load_model(tmp_path / "refit" / "model.keras", compile=False)
     names = [layer.name for layer in model.layers]
     assert HEAD_DENSE not in names and HEAD_OUTPUT in names
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("args", [["--mixup", "0.2"], ["--val-split", "0"]])
+def test_printed_accuracy_says_which_images_and_whether_the_weights_saw_them(
+    tmp_path, sample_data, local_weights, cache_dir, capsys, args
+):
+    """Cached stage 1 (mixup mixes training rows only): validation images no weight saw, or
+    with --val-split 0 the training images, said as such rather than as a validation figure."""
+    name, alpha, size = TINY
+    out = tmp_path / "run"
+    cli = ["train", str(sample_data), "--out", str(out), "--backbone", name, "--alpha"]
+    cli += [str(alpha), "--size", str(size), "--weights", str(local_weights(name))]
+    cli += ["--epochs", "3", "--cache-dir", str(cache_dir), *args]
+    assert main(cli) == 0
+    printed = capsys.readouterr().out
+    m = json.loads((out / "metrics.json").read_text())
+    if "--val-split" in args:
+        assert m["split"] == "training images (no validation split)" and m["count"] == 48
+        assert m["seen_by_weights"] is True and m["seen_count"] == 48
+        assert "48 of them seen by the weights in training" in printed
+        assert "not an estimate for new images" in printed
+        assert "validation accuracy" not in printed
+        assert m["written_model_scored"] is True and "refit" not in m["trained_on"]
+    else:
+        assert m["split"] == "validation" and m["seen_by_weights"] is False
+        assert (
+            f"validation accuracy: {m['accuracy']:.3f} on {m['count']} images, none seen" in printed
+        )
+        assert m["trained_on"]["stage1"] == m["train_count"]
+        assert "written model is then refit on train + val (refit)" in printed

@@ -257,7 +257,7 @@ def nchw_uint8_bundle(tmp_path_factory, tiny_run, sample_data) -> Path:
         data_dir=sample_data,
         sample_limit=24,
         formats=("onnx", "tflite"),
-        quantizations=("int8",),
+        quantizations=("tflite:int8",),
         nchw=True,
         int8_io="uint8",
         log=lambda *_: None,
