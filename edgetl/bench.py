@@ -339,12 +339,16 @@ def _smallest() -> dict[str, tuple[float, int]]:
 
 
 SMALLEST = _smallest()
-DETECTION_QUICK = [("mobilenet_v2", "fitted")]
+DETECTION_QUICK = [("mobilenet_v2", "fitted"), ("mobilenet_v2", "saturated")]
+# saturated = data-fitted with the output logits scaled by SATURATED_GAIN: a confident model
+# whose probabilities are one-hot to ~1e-10 on most probes, judged in log p (edgetl.compare).
+SATURATED_GAIN = 8.0
 # random = untrained backbone (BN statistics at init): its features vanish and the outputs barely
 # depend on the input, the issue's "dead backbone"; shown apart, not in the headline figure.
 DETECTION_FULL = [
     ("mobilenet_v2", "fitted"),
     ("mobilenet_v3_small", "fitted"),
+    ("mobilenet_v2", "saturated"),
     ("mobilenet_v2", "random"),
 ]
 FLOAT32_IDS = ("onnx", "tflite_float32", "tfjs_layers", "tfjs_graph")
@@ -389,7 +393,7 @@ def parity_bundle(
     classes = sorted(SAMPLE_CLASSES)
     images, labels, names = sample_images(data, contract, classes, limit=48)
     w = None
-    if weights == "fitted":
+    if weights in ("fitted", "saturated"):
         w, _ = _weights_for(name, alpha, size, images[::2], work, seed=seed)
     keras.utils.set_random_seed(seed)
     head = HeadConfig(seed=seed)
@@ -399,6 +403,11 @@ def parity_bundle(
     head_model.compile(keras.optimizers.Adam(3e-3), "sparse_categorical_crossentropy")
     head_model.fit(emb, np.asarray(labels), epochs=60, batch_size=16, verbose=0)
     copy_head_weights(head_model, model)
+    if weights == "saturated":  # a confident model: logits x SATURATED_GAIN, one-hot outputs
+        from edgetl.classifier import HEAD_OUTPUT
+
+        out = model.get_layer(HEAD_OUTPUT)
+        out.set_weights([w * SATURATED_GAIN for w in out.get_weights()])
     bundle = work / f"bundle_{name}_{alpha}_{size}_{weights}_s{seed}"
     shutil.rmtree(bundle, ignore_errors=True)
     export_bundle(
@@ -424,8 +433,9 @@ def _cell(pair) -> str:
     if pair.status not in ("pass", "fail"):
         return "ERROR (listed below)"
     err = pair.stats.max_abs if pair.stats is not None else float("nan")
+    log = pair.stats.max_log if pair.stats is not None else float("nan")
     top1 = pair.stats.top1_agreement if pair.stats is not None else float("nan")
-    return f"{'pass' if pair.passed else 'FAIL'} {err:.1e} t1 {top1:.0%}"
+    return f"{'pass' if pair.passed else 'FAIL'} {err:.1e} log {log:.1e} t1 {top1:.0%}"
 
 
 @dataclass
@@ -539,10 +549,12 @@ def _score(corruption, where: str, keys, details: dict, result):
             tally[kind][0] += 1
         else:
             err = p.stats.max_abs if p.stats else float("nan")
+            log = p.stats.max_log if p.stats else float("nan")
             top1 = p.stats.decisive_top1_agreement if p.stats else None
             t1 = f", decisive top-1 {top1:.0%}" if top1 is not None else ""
             missed.append(
-                f"{where} on {k[0]}@{k[1]}: max |err| {err:.1e}{t1} vs {p.tolerance.describe()}"
+                f"{where} on {k[0]}@{k[1]}: max |err| {err:.1e}, log p {log:.1e}{t1} vs "
+                f"{p.tolerance.describe()}"
             )
     return cells, {k: tuple(v) for k, v in tally.items()}, missed, errors
 
@@ -661,6 +673,7 @@ def sweep_bundle(bundle: Path, refs: dict, runtimes: list[str]) -> list[tuple[st
 
 SWEEP_QUICK = [
     ("mobilenet_v2", 0.35, 96, "fitted", 0),
+    ("mobilenet_v2", 0.35, 96, "saturated", 0),
     ("mobilenet_v2", 0.35, 96, "random", 0),
     ("mobilenet_v3_small", 0.75, 96, "fitted", 0),
 ]
@@ -669,6 +682,8 @@ SWEEP_FULL = [
     *[(n, a, 224, "fitted", 0) for n, (a, _) in SMALLEST.items()],
     ("mobilenet_v2", 0.35, 96, "fitted", 1),
     ("mobilenet_v2", 0.35, 96, "fitted", 2),
+    ("mobilenet_v2", 0.35, 96, "saturated", 0),
+    ("mobilenet_v3_small", 0.75, 96, "saturated", 0),
     ("mobilenet_v2", 0.35, 96, "random", 0),
     ("mobilenet_v2", 0.35, 96, "random", 1),
     ("mobilenet_v3_small", 0.75, 96, "random", 0),
@@ -698,6 +713,8 @@ def false_alarm_table(
     rows, alarms, judged = [], [], 0
     worst: dict[str, tuple[float, str, str, object]] = {}
     tightest: dict[str, float] = {}  # smallest limit / error over every verdict
+    worst_log: dict[str, tuple[float, str, str, object]] = {}
+    tightest_log: dict[str, float] = {}  # the same in log p
     for (name, alpha, size, weights, seed), b in bundles:
         verdicts = sweep_bundle(b, refs, [*runtimes, "tfjs-node-cpu"])
         per: dict[str, float] = {}
@@ -713,6 +730,12 @@ def false_alarm_table(
             if p.tolerance.max_abs and err > 0:
                 ratio = p.tolerance.max_abs / err
                 tightest[art] = min(tightest.get(art, float("inf")), ratio)
+            log_err = p.stats.max_log if p.stats is not None else float("inf")
+            if log_err > worst_log.get(art, (-1.0, "", "", None))[0]:
+                worst_log[art] = (log_err, label, cond, p.tolerance)
+            if p.tolerance.max_log and log_err > 0:
+                ratio = p.tolerance.max_log / log_err
+                tightest_log[art] = min(tightest_log.get(art, float("inf")), ratio)
             if not p.passed:
                 n_alarm += 1
                 alarms.append(
@@ -731,7 +754,20 @@ def false_alarm_table(
          f"{worst[a][1]}, {worst[a][2]}"]
         for a in SWEEP_ARTIFACTS if a in worst
     ]  # fmt: skip
-    return _false_alarm_text(rows, worst_rows, alarms), len(alarms), judged
+    log_rows = [
+        [a, f"{worst_log[a][0]:.1e}",
+         f"{worst_log[a][3].max_log:.1e}" if worst_log[a][3].max_log else "not judged",
+         f"{tightest_log[a]:.1f}x" if a in tightest_log else "-",
+         f"{worst_log[a][1]}, {worst_log[a][2]}"]
+        for a in SWEEP_ARTIFACTS if a in worst_log
+    ]  # fmt: skip
+    text = _false_alarm_text(rows, worst_rows, alarms)
+    text += (
+        "\n\nThe same in log p (|log max(p', 1e-30) - log max(p, 1e-30)|; limits scale with each "
+        "bundle's log noise floor)\n"
+        + _table(log_rows, ["artifact", "worst log", "limit there", "headroom", "where"])
+    )
+    return text, len(alarms), judged
 
 
 def _false_alarm_text(rows: list, worst_rows: list, alarms: list[str]) -> str:
@@ -775,6 +811,11 @@ def bench_parity(work: Path, quick: bool, browser: bool = False) -> str:
         f"caught {caught8} of {counted8} int8 faults (tflite_int8: calibrated on noise, on 0..1 "
         "images, antialiased inputs; data-fitted weights)",
     ]
+    if "saturated" in det.float32:
+        lines.append(
+            "saturated (data-fitted, logits x{:g}: one-hot outputs): caught {} of {} (judged in "
+            "log p)".format(SATURATED_GAIN, *det.float32["saturated"])
+        )
     if "random" in det.float32:
         dead, dead_n = det.float32["random"]
         lines.append(

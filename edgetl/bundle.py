@@ -120,7 +120,8 @@ def export_bundle(
 ) -> Manifest:
     """Write the bundle for `model` to `out_dir` and return its manifest.
 
-    Images (probes, calibration) are float32 (N, H, W, 3) in the contract's value range."""
+    Images (probes, calibration) are float32 (N, H, W, C) as the contract says: its channels
+    (3, or 1 for a grayscale model) and value range."""
     from edgetl.converters import ExportOptions
 
     formats, quantizations, tfjs_quantizations = check_request(
@@ -192,10 +193,11 @@ def check_outputs_finite(model, contract: InputContract) -> None:
     """Refuse a model whose outputs are NaN/Inf on ordinary inputs (a diverged training run):
     its golden probes would be NaN and every artifact would 'agree' with nothing."""
     lo, hi = contract.value_range
+    shape = (contract.height, contract.width, contract.channels)
     x = np.stack(
         [
-            np.full((contract.height, contract.width, 3), (lo + hi) / 2, np.float32),
-            np.random.default_rng(PROBE_SEED).uniform(lo, hi, (contract.height, contract.width, 3)),
+            np.full(shape, (lo + hi) / 2, np.float32),
+            np.random.default_rng(PROBE_SEED).uniform(lo, hi, shape),
         ]
     ).astype(np.float32)
     y = np.asarray(model.predict(x, verbose=0))

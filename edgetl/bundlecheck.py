@@ -254,11 +254,12 @@ MANIFEST_SCHEMA = {
     "input": {
         "height": _DIM,
         "width": _DIM,
-        "channels?": _int(3, 3),
+        "channels?": _int(1, 3),  # 3 (RGB) or 1 (gray); InputContract refuses 2
         "dtype?": _one_of("float32"),
         "value_range?": [_NUM],
         "layout?": _one_of("NHWC", "NCHW"),
-        "channel_order?": _one_of("RGB", "BGR"),
+        "channel_order?": _one_of("RGB", "BGR", "gray"),
+        "gray_weights?": [_NUM],
         "resize_method?": _text(40),
         "internal_preprocessing?": _text(1000),
         "shape?": [(_NULL, _DIM)],
@@ -340,11 +341,13 @@ def validate_manifest(d: object, where: str = "manifest.json") -> None:
             raise BundleError(f"{where}: artifact {a['id']}: size is not the sum of its files")
     inp, probes = d["input"], d["probes"]
     h, w, k = inp["height"], inp["width"], probes["count"]
+    ch = inp.get("channels", 3)
     classes = len(labels)
-    if probes["input_shape"] != [k, h, w, 3]:
+    if probes["input_shape"] != [k, h, w, ch]:
         raise BundleError(
             f"{where}: probes.input_shape {probes['input_shape']} does not match the model "
-            f"input [{k}, {h}, {w}, 3] (count, input.height, input.width, 3); refused"
+            f"input [{k}, {h}, {w}, {ch}] (count, input.height, input.width, input.channels); "
+            "refused"
         )
     if probes["output_shape"] != [k, classes]:
         raise BundleError(
@@ -363,7 +366,7 @@ def validate_manifest(d: object, where: str = "manifest.json") -> None:
         )
     shape = inp.get("shape")
     layout = inp.get("layout", "NHWC")
-    want = [None, 3, h, w] if layout == "NCHW" else [None, h, w, 3]
+    want = [None, ch, h, w] if layout == "NCHW" else [None, h, w, ch]
     if shape is not None and shape != want:
         raise BundleError(f"{where}: input.shape {shape} disagrees with height/width {want}")
     vr = inp.get("value_range")
@@ -536,7 +539,7 @@ def _onnx_tensors(model) -> Iterator:
 
 
 def check_onnx_io(model, manifest, record, what: str) -> None:
-    """The ONNX graph's first input is [N, H, W, 3] (or NCHW) of the contract and its output
+    """The ONNX graph's first input is [N, H, W, C] (or NCHW) of the contract and its output
     has one value per label."""
 
     def dims(vi) -> list:
@@ -548,7 +551,11 @@ def check_onnx_io(model, manifest, record, what: str) -> None:
     if not inputs or not model.graph.output:
         raise BundleError(f"{what}: the ONNX graph has no input or no output; refused")
     c = manifest.input
-    want = [c.height, c.width, 3] if record.layout == "NHWC" else [3, c.height, c.width]
+    want = (
+        [c.height, c.width, c.channels]
+        if record.layout == "NHWC"
+        else [c.channels, c.height, c.width]
+    )
     got = dims(inputs[0])[1:]
     if got != want:
         raise BundleError(
@@ -580,10 +587,10 @@ def check_tfjs_io(bundle_dir: Path, manifest, record, what: str) -> object:
     shape = _dig(spec, "modelTopology", "model_config", "config", "layers", 0, "config",
                  "batch_input_shape")  # fmt: skip
     c = manifest.input
-    if isinstance(shape, list) and shape[1:] != [c.height, c.width, 3]:
+    if isinstance(shape, list) and shape[1:] != [c.height, c.width, c.channels]:
         raise BundleError(
             f"{what}: the TF.js model takes {shape[1:]}, but the manifest's input contract "
-            f"says {[c.height, c.width, 3]}; refused"
+            f"says {[c.height, c.width, c.channels]}; refused"
         )
     return spec
 

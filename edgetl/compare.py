@@ -5,6 +5,13 @@ Everything is judged on the classifier's output probabilities (softmax, so every
 0..1 and absolute error is meaningful). Float artifacts are judged by element error; quantized
 ones (TFLite dynamic-range and int8) by top-1 agreement on the probes whose reference prediction
 is decisive, and, with labelled data, by the accuracy they lose against Keras.
+
+Float artifacts are also judged in log-probability space: |log max(p', floor) - log max(p, floor)|
+per class. Where softmax saturates (a confident model: top-1 at 1 - 1e-12) a broken layer moves
+the probabilities by 1e-12, far under any element limit, but it moves the small probabilities'
+logarithms (the logits, up to a shared shift) as much as on any other probe. The floor keeps
+values that float32 cannot represent (denormals, flushed to zero by some kernels) out of it;
+clipping at a floor never enlarges a difference.
 """
 
 from __future__ import annotations
@@ -14,12 +21,31 @@ import math
 import numpy as np
 
 from edgetl.results import FAIL, PASS, PairResult, Stats
-from edgetl.tolerances import FLOAT32_CPU, Tolerance
+from edgetl.tolerances import FLOAT32_CPU, LOG_FLOOR, Tolerance
 
 TOP_K = 5
 
 
-def compute_stats(reference: np.ndarray, candidate: np.ndarray, top1_margin: float = 0.0) -> Stats:
+def log_probs(p: np.ndarray, floor: float) -> np.ndarray:
+    """log max(p, floor) in float64: the log-space view of probabilities (see module doc)."""
+    return np.log(np.maximum(np.asarray(p, np.float64), floor))
+
+
+def max_log_error(reference: np.ndarray, candidate: np.ndarray, floor: float) -> float:
+    """max |log max(candidate, floor) - log max(reference, floor)| over finite elements."""
+    ref, cand = np.asarray(reference, np.float64), np.asarray(candidate, np.float64)
+    finite = np.isfinite(ref) & np.isfinite(cand)
+    if not finite.any():
+        return math.inf
+    return float(np.abs(log_probs(cand[finite], floor) - log_probs(ref[finite], floor)).max())
+
+
+def compute_stats(
+    reference: np.ndarray,
+    candidate: np.ndarray,
+    top1_margin: float = 0.0,
+    log_floor: float = LOG_FLOOR,
+) -> Stats:
     """Statistics of candidate - reference; both (K, C). Non-finite candidate values are counted
     and excluded from the error statistics (they fail the pair on their own)."""
     ref = np.asarray(reference, dtype=np.float64)
@@ -56,6 +82,13 @@ def compute_stats(reference: np.ndarray, candidate: np.ndarray, top1_margin: flo
         margin = np.full(k, np.inf)
     decisive = margin >= top1_margin
     n_dec = int(decisive.sum())
+    log_err = np.where(finite, np.abs(log_probs(safe, log_floor) - log_probs(ref, log_floor)), 0.0)
+    if abs_vals.size:
+        max_log = float(log_err.max())
+        worst_log_flat = int(np.argmax(log_err))
+        worst_log = (worst_log_flat // c, worst_log_flat % c)
+    else:
+        max_log, worst_log = math.inf, None
     return Stats(
         max_abs=max_abs,
         mean_abs=mean_abs,
@@ -69,6 +102,9 @@ def compute_stats(reference: np.ndarray, candidate: np.ndarray, top1_margin: flo
         nan=nan,
         inf=inf,
         worst=worst,
+        max_log=max_log,
+        worst_log=worst_log,
+        log_floor=log_floor,
     )
 
 
@@ -112,7 +148,7 @@ def compare(
     if not np.isfinite(reference).all():
         result.reasons.append("the reference itself contains NaN/Inf")
         return result
-    s = compute_stats(reference, candidate, tolerance.top1_margin)
+    s = compute_stats(reference, candidate, tolerance.top1_margin, tolerance.log_floor)
     result.stats = s
     result.histogram = error_histogram(reference, candidate)
     reasons = result.reasons
@@ -122,6 +158,12 @@ def compare(
     if t.max_abs is not None and s.max_abs > t.max_abs:
         where = f" (probe {s.worst[0]}, class {s.worst[1]})" if s.worst else ""
         reasons.append(f"max |error| {s.max_abs:.3g} > {t.max_abs:g}{where}")
+    if t.max_log is not None and s.max_log > t.max_log:
+        where = f"probe {s.worst_log[0]}, class {s.worst_log[1]}; " if s.worst_log else ""
+        reasons.append(
+            f"max |error of log p| {s.max_log:.3g} > {t.max_log:g} ({where}log p floored at "
+            f"{t.log_floor:g})"
+        )
     if t.p99_abs is not None and s.p99_abs > t.p99_abs:
         reasons.append(f"p99 |error| {s.p99_abs:.3g} > {t.p99_abs:g}")
     if t.min_cosine is not None and s.cosine < t.min_cosine:

@@ -2,6 +2,11 @@
 
 Preprocessing (scaling to the backbone's range) lives inside the model, so all formats take the
 same thing: RGB pixel values 0..255 as float32 NHWC, resized to (height, width) with `resize`.
+
+A 1-channel (grayscale) model a user brings takes one channel, made from RGB by GRAY_WEIGHTS
+(ITU-R BT.601 luma, PIL's convert("L") without its rounding to integers): Python, the probes,
+Node and the browser page all convert the same way, after the resize (both are linear, so the
+order does not matter beyond float rounding).
 """
 
 from __future__ import annotations
@@ -11,6 +16,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 CONTRACT_FILE = "contract.json"
+GRAY = "gray"
+GRAY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R BT.601 luma: gray = 0.299 R + 0.587 G + 0.114 B
 LABELS_FILE = "labels.json"
 
 
@@ -28,12 +35,22 @@ class InputContract:
     resize_method: str = "bilinear"
     # What the model does inside with those pixels (documentation for other runtimes' users).
     internal_preprocessing: str = field(default="")
+    # 1 channel: gray = sum(gray_weights * (R, G, B)), the one rule every runtime applies
+    gray_weights: tuple[float, float, float] | None = None
 
     def __post_init__(self) -> None:
         if self.height <= 0 or self.width <= 0:
             raise ValueError(f"input size must be positive, got {self.height}x{self.width}")
-        if self.channels != 3:
-            raise ValueError("edgetl models take 3-channel RGB input")
+        if self.channels not in (1, 3):
+            raise ValueError(
+                f"edgetl models take 3-channel RGB or 1-channel gray input, not {self.channels}"
+            )
+        if self.channels == 1 and (self.channel_order != GRAY or self.gray_weights is None):
+            raise ValueError("a 1-channel contract needs channel_order 'gray' and gray_weights")
+        if self.channels == 3 and self.channel_order not in ("RGB", "BGR"):
+            raise ValueError(
+                f"a 3-channel contract needs channel_order RGB or BGR, not {self.channel_order!r}"
+            )
         if self.layout not in ("NHWC", "NCHW"):
             raise ValueError(f"layout must be NHWC or NCHW, got {self.layout!r}")
 
@@ -43,10 +60,21 @@ class InputContract:
             return [None, self.channels, self.height, self.width]
         return [None, self.height, self.width, self.channels]
 
+    @classmethod
+    def for_channels(cls, channels: int, **kw) -> InputContract:
+        """A contract for a model with `channels` inputs (1: gray by GRAY_WEIGHTS, 3: RGB)."""
+        if channels == 1:
+            return cls(channels=1, channel_order=GRAY, gray_weights=GRAY_WEIGHTS, **kw)
+        return cls(channels=channels, **kw)
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["value_range"] = list(self.value_range)
         d["shape"] = self.shape
+        if self.gray_weights is None:
+            d.pop("gray_weights")
+        else:
+            d["gray_weights"] = list(self.gray_weights)
         return d
 
     @classmethod
@@ -55,6 +83,8 @@ class InputContract:
         kw = {k: v for k, v in d.items() if k in keys}
         if "value_range" in kw:
             kw["value_range"] = tuple(float(x) for x in kw["value_range"])
+        if kw.get("gray_weights") is not None:
+            kw["gray_weights"] = tuple(float(x) for x in kw["gray_weights"])
         return cls(**kw)
 
     def save(self, path: Path) -> None:

@@ -469,6 +469,9 @@ def _rgb_to_bgr(model):
     """A 1x1 convolution with a permutation kernel (exact in float: x*1 + 0 + 0) at the input."""
     import keras
 
+    if model.input_shape[-1] != 3:
+        raise NotApplicable("a 1-channel model has no channel order to swap")
+
     flip = keras.layers.Conv2D(3, 1, use_bias=False, name="fault_bgr")
     faulty = _with_input_layers(model, [flip])
     faulty.get_layer("fault_bgr").set_weights([np.eye(3, dtype=np.float32)[::-1][None, None]])
@@ -623,7 +626,7 @@ def _calibrated_on(kind: str):
         lo, hi = m.input.value_range
         if kind == "noise":
             rng = np.random.default_rng(0)
-            shape = (48, m.input.height, m.input.width, 3)
+            shape = (48, m.input.height, m.input.width, m.input.channels)
             images = rng.uniform(lo, hi, shape).astype(np.float32)
             what = f"{len(images)} uniform-noise images"
         else:

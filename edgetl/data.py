@@ -305,8 +305,18 @@ def interleave_by_class(labels: np.ndarray, limit: int) -> list[int]:
 SAMPLE_LIMIT = 300
 
 
+def to_channels(images: np.ndarray, contract: InputContract) -> np.ndarray:
+    """RGB (..., 3) -> the contract's channels: itself, or (..., 1) gray by its gray_weights."""
+    if contract.channels == 3:
+        return images
+    weights = np.asarray(contract.gray_weights, np.float32)
+    return (np.asarray(images, np.float32) @ weights)[..., None].astype(np.float32)
+
+
 def images_in_range(images: np.ndarray, contract: InputContract) -> np.ndarray:
-    """0..255 pixels -> the contract's value range (identity for edgetl's own models)."""
+    """RGB 0..255 pixels -> what the model takes: the contract's channels (gray: BT.601 luma),
+    then its value range (identity for edgetl's own models)."""
+    images = to_channels(images, contract)
     lo, hi = contract.value_range
     if (lo, hi) == (0.0, 255.0):
         return images

@@ -185,14 +185,24 @@ def _contract(side: Path, shape, input_range, notes: list[str]) -> InputContract
         if input_range is not None:
             contract = InputContract.from_dict({**contract.to_dict(), "value_range": input_range})
     else:
-        contract = InputContract(
-            height=shape[0], width=shape[1], value_range=input_range or (0.0, 255.0)
+        contract = InputContract.for_channels(
+            shape[2], height=shape[0], width=shape[1], value_range=input_range or (0.0, 255.0)
         )
+        kind = "RGB" if shape[2] == 3 else "gray (ITU-R BT.601 luma of RGB)"
         if input_range is None:
             notes.append(
                 f"no {CONTRACT_FILE} beside the model and no --input-range: assuming the "
-                "model takes RGB 0..255 (preprocessing inside the model)"
+                f"model takes {kind} 0..255 (preprocessing inside the model)"
             )
+        elif shape[2] == 1:
+            notes.append(
+                "1-channel model: every runtime feeds it gray = 0.299 R + 0.587 G + 0.114 B"
+            )
+    if contract.channels != shape[2]:
+        raise UserError(
+            f"{side / CONTRACT_FILE} says {contract.channels} channel(s) but the model takes "
+            f"{shape[2]}: fix or remove contract.json"
+        )
     if (contract.height, contract.width) != tuple(shape[:2]):
         raise UserError(
             f"contract size {contract.height}x{contract.width} does not match the "
@@ -437,12 +447,12 @@ def _input_shape(model, path: Path) -> tuple[int, int, int]:
     if len(model.inputs) != 1:
         raise UserError(f"{path}: expected one image input, the model has {len(model.inputs)}")
     shape = tuple(model.inputs[0].shape)
-    if len(shape) != 4 or shape[-1] != 3 or shape[1] is None or shape[2] is None:
+    if len(shape) != 4 or shape[-1] not in (1, 3) or shape[1] is None or shape[2] is None:
         raise UserError(
-            f"{path}: expected an input of shape (batch, height, width, 3) with a "
-            f"fixed size, got {shape}"
+            f"{path}: expected an input of shape (batch, height, width, 3) or (batch, height, "
+            f"width, 1) (grayscale) with a fixed size, got {shape}"
         )
-    return int(shape[1]), int(shape[2]), 3
+    return int(shape[1]), int(shape[2]), int(shape[3])
 
 
 def _num_classes(model, path: Path) -> int:

@@ -112,12 +112,20 @@ def probe_line(result: VerifyResult) -> str:
     if c is None:
         return f"probes: coverage not recorded. WARNING: {result.probe_warning}"
     parts = [f"output spread {c.get('output_spread', 0):.2g}"]
+    if "log_spread" in c:
+        parts[0] += f" (log p {c['log_spread']:.2g})"
     if "features" in c:
         parts.append(
             f"{c['features_active']}/{c['features']} embedding features switched on "
             f"({c['features_share']:.0%})"
         )
+    if c.get("saturated"):
+        parts.append(f"{c['saturated']}/{result.probes} saturated (judged in log p)")
     verdict = "informative" if c.get("informative") else f"WARNING: {result.probe_warning}"
+    if result.saturation_note and result.strict_probes:
+        verdict += f"; FAILED (--strict-probes): {result.saturation_note}"
+    elif result.saturation_note and c.get("informative"):
+        verdict = "informative (the saturated probes in log p only)"
     return f"probes: {', '.join(parts)}: {verdict}"
 
 
@@ -130,6 +138,7 @@ def to_json_dict(result: VerifyResult) -> dict:
         "probes": result.probes,
         "probe_coverage": result.probe_coverage,
         "probe_warning": result.probe_warning,
+        "saturation_note": result.saturation_note,
         "strict_probes": result.strict_probes,
         "data": result.data,
         "seconds": result.seconds,
@@ -171,13 +180,14 @@ def write_junit(result: VerifyResult, path: Path) -> None:
         else:
             n_skip += 1
             ET.SubElement(case, "skipped", message=r.reason or "unavailable")
-    if result.probe_warning:
+    if result.strict_problems:
+        problems = "; ".join(result.strict_problems)
         case = ET.SubElement(suite, "testcase", classname="edgetl.probes", name="coverage")
         if result.strict_probes:
             n_fail += 1
-            ET.SubElement(case, "failure", message=result.probe_warning)
+            ET.SubElement(case, "failure", message=problems)
         else:
-            ET.SubElement(case, "system-err").text = f"WARNING: {result.probe_warning}"
+            ET.SubElement(case, "system-err").text = f"WARNING: {problems}"
     suite.set("tests", str(len(suite)))
     suite.set("failures", str(n_fail))
     suite.set("errors", "0")

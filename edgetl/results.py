@@ -31,6 +31,10 @@ class Stats:
     nan: int
     inf: int
     worst: tuple[int, int] | None  # (probe, class) of max_abs
+    # max |log max(p', floor) - log max(p, floor)|: what still moves where softmax saturates
+    max_log: float = math.nan
+    worst_log: tuple[int, int] | None = None
+    log_floor: float | None = None
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -149,6 +153,26 @@ class VerifyResult:
         return "probes cannot prove parity: " + "; ".join(c.get("problems", []))
 
     @property
+    def saturation_note(self) -> str | None:
+        """Probes whose outputs are saturated (judged in log p only), or None."""
+        c = self.probe_coverage or {}
+        n, hot = c.get("saturated", 0), c.get("one_hot", 0)
+        if not n:
+            return None
+        text = (
+            f"{n} of {self.probes} probes saturated (top-1 within {c.get('saturated_mass', 1e-4):g}"
+            " of 1: probability errors cannot show a change there; judged in log p)"
+        )
+        if hot:
+            text += f", {hot} of them one-hot in float32 (nothing can show a change there)"
+        return text
+
+    @property
+    def strict_problems(self) -> list[str]:
+        """What --strict-probes fails on: probes that cannot prove parity, saturated probes."""
+        return [w for w in (self.probe_warning, self.saturation_note) if w]
+
+    @property
     def missing_required(self) -> list[RuntimeStatus]:
         return [r for r in self.runtimes if r.required and not r.available]
 
@@ -160,7 +184,7 @@ class VerifyResult:
     def ok(self) -> bool:
         """Every pair that ran passed, at least one ran, and no required runtime is missing."""
         ran = [p for p in self.pairs if p.artifact != SOURCE_ARTIFACT]
-        weak = self.strict_probes and self.probe_warning is not None
+        weak = self.strict_probes and bool(self.strict_problems)
         return bool(ran) and not self.failed and not self.missing_required and not weak
 
     def summary(self) -> str:
@@ -178,6 +202,9 @@ class VerifyResult:
         if self.probe_warning:
             prefix = "FAILED (--strict-probes): " if self.strict_probes else "WARNING: "
             parts.append(prefix + self.probe_warning)
+        if self.saturation_note:
+            prefix = "FAILED (--strict-probes): " if self.strict_probes else "NOTE: "
+            parts.append(prefix + self.saturation_note)
         return "; ".join(parts)
 
     def table(self) -> str:

@@ -9,6 +9,9 @@ from dataclasses import dataclass
 
 from edgetl.errors import UserError
 
+# log p is judged as log max(p, LOG_FLOOR): see the log-space limits below.
+LOG_FLOOR = 1e-30
+
 
 @dataclass(frozen=True)
 class Tolerance:
@@ -22,6 +25,10 @@ class Tolerance:
     # near-ties may flip under any rounding and say nothing about the artifact.
     top1_margin: float = 0.0
     max_accuracy_drop: float | None = None  # with --data: accuracy points (0..1) lost vs Keras
+    # max |log max(p', log_floor) - log max(p, log_floor)|: the judgement that still sees a
+    # change where softmax saturates (edgetl.compare); None = not judged
+    max_log: float | None = None
+    log_floor: float = LOG_FLOOR
     name: str = "custom"  # the module constant it came from, for reports
     basis: str = ""  # why this value (measurement / source)
 
@@ -39,6 +46,8 @@ class Tolerance:
         if self.min_top1 is not None:
             margin = f" (margin {self.top1_margin:g})" if self.top1_margin else ""
             parts.append(f"top1>={self.min_top1:g}{margin}")
+        if self.max_log is not None:
+            parts.append(f"log<={self.max_log:.2g}")
         if self.max_accuracy_drop is not None:
             parts.append(f"acc drop<={self.max_accuracy_drop:g}")
         return ", ".join(parts) or "none"
@@ -84,6 +93,21 @@ FLOAT32_MIN_ABS = 1e-5
 FLOAT16_NOISE_MULTIPLE = 20.0  # >= 5x over the worst ratio seen (3.9)
 FLOAT16_MIN_ABS = 2e-2
 FLOAT16_MAX_ABS = 0.25  # past this a probability error says little; top-1 still judges
+# ---- log-probability space (edgetl.compare): the same scaling, on the bundle's log floors
+#
+#   float32 log limit = max(FLOAT32_LOG_MIN, FLOAT32_LOG_MULTIPLE * float32 log floor)
+#   float16 log limit = max(FLOAT16_LOG_MIN, FLOAT16_LOG_MULTIPLE * float16 log floor)
+#
+# where the log floors are the same float64 / float16-weight runs measured on
+# log max(p, LOG_FLOOR) (edgetl.probes.noise_floors). LOG_FLOOR: float32's smallest normal is
+# 1.2e-38 and MLAS / XNNPACK exp kernels flush below ~1e-38, so 1e-30 keeps 8 decades off
+# denormals while seeing a probability of 1e-12 (a one-hot output's runner-up) in full.
+# Quantized artifacts (dynamic, int8, uint8) store probabilities to 1/256 (int8 output) or carry
+# 1e-2 logit errors: no log-space limit, they keep the top-1 and accuracy rules.
+FLOAT32_LOG_MULTIPLE = 65.0
+FLOAT32_LOG_MIN = 1e-4
+FLOAT16_LOG_MULTIPLE = 20.0
+FLOAT16_LOG_MIN = 5e-2
 # GPU float32 (onnxruntime CUDA/TensorRT with TF32 off): other kernels (cuDNN algorithm choice,
 # fused ops). Not measured on a GPU yet: 4x the CPU limit, at least Optimum's MobileNet 1e-4.
 # With TF32 left on, ~1e-3 differences are expected (field notes), which this refuses.
@@ -193,10 +217,26 @@ def float32_tolerance(noise: dict | None, *, gpu: bool = False) -> Tolerance:
         f"{FLOAT32_NOISE_MULTIPLE:g} x this bundle's float32 noise floor {floor:.2g} "
         f"(min {FLOAT32_MIN_ABS:g})"
     )
+    log_limit = _log_limit(noise, "float32_log", FLOAT32_LOG_MULTIPLE, FLOAT32_LOG_MIN)
+    if log_limit is not None:
+        basis += f"; log p: {FLOAT32_LOG_MULTIPLE:g} x its log floor (min {FLOAT32_LOG_MIN:g})"
     if gpu:
         limit = max(GPU_FACTOR * limit, FLOAT32_GPU_MIN_ABS)
-        return Tolerance(max_abs=limit, name="FLOAT32_GPU", basis=f"{GPU_FACTOR:g} x ({basis})")
-    return Tolerance(max_abs=limit, name="FLOAT32_CPU", basis=basis)
+        log_limit = GPU_FACTOR * log_limit if log_limit is not None else None
+        return Tolerance(
+            max_abs=limit,
+            max_log=log_limit,
+            name="FLOAT32_GPU",
+            basis=f"{GPU_FACTOR:g} x ({basis})",
+        )
+    return Tolerance(max_abs=limit, max_log=log_limit, name="FLOAT32_CPU", basis=basis)
+
+
+def _log_limit(noise: dict | None, key: str, multiple: float, minimum: float) -> float | None:
+    """The log-space limit from the bundle's recorded log floor (None: not recorded, not judged:
+    bundles made before it, or a model without float64 kernels)."""
+    floor = (noise or {}).get(key)
+    return None if floor is None else max(minimum, multiple * floor)
 
 
 def float16_tolerance(noise: dict | None) -> Tolerance:
@@ -204,10 +244,13 @@ def float16_tolerance(noise: dict | None) -> Tolerance:
     if floor is None:
         return TFLITE_FLOAT16
     limit = min(max(FLOAT16_MIN_ABS, FLOAT16_NOISE_MULTIPLE * floor), FLOAT16_MAX_ABS)
+    log_limit = _log_limit(noise, "float16_log", FLOAT16_LOG_MULTIPLE, FLOAT16_LOG_MIN)
     return TFLITE_FLOAT16.replace(
         max_abs=limit,
+        max_log=log_limit,
         basis=f"{FLOAT16_NOISE_MULTIPLE:g} x this bundle's float16-weight floor {floor:.2g} "
-        f"(within {FLOAT16_MIN_ABS:g}..{FLOAT16_MAX_ABS:g}); top-1 on decisive probes",
+        f"(within {FLOAT16_MIN_ABS:g}..{FLOAT16_MAX_ABS:g}); top-1 on decisive probes"
+        + (f"; log p: {FLOAT16_LOG_MULTIPLE:g} x its log floor" if log_limit else ""),
     )
 
 
@@ -233,6 +276,7 @@ def default_tolerance(
     webgl = (info or {}).get("webgl_precision")
     if (info or {}).get("backend") == "webgl" or webgl:
         base = WEBGL_FLOAT32 if webgl == "float32" else WEBGL_FLOAT16
+        # WebGL's exp and float16 textures are not float32 softmax: no log-space limit there
         f32 = float32_tolerance(noise).max_abs or 0.0
         return base if base.max_abs >= f32 else base.replace(max_abs=f32)
     return float32_tolerance(noise, gpu=gpu)
@@ -240,7 +284,16 @@ def default_tolerance(
 
 # ---------------------------------------------------------------- overrides
 
-_TOL_FIELDS = {"max_abs", "p99_abs", "min_cosine", "min_top1", "top1_margin", "max_accuracy_drop"}
+_TOL_FIELDS = {
+    "max_abs",
+    "p99_abs",
+    "min_cosine",
+    "min_top1",
+    "top1_margin",
+    "max_accuracy_drop",
+    "max_log",
+    "log_floor",
+}
 
 
 @dataclass(frozen=True)
@@ -267,8 +320,8 @@ def parse_override(text: str) -> ToleranceOverride:
         )
     raw = raw.strip()
     if raw.lower() in ("none", "off"):
-        if key == "top1_margin":
-            raise UserError("top1_margin needs a number")
+        if key in ("top1_margin", "log_floor"):
+            raise UserError(f"{key} needs a number")
         return ToleranceOverride(key, None, selector or None)
     try:
         value = float(raw)

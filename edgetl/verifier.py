@@ -40,6 +40,7 @@ from edgetl.compare import compare, judge_accuracy
 from edgetl.errors import UserError
 from edgetl.localize import localize
 from edgetl.manifest import Manifest, ProbeSet, check_integrity, read_probes
+from edgetl.probes import with_saturation
 from edgetl.results import (
     ERROR,
     FAIL,
@@ -122,7 +123,11 @@ class LabelledData:
         """The images `rows` at once (a runtime's small stated sample)."""
         c = self.contract
         parts = [x for _, x in self.images(rows)]
-        return np.concatenate(parts) if parts else np.zeros((0, c.height, c.width, 3), np.float32)
+        return (
+            np.concatenate(parts)
+            if parts
+            else np.zeros((0, c.height, c.width, c.channels), np.float32)
+        )
 
 
 def load_labelled_data(
@@ -673,7 +678,7 @@ def _verify_records(
         batch.k,
         _data_info(batch, data, keras_pred),
         time.perf_counter() - t0,
-        probe_coverage=manifest.probes.get("coverage"),
+        probe_coverage=with_saturation(manifest.probes.get("coverage"), probes.expected),
         strict_probes=strict_probes,
     )
 
@@ -971,7 +976,7 @@ def check_model_fits(bundle: Path, model) -> None:
     shape_out = (
         model.output_shape[0] if isinstance(model.output_shape, list) else model.output_shape
     )
-    want = [c.height, c.width, 3]  # Keras models here are channels-last
+    want = [c.height, c.width, c.channels]  # Keras models here are channels-last
     if list(shape_in[1:]) != want:
         raise BundleError(
             f"{bundle}: the source model takes {list(shape_in[1:])}, but the manifest's input "

@@ -389,3 +389,104 @@ def test_plugin_and_verify_import_cheaply():
         "'playwright') if m in sys.modules]; assert not heavy, heavy"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ---------------------------------------------------------------- saturation (log p)
+
+# A confident model's outputs: one-hot to 1e-12 (what a plain CNN fed raw 0..255 pixels gives).
+SATURATED = probs([[1 - 2e-12, 1e-12, 1e-12], [3e-13, 1 - 1e-12, 7e-13], [1e-12, 2e-12, 1.0]])
+
+
+def test_log_space_sees_a_change_that_saturated_probabilities_hide():
+    """The runner-up probabilities x1.5 (a conv kernel x1.5 moves them like that) change the
+    outputs by 1e-12: under any element limit, but log p moves by log 1.5."""
+    cand = SATURATED.copy()
+    cand[:, :] = np.where(SATURATED < 0.5, SATURATED * 1.5, SATURATED)
+    tol = Tolerance(max_abs=1e-5, max_log=1e-3)
+    r = compare(SATURATED, cand, tol)
+    assert r.stats.max_abs < 1e-11 and r.stats.max_log == pytest.approx(np.log(1.5), rel=1e-4)
+    assert not r.passed and len(r.reasons) == 1
+    assert "log p" in r.reasons[0] and "floored at 1e-30" in r.reasons[0]
+    assert compare(SATURATED, cand, tol.replace(max_log=None)).passed  # the blind old verdict
+
+
+def test_log_floor_keeps_underflow_out():
+    """Values under the floor (denormals, zeros from a kernel that flushes them) are equal in
+    log space; clipping never enlarges a difference."""
+    ref = probs([[1.0, 1e-35, 0.0], [0.5, 0.25, 0.25]])
+    cand = probs([[1.0, 0.0, 1e-36], [0.5, 0.25, 0.25]])
+    r = compare(ref, cand, Tolerance(max_abs=1e-5, max_log=1e-6))
+    assert r.passed and r.stats.max_log == 0.0
+    assert comparator.max_log_error(ref, cand, 1e-30) == 0.0
+    assert comparator.max_log_error(ref, cand, 1e-40) > 1.0  # a lower floor would see noise
+
+
+def test_log_limits_scale_with_the_bundles_log_floors():
+    f32 = ArtifactRecord(id="onnx", format="onnx", precision="float32", path="model.onnx")
+    f16 = ArtifactRecord(id="t16", format="tflite", precision="float16", path="m.tflite")
+    noise = {"float32": 1e-7, "float32_log": 2e-3, "float16": 1e-2, "float16_log": 0.1}
+    t = default_tolerance(f32, noise=noise)
+    assert t.max_log == pytest.approx(tolerances.FLOAT32_LOG_MULTIPLE * 2e-3)
+    assert t.log_floor == tolerances.LOG_FLOOR and "log<=" in t.describe()
+    quiet = default_tolerance(f32, noise={**noise, "float32_log": 1e-9})
+    assert quiet.max_log == tolerances.FLOAT32_LOG_MIN
+    assert default_tolerance(f32, noise=noise, gpu=True).max_log > t.max_log
+    assert default_tolerance(f16, noise=noise).max_log == pytest.approx(
+        tolerances.FLOAT16_LOG_MULTIPLE * 0.1
+    )
+    # quantized: no log-space limit (top-1 and accuracy rules); bundles without log floors
+    # (made before them) and WebGL: none either
+    for precision in ("dynamic", "int8", "uint8"):
+        rec = ArtifactRecord(id=precision, format="tflite", precision=precision, path="m")
+        assert default_tolerance(rec, noise=noise).max_log is None
+    assert default_tolerance(f32, noise={"float32": 1e-7}).max_log is None
+    webgl = default_tolerance(f32, noise=noise, info={"backend": "webgl"})
+    assert webgl.max_log is None
+    o = [
+        tolerances.parse_override("onnx:max_log=0.5"),
+        tolerances.parse_override("log_floor=1e-20"),
+    ]
+    t2 = tolerances.apply_overrides(t, o, "onnx", "onnxruntime-cpu")
+    assert (t2.max_log, t2.log_floor) == (0.5, 1e-20)
+    with pytest.raises(UserError, match="log_floor needs a number"):
+        tolerances.parse_override("log_floor=none")
+
+
+def test_saturation_of_probes():
+    from edgetl.probes import saturation, with_saturation
+
+    y = probs([[1 - 1e-12, 1e-12, 0.0], [0.7, 0.2, 0.1], [1.0, 0.0, 0.0], [0.99999, 1e-5, 0.0]])
+    s = saturation(y)
+    assert s["saturated_probes"] == [0, 2, 3] and s["one_hot_probes"] == [2]
+    cov = with_saturation({"informative": True, "problems": []}, y)
+    assert cov["informative"] and cov["saturated"] == 3
+    dead = with_saturation({"informative": True, "problems": []}, probs([[1.0, 0.0]] * 3))
+    assert not dead["informative"] and "one-hot" in dead["problems"][0]
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_saturated_probes_are_flagged_and_fail_when_strict(tmp_path, strict):
+    """The coverage report says how many probes are saturated (judged in log p only);
+    --strict-probes fails on them."""
+    from edgetl import report
+    from edgetl.probes import with_saturation
+    from edgetl.results import RuntimeStatus, VerifyResult
+
+    good = compare(SATURATED, SATURATED, FLOAT32_CPU, artifact="onnx", runtime="onnxruntime-cpu")
+    st = [RuntimeStatus("onnxruntime-cpu", True, artifacts=["onnx"])]
+    cov = with_saturation({"informative": True, "problems": [], "output_spread": 0.5}, SATURATED)
+    result = VerifyResult(
+        tmp_path, "confident", [good], st, probes=3, probe_coverage=cov, strict_probes=strict
+    )
+    assert result.ok is not strict
+    assert result.probe_warning is None
+    assert "3 of 3 probes saturated" in result.summary()
+    assert ("FAILED (--strict-probes)" in result.summary()) is strict
+    line = report.probe_line(result)
+    assert "3/3 saturated (judged in log p)" in line
+    assert ("informative" in line) is not strict or "FAILED" in line
+    report.write_junit(result, tmp_path / "r.xml")
+    suite = ET.parse(tmp_path / "r.xml").getroot()
+    assert suite.get("failures") == ("1" if strict else "0")
+    report.write_json(result, tmp_path / "r.json")
+    assert "saturated" in json.loads((tmp_path / "r.json").read_text())["saturation_note"]

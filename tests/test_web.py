@@ -458,15 +458,18 @@ def test_in_browser_training_learns_two_classes(browser, served, tmp_path, shots
 
 
 @pytest.mark.browser
-def test_harness_preprocess_matches_python_resize(chromium):
-    """The shared JS preprocess() == edgetl.data.resize_bilinear (half-pixel, no antialias)."""
+@pytest.mark.parametrize("channels", [3, 1])
+def test_harness_preprocess_matches_python_resize(chromium, channels):
+    """The shared JS preprocess() == edgetl.data.resize_bilinear (half-pixel, no antialias),
+    and for a 1-channel contract == Python's BT.601 gray (edgetl.data.images_in_range)."""
     import base64
 
-    from edgetl.data import resize_bilinear
+    from edgetl.data import images_in_range, resize_bilinear
 
     rng = np.random.default_rng(0)
     image = rng.uniform(0, 255, (37, 53, 3)).astype(np.float32)
-    contract = InputContract(SIZE, SIZE).to_dict()
+    c = InputContract.for_channels(channels, height=SIZE, width=SIZE)
+    contract = c.to_dict()
     page, _, _ = chromium.harness_page("cpu")
     try:
         reply = page.evaluate(
@@ -480,7 +483,8 @@ def test_harness_preprocess_matches_python_resize(chromium):
     finally:
         page.context.close()
     got = np.frombuffer(base64.b64decode(reply["data"]), "<f4").reshape(reply["shape"])[0]
-    want = resize_bilinear(image, SIZE, SIZE)
+    want = images_in_range(resize_bilinear(image, SIZE, SIZE), c)
+    assert got.shape == (SIZE, SIZE, channels)
     np.testing.assert_allclose(got, want, atol=2e-4)
 
 

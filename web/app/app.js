@@ -166,7 +166,8 @@ async function loadBundle() {
   }
   $('model-info').textContent =
       `${manifest.name || 'model'}: ${labels.length} classes (${labels.slice(0, 8).join(', ')}` +
-      `${labels.length > 8 ? ', …' : ''}); input ${contract.height}×${contract.width} RGB ` +
+      `${labels.length > 8 ? ', …' : ''}); input ${contract.height}×${contract.width} ` +
+      `${contract.channels === 1 ? 'gray (BT.601 luma of the RGB)' : 'RGB'} ` +
       `0..255, ${contract.resize_method} resize; ${state.model.layers.length} layers.`;
 }
 
@@ -234,12 +235,12 @@ async function warmUp(once) {
 }
 
 function zerosInput() {
-  return new Float32Array(state.contract.height * state.contract.width * 3);
+  return new Float32Array(state.contract.height * state.contract.width * state.contract.channels);
 }
 
 /** The TF.js model on the active backend, warmed up (timed, kept per backend). */
 async function warmTfjs() {
-  const x = tf.zeros([1, state.contract.height, state.contract.width, 3]);
+  const x = tf.zeros([1, state.contract.height, state.contract.width, state.contract.channels]);
   try {
     const t = await warmUp(async () => {
       const y = state.model.predict(x);
@@ -286,11 +287,11 @@ function engineUnavailable(engine, {adapter = true} = {}) {
 
 /** Run the bundle's ONNX artifact on onnxruntime-web; NHWC input data in, probabilities out. */
 async function runOnnx(backend, data) {
-  const {height, width} = state.contract;
+  const {height, width, channels} = state.contract;
   const nchw = state.onnx.layout === 'NCHW';
-  const shape = nchw ? [1, 3, height, width] : [1, height, width, 3];
-  const outs = await runSession(state.sessions[backend], nchw ? toNchw(data, [1, height, width, 3])
-                                                            : data, shape);
+  const shape = nchw ? [1, channels, height, width] : [1, height, width, channels];
+  const outs = await runSession(state.sessions[backend],
+                                nchw ? toNchw(data, [1, height, width, channels]) : data, shape);
   return outs[0].data;
 }
 

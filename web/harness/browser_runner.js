@@ -75,7 +75,7 @@ async function benchmark({modelUrl, format, contract, runs = 30, warmup = 5}) {
   const model = await loadModel(modelUrl, format);
   const h = contract.height;
   const w = contract.width;
-  const x = tf.tidy(() => tf.randomUniform([1, h, w, 3], 0, 255, 'float32', 7));
+  const x = tf.tidy(() => tf.randomUniform([1, h, w, contract.channels ?? 3], 0, 255, 'float32', 7));
   const once = async () => {
     const t0 = performance.now();
     const ys = predict(model, x);

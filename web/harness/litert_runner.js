@@ -42,7 +42,7 @@ async function benchmark({modelUrl, contract, runs = 30, warmup = 5}) {
   const t0 = performance.now();
   const m = await model(modelUrl);
   const loadMs = performance.now() - t0;
-  const shape = [1, contract.height, contract.width, 3];
+  const shape = [1, contract.height, contract.width, contract.channels ?? 3];
   const x = Float32Array.from({length: shape.reduce((a, b) => a * b, 1)},
                               (_, i) => (i * 2654435761 % 256));
   const once = async () => {

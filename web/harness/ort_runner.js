@@ -56,7 +56,7 @@ async function benchmark({modelUrl, contract, layout = 'NHWC', runs = 30, warmup
   const t0 = performance.now();
   const s = await session(modelUrl);
   const loadMs = performance.now() - t0;
-  const shape = [1, contract.height, contract.width, 3];
+  const shape = [1, contract.height, contract.width, contract.channels ?? 3];
   const x = Float32Array.from({length: shape.reduce((a, b) => a * b, 1)},
                               (_, i) => (i * 2654435761 % 256));
   const feed = layout === 'NCHW' ? toNchw(x, shape) : x;

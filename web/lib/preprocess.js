@@ -7,10 +7,13 @@
 //               tf.image.resize(antialias=False) and edgetl.data.resize_bilinear in Python
 //   range       pixel values 0..255 as float32 (scaling to the backbone's range is inside the
 //               model); another value_range [lo, hi] is mapped linearly from 0..255
-//   channels    RGB order (BGR reversed if a contract ever says so), alpha dropped
+//   channels    RGB order (BGR reversed if a contract ever says so), alpha dropped; a 1-channel
+//               contract (channel_order "gray") takes gray = w . (R, G, B) with its gray_weights
+//               (ITU-R BT.601 luma 0.299/0.587/0.114, as edgetl.data.to_channels in Python)
 //   layout      NHWC (NCHW transposed if the contract says so)
 //
-// Usage: preprocess(source, contract[, tf]) -> tf.Tensor4D of shape [N, H, W, 3] (or NCHW).
+// Usage: preprocess(source, contract[, tf]) -> tf.Tensor4D of shape [N, H, W, C] (or NCHW), C the
+// contract's channels (3, or 1 for a grayscale model).
 // `source` is an HTMLImageElement, HTMLVideoElement, HTMLCanvasElement, ImageBitmap, ImageData,
 // or a tf.Tensor of raw RGB values 0..255 (rank 3 HWC or rank 4 NHWC).
 
@@ -34,14 +37,22 @@ export function checkContract(contract) {
     layout: contract.layout ?? 'NHWC',
     channel_order: contract.channel_order ?? 'RGB',
     resize_method: contract.resize_method ?? 'bilinear',
+    gray_weights: contract.gray_weights ?? null,
   };
-  if (out.channels !== 3) throw new Error(`the input contract wants ${out.channels} channels; ` +
-                                          'edgetl models take 3 (RGB)');
+  if (out.channels === 1) {
+    const g = out.gray_weights;
+    if (out.channel_order !== 'gray' || !Array.isArray(g) || g.length !== 3) {
+      throw new Error('a 1-channel input contract needs channel_order "gray" and 3 gray_weights');
+    }
+  } else if (out.channels !== 3) {
+    throw new Error(`the input contract wants ${out.channels} channels; edgetl models take 3 ` +
+                    '(RGB) or 1 (gray)');
+  }
   if (out.dtype !== 'float32') throw new Error(`unsupported input dtype ${out.dtype}`);
   if (out.resize_method !== 'bilinear') {
     throw new Error(`unsupported resize method "${out.resize_method}" (only bilinear)`);
   }
-  if (!['RGB', 'BGR'].includes(out.channel_order)) {
+  if (!['RGB', 'BGR', 'gray'].includes(out.channel_order)) {
     throw new Error(`unsupported channel order "${out.channel_order}"`);
   }
   if (!['NHWC', 'NCHW'].includes(out.layout)) throw new Error(`unsupported layout ${out.layout}`);
@@ -88,6 +99,7 @@ export function preprocess(source, contract, tf = globalThis.tf) {
     const [lo, hi] = c.value_range.map(Number);
     if (lo !== 0 || hi !== 255) x = x.mul((hi - lo) / 255).add(lo);
     if (c.channel_order === 'BGR') x = x.reverse(3);
+    if (c.channels === 1) x = x.mul(tf.tensor1d(c.gray_weights.map(Number))).sum(3, true);
     if (c.layout === 'NCHW') x = x.transpose([0, 3, 1, 2]);
     return x;
   });
