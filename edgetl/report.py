@@ -103,6 +103,10 @@ def format_table(result: VerifyResult) -> str:
         for r in missing:
             req = " [REQUIRED]" if r.required else ""
             out.append(f"  {r.name}{req}: {r.reason}")
+    not_run = [(r.name, a, why) for r in result.runtimes for a, why in r.not_run.items()]
+    if not_run:
+        out.append("not run on this machine (not counted as passing):")
+        out.extend(f"  {a}@{name}: {why}" for name, a, why in not_run)
     return "\n".join(out)
 
 
@@ -171,6 +175,10 @@ def write_junit(result: VerifyResult, path: Path) -> None:
             fail = ET.SubElement(case, "failure", message=p.reasons[0] if p.reasons else p.status)
             fail.text = text
     for r in result.runtimes:
+        for art_id, why in r.not_run.items():
+            case = ET.SubElement(suite, "testcase", classname=art_id, name=r.name, time="0")
+            n_skip += 1
+            ET.SubElement(case, "skipped", message=why)
         if r.available:
             continue
         case = ET.SubElement(suite, "testcase", classname="edgetl.runtime", name=r.name, time="0")

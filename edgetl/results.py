@@ -123,6 +123,9 @@ class RuntimeStatus:
     seconds: float = 0.0
     required: bool = False
     images: int | None = None  # with --data: how many labelled images it ran (slow: a sample)
+    # artifacts it takes but cannot run on this machine (e.g. float16 ONNX on a WebGPU adapter
+    # without shader-f16): id -> why; not counted as passing, like an unavailable runtime
+    not_run: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)

@@ -470,6 +470,10 @@ def judge_jobs(
             tol = default_tolerance(a.record, gpu=job.runtime.gpu, info=info, noise=noise)
             tol = apply_overrides(tol, overrides, a.id, st.name)
             share = st.seconds / len(job.artifacts)  # the artifact's share of its runtime's time
+            if isinstance(out, RuntimeUnavailable):  # this machine lacks what it needs
+                st.artifacts.remove(a.id)
+                st.not_run[a.id] = str(out)
+                continue
             if isinstance(out, Exception):
                 hint = a.record.options.get(ERROR_HINT)
                 pairs.append(_error_pair(a.id, st.name, out, tol, info, share, hint=hint))

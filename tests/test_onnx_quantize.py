@@ -199,6 +199,44 @@ def test_onnx_variants_run_on_onnxruntime_web_wasm(onnx_bundle):
     assert result.ok, result.table()
 
 
+@pytest.mark.browser
+@pytest.mark.slow
+def test_float16_onnx_on_a_webgpu_adapter_without_shader_f16_is_not_run_not_an_error(
+    onnx_bundle, tmp_path
+):
+    """SwiftShader (CI's WebGPU adapter) has no shader-f16, so onnxruntime-web cannot build a
+    float16 model's kernels there: the pair is "not run on this machine" (named, not counted
+    as passing), never an ERROR that fails an honest bundle; on an adapter with shader-f16 it
+    runs and is judged."""
+    from edgetl.report import write_junit
+    from edgetl.runtimes.base import load_runtimes
+    from edgetl.verifier import verify
+
+    rt = load_runtimes().get("ort-web-webgpu")
+    if rt.unavailable_reason():
+        pytest.skip(rt.unavailable_reason())
+    result = verify(
+        onnx_bundle,
+        runtimes=["ort-web-webgpu"],
+        artifacts=["onnx", "onnx_float16"],
+        localize_failures=False,
+    )
+    status = next(r for r in result.runtimes if r.name == "ort-web-webgpu")
+    if not status.available:
+        pytest.skip(f"no WebGPU adapter here: {status.reason}")
+    assert result.ok, result.table()
+    ran = {p.artifact for p in result.pairs}
+    assert "onnx" in ran
+    if "onnx_float16" not in ran:
+        assert "shader-f16" in status.not_run["onnx_float16"], status
+        assert "onnx_float16@ort-web-webgpu: the WebGPU adapter has no shader-f16" in (
+            result.table()
+        )
+        write_junit(result, tmp_path / "junit.xml")
+        junit = (tmp_path / "junit.xml").read_text()
+        assert 'skipped="1"' in junit and "shader-f16" in junit
+
+
 def test_tf2onnx_transpose_tracebacks_are_dropped_and_other_warnings_kept():
     """bench parity printed tf2onnx's "Failed to apply optimize_transpose" tracebacks
     (MobileNetV3); convert_onnx and the bench install the filter, other messages pass."""

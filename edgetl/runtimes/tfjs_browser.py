@@ -248,6 +248,11 @@ def _release_driver() -> None:
             entry[0].stop()
 
 
+# onnxruntime-web's WebGPU error for a float16 model on an adapter without shader-f16
+# (SwiftShader has none): "Program Transpose requires f16 but the device does not support it"
+NO_SHADER_F16 = "requires f16 but the device does not support it"
+
+
 def _js_error(e: Exception) -> str:
     text = str(e)
     # Playwright prefixes "Page.evaluate: Error: ..." and appends a call log; keep the message.
@@ -292,6 +297,11 @@ class BrowserSession(Session):
                 raise RuntimeTimeout(
                     f"{self.runtime.name} on {self.artifact.id}: the page call {message} "
                     f"(${RUN_LIMIT_ENV} sets the limit)"
+                ) from None
+            if NO_SHADER_F16 in message:  # the adapter, not the artifact: not run here
+                raise RuntimeUnavailable(
+                    f"the WebGPU adapter has no shader-f16, which {self.artifact.id}'s float16 "
+                    "kernels need (a GPU adapter with shader-f16 runs it)"
                 ) from None
             tail = "\n".join(self.log[-5:])
             raise RuntimeError(
