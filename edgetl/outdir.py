@@ -182,6 +182,19 @@ def _not_empty(out: Path) -> bool:
         return True
 
 
+def make_parents(path: Path, created: list[Path]) -> None:
+    """Create path's missing parent folders, outermost first, each appended to `created` as
+    soon as it exists, so that a failed or refused write removes exactly what it made."""
+    missing = []
+    p = path.parent
+    while not p.exists():
+        missing.append(p)
+        p = p.parent
+    for d in reversed(missing):
+        d.mkdir()
+        created.append(d)
+
+
 class OutputClaim:
     """`with OutputClaim(out, replace=force): ...`: this process is the only edgetl writer of
     `out` until the block ends.
@@ -222,14 +235,7 @@ class OutputClaim:
         return self
 
     def _acquire(self) -> None:
-        p = self.target.parent
-        missing = []
-        while not p.exists():
-            missing.append(p)
-            p = p.parent
-        for d in reversed(missing):
-            d.mkdir()
-            self._created.append(d)
+        make_parents(self.target, self._created)
         while True:
             fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
@@ -298,14 +304,7 @@ class Staging:
         self.claim.__enter__()  # one writer per output (re-entrant: train claims it earlier)
         sweep_stale(self.out, self.log)
         try:
-            missing = []
-            p = self.out.parent
-            while not p.exists():
-                missing.append(p)
-                p = p.parent
-            for d in reversed(missing):
-                d.mkdir()
-                self._created.append(d)
+            make_parents(self.out, self._created)
             self.tmp = Path(
                 tempfile.mkdtemp(
                     prefix=f".{self.out.name}.partial-{os.getpid()}-", dir=self.out.parent
